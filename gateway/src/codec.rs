@@ -1,0 +1,224 @@
+//! Decoding of what arrives in URLs and headers: percent-encoded binary keys, raw query
+//! strings, ETags, cursors. Strict on purpose: malformed input is a 400, never a guess.
+
+use axum::http::HeaderMap;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::Engine;
+use bytes::Bytes;
+use tessera::Precondition;
+
+use crate::error::ApiError;
+
+/// Decodes `%XX` escapes into bytes; `+` becomes a space when `plus_is_space` (query strings).
+/// Fails on a `%` not followed by two hex digits.
+pub fn percent_decode(input: &str, plus_is_space: bool) -> Result<Vec<u8>, ()> {
+    let bytes = input.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = bytes.get(i + 1..i + 3).ok_or(())?;
+                let hi = (hex[0] as char).to_digit(16).ok_or(())?;
+                let lo = (hex[1] as char).to_digit(16).ok_or(())?;
+                out.push((hi * 16 + lo) as u8);
+                i += 3;
+            }
+            b'+' if plus_is_space => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Returns the key of a `/v1/kv/{key}` path, percent-decoded.
+pub fn key_from_path(path: &str) -> Result<Bytes, ApiError> {
+    let raw = path.strip_prefix("/v1/kv/").unwrap_or_default();
+    percent_decode(raw, false).map(Bytes::from).map_err(|()| {
+        ApiError::bad_request(
+            "invalid_key",
+            "the key in the path is not valid percent-encoding",
+        )
+    })
+}
+
+/// A parsed query string: `(name, decoded value)` pairs, names checked against `allowed`.
+pub struct Query(Vec<(String, Vec<u8>)>);
+
+impl Query {
+    /// Parses `query` (without the `?`). Unknown or repeated parameters are errors.
+    pub fn parse(query: Option<&str>, allowed: &[&str]) -> Result<Self, ApiError> {
+        let mut pairs: Vec<(String, Vec<u8>)> = Vec::new();
+        for part in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+            let (name, value) = part.split_once('=').unwrap_or((part, ""));
+            let invalid = || {
+                ApiError::bad_request(
+                    "invalid_query",
+                    format!("query parameter `{name}` is not valid percent-encoding"),
+                )
+            };
+            let name = String::from_utf8(percent_decode(name, true).map_err(|()| invalid())?)
+                .map_err(|_| invalid())?;
+            if !allowed.contains(&name.as_str()) {
+                return Err(ApiError::bad_request(
+                    "invalid_query",
+                    format!(
+                        "unknown query parameter `{name}`; allowed here: {}",
+                        allowed.join(", ")
+                    ),
+                ));
+            }
+            if pairs.iter().any(|(n, _)| *n == name) {
+                return Err(ApiError::bad_request(
+                    "invalid_query",
+                    format!("query parameter `{name}` is repeated"),
+                ));
+            }
+            let value = percent_decode(value, true).map_err(|()| invalid())?;
+            pairs.push((name, value));
+        }
+        Ok(Query(pairs))
+    }
+
+    /// The raw bytes of parameter `name`.
+    pub fn bytes(&self, name: &str) -> Option<&[u8]> {
+        self.0
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_slice())
+    }
+
+    /// Parameter `name` as text.
+    pub fn text(&self, name: &str, code: &'static str) -> Result<Option<&str>, ApiError> {
+        self.bytes(name)
+            .map(|v| {
+                std::str::from_utf8(v).map_err(|_| {
+                    ApiError::bad_request(code, format!("`{name}` must be UTF-8 text"))
+                })
+            })
+            .transpose()
+    }
+
+    /// Parameter `name` as a positive integer.
+    pub fn positive(&self, name: &str, code: &'static str) -> Result<Option<u64>, ApiError> {
+        self.text(name, code)?
+            .map(|v| match v.parse::<u64>() {
+                Ok(n) if n > 0 => Ok(n),
+                _ => Err(ApiError::bad_request(
+                    code,
+                    format!("`{name}` must be a positive integer, got `{v}`"),
+                )),
+            })
+            .transpose()
+    }
+
+    /// Checks `consistency=strong|eventual` (a single gateway serves both as strong).
+    pub fn check_consistency(&self) -> Result<(), ApiError> {
+        match self.text("consistency", "invalid_consistency")? {
+            None | Some("strong") | Some("eventual") => Ok(()),
+            Some(other) => Err(ApiError::bad_request(
+                "invalid_consistency",
+                format!("consistency must be `strong` or `eventual`, got `{other}`"),
+            )),
+        }
+    }
+}
+
+/// Formats a version as an ETag: `"N"`.
+pub fn etag(version: u64) -> String {
+    format!("\"{version}\"")
+}
+
+/// Reads `If-Match` (`"N"` or `*`) and `If-None-Match` (`*` only). At most one may be given.
+pub fn precondition(headers: &HeaderMap) -> Result<Precondition, ApiError> {
+    let get = |name: &str| -> Result<Option<String>, ApiError> {
+        headers
+            .get(name)
+            .map(|v| {
+                v.to_str().map(|s| s.trim().to_string()).map_err(|_| {
+                    ApiError::bad_request("invalid_etag", format!("{name} is not ASCII"))
+                })
+            })
+            .transpose()
+    };
+    match (get("if-match")?, get("if-none-match")?) {
+        (Some(_), Some(_)) => Err(ApiError::bad_request(
+            "invalid_precondition",
+            "send either If-Match or If-None-Match, not both",
+        )),
+        (Some(m), None) if m == "*" => Ok(Precondition::IfExists),
+        (Some(m), None) => parse_etag(&m).map(Precondition::IfMatch),
+        (None, Some(n)) if n == "*" => Ok(Precondition::IfAbsent),
+        (None, Some(n)) => Err(ApiError::bad_request(
+            "invalid_precondition",
+            format!("If-None-Match supports only `*`, got `{n}`"),
+        )),
+        (None, None) => Ok(Precondition::None),
+    }
+}
+
+fn parse_etag(value: &str) -> Result<u64, ApiError> {
+    value
+        .strip_prefix('"')
+        .and_then(|v| v.strip_suffix('"'))
+        .and_then(|v| v.parse::<u64>().ok())
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_etag",
+                format!("If-Match must be `*` or a version in quotes, like \"42\"; got `{value}`"),
+            )
+        })
+}
+
+/// Encodes bytes for JSON bodies (standard base64 with padding).
+pub fn b64(bytes: &[u8]) -> String {
+    STANDARD.encode(bytes)
+}
+
+/// Decodes a JSON body's base64 field.
+pub fn unb64(field: &str, value: &str) -> Result<Bytes, ApiError> {
+    STANDARD.decode(value).map(Bytes::from).map_err(|_| {
+        ApiError::bad_request("invalid_json", format!("`{field}` must be standard base64"))
+    })
+}
+
+/// Encodes a scan cursor: the last key returned, base64url.
+pub fn cursor(last_key: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(last_key)
+}
+
+/// Decodes a scan cursor.
+pub fn uncursor(cursor: &[u8]) -> Result<Bytes, ApiError> {
+    URL_SAFE_NO_PAD
+        .decode(cursor)
+        .map(Bytes::from)
+        .map_err(|_| ApiError::bad_request("invalid_cursor", "the cursor is not one we issued"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_decoding_is_strict() {
+        assert_eq!(percent_decode("a%2Fb%00", false).unwrap(), b"a/b\0");
+        assert_eq!(percent_decode("a+b", false).unwrap(), b"a+b");
+        assert_eq!(percent_decode("a+b", true).unwrap(), b"a b");
+        assert!(percent_decode("%zz", false).is_err());
+        assert!(percent_decode("%4", false).is_err());
+    }
+
+    #[test]
+    fn etags_parse() {
+        assert_eq!(parse_etag("\"42\"").unwrap(), 42);
+        assert!(parse_etag("42").is_err());
+        assert!(parse_etag("W/\"42\"").is_err());
+        assert!(parse_etag("\"-1\"").is_err());
+    }
+}

@@ -1,0 +1,140 @@
+//! # Tessera gateway
+//!
+//! The HTTP front end of Tessera: an axum server over a [`tessera::Node`]. Handlers only parse,
+//! call the core and map errors ([`error::ApiError`]); all storage logic lives in the core.
+//!
+//! Lifecycle ([`run`]): bind the listener → open the node (every shard) → print the URL →
+//! serve until the shutdown future resolves → stop accepting and drain in-flight requests
+//! (bounded by `server.shutdown_timeout`) → close every shard (flush memtables) → return.
+
+pub mod codec;
+pub mod config;
+pub mod error;
+pub mod metrics;
+pub mod routes;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::routing::get;
+use axum::Router;
+use tessera::Node;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use config::GatewayConfig;
+use metrics::Metrics;
+
+/// State shared by every handler.
+pub struct AppState {
+    /// The shards this gateway serves.
+    pub node: Arc<Node>,
+    /// The configuration the gateway started with.
+    pub config: GatewayConfig,
+    /// Request metrics.
+    pub metrics: Arc<Metrics>,
+    /// Cancelled when shutdown begins (`/readyz` turns 503).
+    pub shutdown: CancellationToken,
+}
+
+/// Builds the router.
+pub fn app(state: Arc<AppState>) -> Router {
+    let metrics = Arc::clone(&state.metrics);
+    Router::new()
+        .route("/v1/kv", get(routes::scan))
+        .route(
+            "/v1/kv/",
+            get(routes::empty_key)
+                .put(routes::empty_key)
+                .delete(routes::empty_key),
+        )
+        .route(
+            "/v1/kv/{*key}",
+            get(routes::get_key)
+                .put(routes::put_key)
+                .delete(routes::delete_key),
+        )
+        .route("/v1/batch", axum::routing::post(routes::batch))
+        .route("/healthz", get(routes::healthz))
+        .route("/readyz", get(routes::readyz))
+        .route("/metrics", get(routes::metrics))
+        .fallback(routes::not_found)
+        .method_not_allowed_fallback(routes::method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            metrics,
+            metrics::track,
+        ))
+        .with_state(state)
+}
+
+/// Errors that stop the gateway.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// The configuration is invalid.
+    #[error("{0}")]
+    Config(String),
+    /// The listen address cannot be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    /// The node failed to open or close.
+    #[error(transparent)]
+    Node(#[from] tessera::Error),
+    /// The HTTP server failed.
+    #[error("http server: {0}")]
+    Serve(std::io::Error),
+}
+
+/// Runs a gateway until `shutdown` resolves, then drains and closes every shard.
+pub async fn run(
+    config: GatewayConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), GatewayError> {
+    config.validate().map_err(GatewayError::Config)?;
+    let listener = TcpListener::bind(config.server.listen)
+        .await
+        .map_err(|source| GatewayError::Bind {
+            addr: config.server.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(GatewayError::Serve)?;
+    let node = Node::open(config.node()).await?;
+    let token = CancellationToken::new();
+    let state = Arc::new(AppState {
+        node: Arc::clone(&node),
+        config: config.clone(),
+        metrics: Arc::new(Metrics::new()),
+        shutdown: token.clone(),
+    });
+    // The only stdout line: scripts and tests read the URL from it.
+    println!("Tessera gateway listening on http://{addr}");
+    tracing::info!(%addr, shards = config.storage.shard_count, store = %config.object_store.url, "gateway ready");
+
+    let signal = token.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        signal.cancel();
+    });
+    let drain = token.clone();
+    let server = axum::serve(listener, app(state)).with_graceful_shutdown(async move {
+        drain.cancelled().await;
+    });
+    let served = tokio::select! {
+        r = server => r.map_err(GatewayError::Serve),
+        // Past the drain budget, stop waiting for stragglers; their writes are unacknowledged.
+        _ = async {
+            token.cancelled().await;
+            tokio::time::sleep(config.server.shutdown_timeout).await;
+        } => {
+            tracing::warn!("in-flight requests did not finish within shutdown_timeout");
+            Ok(())
+        }
+    };
+    tracing::info!("http server stopped; closing shards");
+    let closed = node.close().await;
+    tracing::info!("all shards closed");
+    served?;
+    closed.map_err(GatewayError::from)
+}

@@ -1,0 +1,171 @@
+//! Prometheus metrics: HTTP requests by route and status, latency, bytes, shard and storage
+//! state. Served as text at `GET /metrics`.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::HttpBody;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::header::CONTENT_LENGTH;
+use axum::middleware::Next;
+use axum::response::Response;
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+use tessera::Node;
+
+/// The gateway's metrics.
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    latency: HistogramVec,
+    bytes_in: IntCounterVec,
+    bytes_out: IntCounterVec,
+    shards: IntGauge,
+    shards_open: IntGauge,
+    storage_errors: IntCounter,
+    shard_reopens: IntCounter,
+}
+
+fn register<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
+    // Names are static and unique, so registration cannot fail.
+    r.register(Box::new(c.clone()))
+        .expect("metric names are unique");
+    c
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let r = Registry::new_custom(Some("tessera".into()), None).expect("valid prefix");
+        let labels = &["route", "method", "status"];
+        Metrics {
+            requests: register(
+                &r,
+                IntCounterVec::new(Opts::new("http_requests_total", "HTTP requests"), labels)
+                    .expect("valid metric"),
+            ),
+            latency: register(
+                &r,
+                HistogramVec::new(
+                    HistogramOpts::new("http_request_duration_seconds", "HTTP request latency")
+                        .buckets(vec![
+                            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                            2.5, 5.0, 10.0,
+                        ]),
+                    labels,
+                )
+                .expect("valid metric"),
+            ),
+            bytes_in: register(
+                &r,
+                IntCounterVec::new(
+                    Opts::new("http_request_bytes_total", "Request body bytes received"),
+                    &["route"],
+                )
+                .expect("valid metric"),
+            ),
+            bytes_out: register(
+                &r,
+                IntCounterVec::new(
+                    Opts::new("http_response_bytes_total", "Response body bytes sent"),
+                    &["route"],
+                )
+                .expect("valid metric"),
+            ),
+            shards: register(
+                &r,
+                IntGauge::new("shards", "Shards in the cluster").expect("valid metric"),
+            ),
+            shards_open: register(
+                &r,
+                IntGauge::new("shards_open", "Shards open and served by this gateway")
+                    .expect("valid metric"),
+            ),
+            storage_errors: register(
+                &r,
+                IntCounter::new(
+                    "storage_errors_total",
+                    "Object-store and shard-database errors seen by requests",
+                )
+                .expect("valid metric"),
+            ),
+            shard_reopens: register(
+                &r,
+                IntCounter::new(
+                    "shard_reopens_total",
+                    "Shard databases reopened after a fatal error",
+                )
+                .expect("valid metric"),
+            ),
+            registry: r,
+        }
+    }
+
+    /// Renders every metric in the Prometheus text format, refreshing the node's gauges first.
+    pub fn render(&self, node: &Node) -> String {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.shards
+            .set(i64::from(node.config().storage.shard_count));
+        self.shards_open.set(node.open_shards() as i64);
+        let stats = node.stats();
+        catch_up(&self.storage_errors, stats.storage_errors.load(Relaxed));
+        catch_up(&self.shard_reopens, stats.shard_reopens.load(Relaxed));
+        let mut out = Vec::new();
+        // Encoding into a Vec cannot fail for well-formed metrics.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Advances a counter mirrored from an atomic to the atomic's value.
+fn catch_up(counter: &IntCounter, value: u64) {
+    let seen = counter.get();
+    if value > seen {
+        counter.inc_by(value - seen);
+    }
+}
+
+/// Middleware recording every request.
+pub async fn track(State(metrics): State<Arc<Metrics>>, req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_string();
+    let method = req.method().as_str().to_string();
+    let bytes_in = content_length(req.headers());
+    let resp = next.run(req).await;
+    let status = resp.status().as_u16().to_string();
+    let labels = [route.as_str(), method.as_str(), status.as_str()];
+    metrics.requests.with_label_values(&labels).inc();
+    metrics
+        .latency
+        .with_label_values(&labels)
+        .observe(started.elapsed().as_secs_f64());
+    metrics
+        .bytes_in
+        .with_label_values(&[&route])
+        .inc_by(bytes_in);
+    metrics
+        .bytes_out
+        .with_label_values(&[&route])
+        .inc_by(resp.body().size_hint().exact().unwrap_or(0));
+    resp
+}
+
+fn content_length(headers: &axum::http::HeaderMap) -> u64 {
+    headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}

@@ -1,0 +1,225 @@
+//! Configuration of the core: where data lives, how shards store it, and request limits.
+//!
+//! Every struct is plain data with `Default` (the documented defaults), `serde` support with
+//! `deny_unknown_fields` (a typo in a config file is an error, not a silently ignored key) and
+//! human-readable durations (`"10ms"`, `"5s"`). [`NodeConfig::validate`] checks cross-field
+//! rules once at start-up. Nothing here reads the environment; the gateway layers files,
+//! environment variables and flags on top and then calls `validate`.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+const MIB: usize = 1024 * 1024;
+
+/// Everything a [`crate::Node`] needs.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Where the cluster's data lives.
+    pub object_store: ObjectStoreConfig,
+    /// How each shard's SlateDB database is tuned.
+    pub storage: StorageConfig,
+    /// Request size limits.
+    pub limits: LimitsConfig,
+}
+
+/// Object store selection and client behaviour.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ObjectStoreConfig {
+    /// Store URL: `file:///abs/path` or a plain (relative or absolute) path for the local
+    /// filesystem, `memory://` for an in-process store (tests only: nothing survives a restart),
+    /// or `s3://bucket/optional/prefix` for S3 and S3-compatible servers. Default: `./data`.
+    pub url: String,
+    /// S3 endpoint URL for S3-compatible servers (MinIO, s3s-fs), e.g. `http://127.0.0.1:9000`.
+    /// Default: unset, which means `AWS_ENDPOINT_URL` or AWS itself.
+    pub endpoint: Option<String>,
+    /// S3 region. Default: unset, which means `AWS_REGION`/`AWS_DEFAULT_REGION` or `us-east-1`.
+    pub region: Option<String>,
+    /// Use virtual-hosted-style S3 URLs (`bucket.host`). Default: false (path style, which
+    /// MinIO-like servers need).
+    pub virtual_hosted_style: bool,
+    /// Allow plain `http://` endpoints. Default: true (local S3-compatible servers).
+    pub allow_http: bool,
+    /// Timeout of one object-store HTTP request. Default: 5s.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Retries of a failed object-store operation before the error reaches the request (both the
+    /// S3 client's and SlateDB's retry layers are bounded by it). Default: 3.
+    pub max_retries: u32,
+    /// fsync every file written to a local filesystem store, so acknowledged writes survive a
+    /// machine crash, not only a process crash. Default: true.
+    pub fsync: bool,
+}
+
+impl Default for ObjectStoreConfig {
+    fn default() -> Self {
+        Self {
+            url: "./data".to_string(),
+            endpoint: None,
+            region: None,
+            virtual_hosted_style: false,
+            allow_http: true,
+            request_timeout: Duration::from_secs(5),
+            max_retries: 3,
+            fsync: true,
+        }
+    }
+}
+
+/// Shard layout and the SlateDB settings of every shard.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Number of shards. Fixed when the cluster is first created (recorded in the cluster
+    /// metadata object); a process configured differently refuses to start. Default: 64.
+    pub shard_count: u32,
+    /// WAL flush period: the latency/cost knob. A durable write waits for the next flush, so its
+    /// latency is about this plus one object-store PUT; every shard with writes issues about
+    /// `1 / flush_interval` PUTs per second. Default: 10ms.
+    #[serde(with = "humantime_serde")]
+    pub flush_interval: Duration,
+    /// How often each shard re-reads its manifest (notices fencing when idle and new compaction
+    /// results). Costs one GET per shard per interval. Default: 1s.
+    #[serde(with = "humantime_serde")]
+    pub manifest_poll_interval: Duration,
+    /// Memtable size at which it is frozen and written as an L0 SST. Default: 16 MiB.
+    pub l0_sst_size_bytes: usize,
+    /// Unflushed bytes per shard at which writes wait (backpressure). Default: 64 MiB.
+    pub max_unflushed_bytes: usize,
+    /// Bytes of the block cache shared by all shards of the process. Default: 256 MiB.
+    pub block_cache_bytes: u64,
+    /// Run SlateDB's compactor inside this process (the embedded single-gateway mode).
+    /// Default: true.
+    pub embedded_compaction: bool,
+    /// Shards opened concurrently at start-up. Default: 8.
+    pub open_concurrency: usize,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            shard_count: 64,
+            flush_interval: Duration::from_millis(10),
+            manifest_poll_interval: Duration::from_secs(1),
+            l0_sst_size_bytes: 16 * MIB,
+            max_unflushed_bytes: 64 * MIB,
+            block_cache_bytes: 256 * MIB as u64,
+            embedded_compaction: true,
+            open_concurrency: 8,
+        }
+    }
+}
+
+/// Limits on what a request may carry.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Longest key in bytes (keys are 1..=this). Default: 1024.
+    pub max_key_bytes: usize,
+    /// Largest value in bytes. Default: 1 MiB.
+    pub max_value_bytes: usize,
+    /// Most operations in one batch. Default: 1000.
+    pub max_batch_ops: usize,
+    /// Most items in one scan page (`limit` above it is an error). Default: 1000.
+    pub max_scan_limit: usize,
+    /// Scan page size when the request gives no `limit`. Default: 100.
+    pub default_scan_limit: usize,
+    /// A scan page stops early once its values add up to this many bytes (at least one item is
+    /// always returned). Default: 4 MiB.
+    pub max_scan_bytes: usize,
+    /// Longest TTL in seconds. Default: 10 years.
+    pub max_ttl_secs: u64,
+    /// Largest batch request body in bytes (JSON, values base64-encoded). Default: 16 MiB.
+    pub max_batch_body_bytes: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_key_bytes: 1024,
+            max_value_bytes: MIB,
+            max_batch_ops: 1000,
+            max_scan_limit: 1000,
+            default_scan_limit: 100,
+            max_scan_bytes: 4 * MIB,
+            max_ttl_secs: 10 * 365 * 24 * 3600,
+            max_batch_body_bytes: 16 * MIB,
+        }
+    }
+}
+
+impl NodeConfig {
+    /// Checks every rule that a single field's type cannot express.
+    pub fn validate(&self) -> Result<()> {
+        let fail = |msg: String| Err(Error::Config(msg));
+        let s = &self.storage;
+        let l = &self.limits;
+        let o = &self.object_store;
+        if s.shard_count == 0 || s.shard_count > 65_536 {
+            return fail(format!(
+                "storage.shard_count must be in 1..=65536, got {}",
+                s.shard_count
+            ));
+        }
+        if s.flush_interval.is_zero() {
+            return fail("storage.flush_interval must be positive".into());
+        }
+        if s.manifest_poll_interval.is_zero() {
+            return fail("storage.manifest_poll_interval must be positive".into());
+        }
+        if s.max_unflushed_bytes <= s.l0_sst_size_bytes {
+            return fail(format!(
+                "storage.max_unflushed_bytes ({}) must be greater than storage.l0_sst_size_bytes ({})",
+                s.max_unflushed_bytes, s.l0_sst_size_bytes
+            ));
+        }
+        if s.open_concurrency == 0 {
+            return fail("storage.open_concurrency must be positive".into());
+        }
+        if l.max_key_bytes == 0 || l.max_value_bytes == 0 || l.max_batch_ops == 0 {
+            return fail(
+                "limits.max_key_bytes, max_value_bytes and max_batch_ops must be positive".into(),
+            );
+        }
+        if l.default_scan_limit == 0 || l.default_scan_limit > l.max_scan_limit {
+            return fail(format!(
+                "limits.default_scan_limit ({}) must be in 1..=limits.max_scan_limit ({})",
+                l.default_scan_limit, l.max_scan_limit
+            ));
+        }
+        if o.url.trim().is_empty() {
+            return fail("object_store.url must not be empty".into());
+        }
+        if o.request_timeout.is_zero() {
+            return fail("object_store.request_timeout must be positive".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        NodeConfig::default().validate().unwrap();
+    }
+
+    #[test]
+    fn cross_field_rules_are_enforced() {
+        let mut c = NodeConfig::default();
+        c.storage.shard_count = 0;
+        assert!(c.validate().is_err());
+        let mut c = NodeConfig::default();
+        c.storage.max_unflushed_bytes = c.storage.l0_sst_size_bytes;
+        assert!(c.validate().is_err());
+        let mut c = NodeConfig::default();
+        c.limits.default_scan_limit = c.limits.max_scan_limit + 1;
+        assert!(c.validate().is_err());
+    }
+}

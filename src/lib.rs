@@ -1,0 +1,49 @@
+//! # Tessera core
+//!
+//! Tessera is a key-value store whose data lives in object storage. The key space is split into
+//! a fixed number of shards; each shard is one SlateDB database under
+//! `{prefix}/shards/{shard:05}`. This crate holds everything but the network front end:
+//!
+//! ```text
+//!  gateway (HTTP, axum)                 gateway/ crate: parse → call core → map errors
+//!    │
+//!    ▼
+//!  Node ── key → shard (shard.rs) ──▶ ShardSlot (node.rs: Open | Reopening | Fenced | Closed)
+//!                                         │  stripe lock, precondition check
+//!                                         ▼
+//!                                     ShardStore (store.rs, the only SlateDB user)
+//!                                         │  WAL + SSTs
+//!                                         ▼
+//!                                     object store (objstore.rs: file, memory, s3)
+//! ```
+//!
+//! ## Module map
+//! - [`config`]: configuration structs with documented defaults and `validate()`.
+//! - [`error`]: the core [`Error`] and what a caller must do about each kind.
+//! - [`shard`]: the stable key → shard function (XXH3, Redis-style hash tags).
+//! - [`objstore`]: object store from a URL.
+//! - [`cluster`]: the cluster metadata object that pins the shard count.
+//! - [`store`]: one shard's SlateDB database; durability, versions and TTL decisions.
+//! - [`node`]: the shards a process serves and the key-value operations over them.
+//!
+//! ## Guarantees
+//! - A write is acknowledged only after it is durable in the object store; a crash loses only
+//!   unacknowledged writes.
+//! - Reads return only durable, unexpired values; versions strictly increase per key and are
+//!   never reused.
+//! - A batch is atomic within one shard. There is no cross-shard atomicity.
+//! - Expired values are never returned, though they occupy storage until compaction.
+
+pub mod cluster;
+pub mod config;
+pub mod error;
+pub mod node;
+pub mod objstore;
+pub mod shard;
+pub mod store;
+
+pub use config::{LimitsConfig, NodeConfig, ObjectStoreConfig, StorageConfig};
+pub use error::{Error, ErrorKind, Result};
+pub use node::{Node, NodeStats, Precondition, ScanPage, ScanRequest, WriteKind, WriteOp};
+pub use shard::{shard_for_key, ShardId};
+pub use store::Entry;

@@ -1,0 +1,698 @@
+//! `Node`: the shards this process serves, and the key-value operations over them.
+//!
+//! In the embedded (single-process) mode a node owns every shard of the cluster: it opens them
+//! all at start-up, which fences any earlier writer of the same data, and serves them until
+//! shutdown.
+//!
+//! Each shard has a [`ShardSlot`] whose state is `Open`, `Reopening` (its database hit a fatal
+//! error, e.g. a WAL flush that exhausted its retries while the object store was down, and a
+//! background task is reopening it), `Fenced` (another process opened the database: we must
+//! never serve it again) or `Closed` (shutdown). Requests reach a store only through
+//! [`ShardSlot::store`], so nothing is served from a database in any state but `Open`.
+//!
+//! Conditional writes: every write to a key holds the key's stripe lock while it checks its
+//! precondition against the newest value (in memory or durable) and hands the write to SlateDB;
+//! it releases the lock before waiting for durability, so writers of one shard still share WAL
+//! flushes (group commit). Because the WAL is ordered, a write that depended on an earlier,
+//! unacknowledged write can only become durable after it.
+//!
+//! Invariants:
+//! - a write is acknowledged (returns `Ok`) only after it is durable in the object store;
+//! - a read returns only durable, unexpired data;
+//! - a `Fenced` slot never goes back to `Open` in this process.
+
+use std::collections::BinaryHeap;
+use std::ops::Bound;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{stream, StreamExt, TryStreamExt};
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::cluster;
+use crate::config::NodeConfig;
+use crate::error::{Error, Result};
+use crate::objstore::{self, ClusterStore};
+use crate::shard::{shard_for_key, ShardId};
+use crate::store::{BlockCache, Closed, Durability, Entry, Mutation, ShardScan, ShardStore};
+
+/// Write locks per shard. Keys hash onto stripes; a batch takes its stripes in ascending order.
+const STRIPES: usize = 64;
+
+/// A condition a write requires of the key's current state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precondition {
+    /// No condition.
+    None,
+    /// The key must exist with exactly this version (`If-Match: "N"`).
+    IfMatch(u64),
+    /// The key must be absent or expired (`If-None-Match: *`).
+    IfAbsent,
+    /// The key must exist, with any version (`If-Match: *`).
+    IfExists,
+}
+
+/// What a write does to its key.
+#[derive(Debug, Clone)]
+pub enum WriteKind {
+    /// Sets the value, expiring after `ttl_secs` if given.
+    Put { value: Bytes, ttl_secs: Option<u64> },
+    /// Removes the key.
+    Delete,
+}
+
+/// One conditional mutation.
+#[derive(Debug, Clone)]
+pub struct WriteOp {
+    /// The key.
+    pub key: Bytes,
+    /// What to do.
+    pub kind: WriteKind,
+    /// What must hold first.
+    pub precondition: Precondition,
+}
+
+/// A scan request over the whole key space. Bounds combine: the scanned range is the
+/// intersection of `[start, end)`, the keys starting with `prefix`, and the keys after `after`.
+#[derive(Debug, Clone, Default)]
+pub struct ScanRequest {
+    /// Only keys with this prefix.
+    pub prefix: Option<Bytes>,
+    /// First key (inclusive).
+    pub start: Option<Bytes>,
+    /// Last key (exclusive).
+    pub end: Option<Bytes>,
+    /// Resume after this key (from a previous page's cursor).
+    pub after: Option<Bytes>,
+    /// Most items to return; 0 means the configured default.
+    pub limit: usize,
+}
+
+/// One page of a scan.
+#[derive(Debug, Clone)]
+pub struct ScanPage {
+    /// Entries in key order.
+    pub items: Vec<Entry>,
+    /// True if more entries follow the last one returned.
+    pub more: bool,
+}
+
+/// Counters exported as metrics.
+#[derive(Debug, Default)]
+pub struct NodeStats {
+    /// Storage errors seen by requests (object store unreachable, shard closed, fenced).
+    pub storage_errors: AtomicU64,
+    /// Times a shard database was reopened after a fatal error.
+    pub shard_reopens: AtomicU64,
+}
+
+enum SlotState {
+    Open(Arc<ShardStore>),
+    Reopening,
+    Fenced,
+    Closed,
+}
+
+/// One shard's place in the node.
+pub struct ShardSlot {
+    id: ShardId,
+    state: RwLock<SlotState>,
+    stripes: Vec<Mutex<()>>,
+}
+
+impl ShardSlot {
+    fn new(id: ShardId, store: ShardStore) -> Self {
+        ShardSlot {
+            id,
+            state: RwLock::new(SlotState::Open(Arc::new(store))),
+            stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+        }
+    }
+
+    /// Returns the open store, or why the shard cannot be served now.
+    fn store(&self) -> Result<Arc<ShardStore>> {
+        let state = self.state.read().unwrap_or_else(|e| e.into_inner());
+        match &*state {
+            SlotState::Open(store) => Ok(Arc::clone(store)),
+            SlotState::Reopening => Err(Error::ShardUnavailable {
+                shard: self.id,
+                reason: "reopening after an object-store failure".into(),
+            }),
+            SlotState::Fenced => Err(Error::Fenced { shard: self.id }),
+            SlotState::Closed => Err(Error::ShuttingDown),
+        }
+    }
+
+    fn set(&self, new: SlotState) -> SlotState {
+        let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+        std::mem::replace(&mut *state, new)
+    }
+
+    fn stripe(key: &[u8]) -> usize {
+        (xxhash_rust::xxh3::xxh3_64_with_seed(key, 1) % STRIPES as u64) as usize
+    }
+}
+
+/// The shards this process serves.
+pub struct Node {
+    config: NodeConfig,
+    store: ClusterStore,
+    cache: BlockCache,
+    shards: Vec<Arc<ShardSlot>>,
+    stats: Arc<NodeStats>,
+    cancel: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl Node {
+    /// Opens the cluster in `config.object_store` (creating it if new) and every shard in it.
+    pub async fn open(config: NodeConfig) -> Result<Arc<Node>> {
+        config.validate()?;
+        let store = objstore::open(&config.object_store)?;
+        cluster::create_or_check(&store, config.storage.shard_count).await?;
+        let cache = BlockCache::new(config.storage.block_cache_bytes);
+        let started = std::time::Instant::now();
+        let mut shards: Vec<Arc<ShardSlot>> = stream::iter(0..config.storage.shard_count)
+            .map(|n| {
+                let (store, config, cache) = (&store, &config, &cache);
+                async move {
+                    let id = ShardId(n);
+                    let opened =
+                        ShardStore::open(id, store, &config.storage, &config.object_store, cache)
+                            .await?;
+                    Ok::<_, Error>(Arc::new(ShardSlot::new(id, opened)))
+                }
+            })
+            .buffer_unordered(config.storage.open_concurrency)
+            .try_collect()
+            .await?;
+        shards.sort_by_key(|s| s.id);
+        tracing::info!(
+            shards = shards.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "opened all shards"
+        );
+        Ok(Arc::new(Node {
+            config,
+            store,
+            cache,
+            shards,
+            stats: Arc::default(),
+            cancel: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+        }))
+    }
+
+    /// The configuration the node runs with.
+    pub fn config(&self) -> &NodeConfig {
+        &self.config
+    }
+
+    /// Counters for metrics.
+    pub fn stats(&self) -> &NodeStats {
+        &self.stats
+    }
+
+    /// Number of shards currently open and served.
+    pub fn open_shards(&self) -> usize {
+        self.shards.iter().filter(|s| s.store().is_ok()).count()
+    }
+
+    /// Returns the shard of `key`.
+    pub fn shard_of(&self, key: &[u8]) -> ShardId {
+        shard_for_key(key, self.config.storage.shard_count)
+    }
+
+    /// Checks a key against the configured limits.
+    pub fn validate_key(&self, key: &[u8]) -> Result<()> {
+        let max = self.config.limits.max_key_bytes;
+        if key.is_empty() {
+            return Err(Error::invalid("invalid_key", "the key must not be empty"));
+        }
+        if key.len() > max {
+            return Err(Error::invalid(
+                "key_too_long",
+                format!("the key is {} bytes; the limit is {max} bytes", key.len()),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Returns the durable, live value of `key`.
+    pub async fn get(&self, key: &[u8]) -> Result<Entry> {
+        self.validate_key(key)?;
+        let slot = &self.shards[self.shard_of(key).0 as usize];
+        let store = slot.store()?;
+        let found = store.get(key, Durability::Durable).await;
+        self.observe(slot, &store, found)?.ok_or(Error::NotFound)
+    }
+
+    /// Writes one key; returns the new version once durable.
+    pub async fn put(
+        &self,
+        key: Bytes,
+        value: Bytes,
+        ttl_secs: Option<u64>,
+        precondition: Precondition,
+    ) -> Result<u64> {
+        self.apply(vec![WriteOp {
+            key,
+            kind: WriteKind::Put { value, ttl_secs },
+            precondition,
+        }])
+        .await
+    }
+
+    /// Deletes one key (absent keys included); returns once durable.
+    pub async fn delete(&self, key: Bytes, precondition: Precondition) -> Result<()> {
+        self.apply(vec![WriteOp {
+            key,
+            kind: WriteKind::Delete,
+            precondition,
+        }])
+        .await
+        .map(|_| ())
+    }
+
+    /// Applies `ops` atomically: all preconditions hold and every op is applied, or nothing is.
+    /// Every key must map to one shard. Returns the version all written keys now have.
+    pub async fn apply(&self, ops: Vec<WriteOp>) -> Result<u64> {
+        let slot = self.check_write(&ops)?;
+        let store = slot.store()?;
+        let pending = {
+            let mut stripes: Vec<usize> = ops.iter().map(|op| ShardSlot::stripe(&op.key)).collect();
+            stripes.sort_unstable();
+            stripes.dedup();
+            let mut guards = Vec::with_capacity(stripes.len());
+            for s in stripes {
+                guards.push(slot.stripes[s].lock().await);
+            }
+            for op in &ops {
+                self.check_precondition(slot, &store, op).await?;
+            }
+            let mutations = ops
+                .into_iter()
+                .map(|op| match op.kind {
+                    WriteKind::Put { value, ttl_secs } => Mutation::Put {
+                        key: op.key,
+                        value,
+                        ttl_ms: ttl_secs.map(|s| s.saturating_mul(1000)),
+                    },
+                    WriteKind::Delete => Mutation::Delete { key: op.key },
+                })
+                .collect();
+            let written = store.write(mutations).await;
+            self.observe(slot, &store, written)?
+            // The stripe locks drop here: the write is ordered in the WAL, durability is awaited
+            // outside the locks so concurrent writers share WAL flushes.
+        };
+        let durable = pending.durable().await;
+        self.observe(slot, &store, durable)
+    }
+
+    /// Validates a write's ops and returns the one shard they all map to.
+    fn check_write(&self, ops: &[WriteOp]) -> Result<&Arc<ShardSlot>> {
+        let limits = &self.config.limits;
+        if ops.is_empty() {
+            return Err(Error::invalid(
+                "invalid_batch",
+                "a batch needs at least one operation",
+            ));
+        }
+        if ops.len() > limits.max_batch_ops {
+            return Err(Error::invalid(
+                "batch_too_large",
+                format!(
+                    "the batch has {} operations; the limit is {}",
+                    ops.len(),
+                    limits.max_batch_ops
+                ),
+            ));
+        }
+        let mut shards: Vec<ShardId> = Vec::with_capacity(ops.len());
+        let mut keys: Vec<&[u8]> = Vec::with_capacity(ops.len());
+        for op in ops {
+            self.validate_key(&op.key)?;
+            if let WriteKind::Put { value, ttl_secs } = &op.kind {
+                if value.len() > limits.max_value_bytes {
+                    return Err(Error::ValueTooLarge {
+                        size: value.len(),
+                        limit: limits.max_value_bytes,
+                    });
+                }
+                if let Some(ttl) = ttl_secs {
+                    if *ttl == 0 || *ttl > limits.max_ttl_secs {
+                        return Err(Error::invalid(
+                            "invalid_ttl",
+                            format!("ttl must be 1..={} seconds, got {ttl}", limits.max_ttl_secs),
+                        ));
+                    }
+                }
+            }
+            shards.push(self.shard_of(&op.key));
+            keys.push(&op.key);
+        }
+        keys.sort_unstable();
+        if keys.windows(2).any(|w| w[0] == w[1]) {
+            return Err(Error::invalid(
+                "duplicate_key",
+                "a batch may name each key at most once",
+            ));
+        }
+        shards.sort_unstable();
+        shards.dedup();
+        if shards.len() > 1 {
+            return Err(Error::CrossShard {
+                shards: shards.len(),
+            });
+        }
+        Ok(&self.shards[shards[0].0 as usize])
+    }
+
+    async fn check_precondition(
+        &self,
+        slot: &ShardSlot,
+        store: &Arc<ShardStore>,
+        op: &WriteOp,
+    ) -> Result<()> {
+        if op.precondition == Precondition::None {
+            return Ok(());
+        }
+        let current = store.get(&op.key, Durability::Latest).await;
+        let current = self.observe(slot, store, current)?.map(|e| e.version);
+        let holds = match op.precondition {
+            Precondition::None => true,
+            Precondition::IfMatch(v) => current == Some(v),
+            Precondition::IfAbsent => current.is_none(),
+            Precondition::IfExists => current.is_some(),
+        };
+        if holds {
+            Ok(())
+        } else {
+            Err(Error::PreconditionFailed { current })
+        }
+    }
+
+    /// Returns one page of the durable live entries matching `req`, merged across all shards in
+    /// key order.
+    pub async fn scan(&self, req: ScanRequest) -> Result<ScanPage> {
+        let limits = &self.config.limits;
+        let limit = match req.limit {
+            0 => limits.default_scan_limit,
+            n if n > limits.max_scan_limit => {
+                return Err(Error::invalid(
+                    "invalid_limit",
+                    format!("limit must be 1..={}, got {n}", limits.max_scan_limit),
+                ))
+            }
+            n => n,
+        };
+        let Some(range) = scan_range(&req) else {
+            return Ok(ScanPage {
+                items: Vec::new(),
+                more: false,
+            });
+        };
+        // Open one iterator per shard, then merge them with a min-heap keyed by each shard's
+        // next key. Every shard must be available: a page with a shard missing would be wrong.
+        let mut scans: Vec<ShardScan> = futures::future::try_join_all(
+            self.shards
+                .iter()
+                .map(|slot| self.open_scan(slot, range.clone())),
+        )
+        .await?;
+        let mut heap = BinaryHeap::new();
+        for (i, scan) in scans.iter_mut().enumerate() {
+            if let Some(entry) = self.scan_next(i, scan).await? {
+                heap.push(Head(entry, i));
+            }
+        }
+        let mut items = Vec::new();
+        let mut bytes = 0usize;
+        while items.len() < limit && (items.is_empty() || bytes < limits.max_scan_bytes) {
+            let Some(Head(entry, i)) = heap.pop() else {
+                break;
+            };
+            if let Some(next) = self.scan_next(i, &mut scans[i]).await? {
+                heap.push(Head(next, i));
+            }
+            bytes += entry.key.len() + entry.value.len();
+            items.push(entry);
+        }
+        Ok(ScanPage {
+            items,
+            more: !heap.is_empty(),
+        })
+    }
+
+    async fn open_scan(
+        &self,
+        slot: &Arc<ShardSlot>,
+        range: (Bound<Bytes>, Bound<Bytes>),
+    ) -> Result<ShardScan> {
+        let store = slot.store()?;
+        let scan = store.scan(range).await;
+        self.observe(slot, &store, scan)
+    }
+
+    async fn scan_next(&self, i: usize, scan: &mut ShardScan) -> Result<Option<Entry>> {
+        let next = scan.next().await;
+        if let Err(e) = &next {
+            self.stats.storage_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(shard = i, error = %e, "scan failed");
+        }
+        next
+    }
+
+    /// Passes `result` through; on a storage error, records it and, if the shard's database is
+    /// no longer usable, moves the slot to `Fenced` or starts reopening it.
+    fn observe<T>(
+        &self,
+        slot: &ShardSlot,
+        store: &Arc<ShardStore>,
+        result: Result<T>,
+    ) -> Result<T> {
+        if let Err(e) = &result {
+            if matches!(
+                e,
+                Error::ShardUnavailable { .. } | Error::Fenced { .. } | Error::Internal(_)
+            ) {
+                self.stats.storage_errors.fetch_add(1, Ordering::Relaxed);
+            }
+            match store.is_closed() {
+                Some(Closed::Fenced) => self.mark_fenced(slot, store),
+                Some(Closed::Other) => self.start_reopen(slot, store),
+                None => {}
+            }
+        }
+        result
+    }
+
+    fn mark_fenced(&self, slot: &ShardSlot, store: &Arc<ShardStore>) {
+        let mut state = slot.state.write().unwrap_or_else(|e| e.into_inner());
+        if matches!(&*state, SlotState::Open(s) if Arc::ptr_eq(s, store)) {
+            *state = SlotState::Fenced;
+            tracing::error!(shard = %slot.id, "shard fenced by another writer; no longer served");
+        }
+    }
+
+    /// Moves `slot` from `Open(store)` to `Reopening` and spawns the task that reopens it.
+    /// Only the caller that makes that transition spawns, so at most one task per slot runs.
+    fn start_reopen(&self, slot: &ShardSlot, store: &Arc<ShardStore>) {
+        {
+            let mut state = slot.state.write().unwrap_or_else(|e| e.into_inner());
+            if !matches!(&*state, SlotState::Open(s) if Arc::ptr_eq(s, store)) {
+                return;
+            }
+            *state = SlotState::Reopening;
+        }
+        tracing::warn!(shard = %slot.id, "shard database failed; reopening");
+        let slot = Arc::clone(&self.shards[slot.id.0 as usize]);
+        let (cfg, cluster, cache) = (self.config.clone(), self.store.clone(), self.cache.clone());
+        let (cancel, stats) = (self.cancel.clone(), Arc::clone(&self.stats));
+        self.tasks.spawn(async move {
+            let mut delay = Duration::from_millis(100);
+            loop {
+                let opened = tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    r = ShardStore::open(slot.id, &cluster, &cfg.storage, &cfg.object_store, &cache) => r,
+                };
+                match opened {
+                    Ok(store) => {
+                        stats.shard_reopens.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!(shard = %slot.id, "shard reopened");
+                        slot.set(SlotState::Open(Arc::new(store)));
+                        return;
+                    }
+                    Err(e) => tracing::warn!(shard = %slot.id, error = %e, "reopen failed; retrying"),
+                }
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+        });
+    }
+
+    /// Stops background work and closes every open shard, flushing its memtable so the next
+    /// open replays no WAL. Call after the HTTP server has drained.
+    pub async fn close(&self) -> Result<()> {
+        self.cancel.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+        let results =
+            futures::future::join_all(self.shards.iter().map(|slot| close_slot(slot))).await;
+        let failed: Vec<String> = results
+            .into_iter()
+            .filter_map(|r| r.err().map(|e| e.to_string()))
+            .collect();
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Internal(format!(
+                "{} shard(s) failed to close: {}",
+                failed.len(),
+                failed.join("; ")
+            )))
+        }
+    }
+}
+
+async fn close_slot(slot: &ShardSlot) -> Result<()> {
+    match slot.set(SlotState::Closed) {
+        SlotState::Open(store) => store.close().await,
+        _ => Ok(()),
+    }
+}
+
+/// A shard iterator's next entry, ordered so that `BinaryHeap` (a max-heap) pops the smallest
+/// key first.
+struct Head(Entry, usize);
+
+impl PartialEq for Head {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.key == other.0.key
+    }
+}
+impl Eq for Head {}
+impl PartialOrd for Head {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Head {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        other.0.key.cmp(&self.0.key)
+    }
+}
+
+/// The key range of a scan request, or `None` if it is empty.
+fn scan_range(req: &ScanRequest) -> Option<(Bound<Bytes>, Bound<Bytes>)> {
+    let mut lower: Bound<Bytes> = Bound::Unbounded;
+    let mut upper: Bound<Bytes> = Bound::Unbounded;
+    let mut raise = |b: Bound<Bytes>| {
+        if lower_after(&b, &lower) {
+            lower = b;
+        }
+    };
+    if let Some(s) = &req.start {
+        raise(Bound::Included(s.clone()));
+    }
+    if let Some(p) = &req.prefix {
+        raise(Bound::Included(p.clone()));
+    }
+    if let Some(a) = &req.after {
+        raise(Bound::Excluded(a.clone()));
+    }
+    let mut lower_upper = |b: Bound<Bytes>| {
+        let tighter = match (&b, &upper) {
+            (_, Bound::Unbounded) => true,
+            (Bound::Excluded(x), Bound::Excluded(y)) => x < y,
+            _ => false,
+        };
+        if tighter {
+            upper = b;
+        }
+    };
+    if let Some(e) = &req.end {
+        lower_upper(Bound::Excluded(e.clone()));
+    }
+    if let Some(p) = &req.prefix {
+        if let Some(succ) = prefix_successor(p) {
+            lower_upper(Bound::Excluded(succ));
+        }
+    }
+    let empty = match (&lower, &upper) {
+        (Bound::Included(l), Bound::Excluded(u)) => l >= u,
+        (Bound::Excluded(l), Bound::Excluded(u)) => l >= u,
+        _ => false,
+    };
+    (!empty).then_some((lower, upper))
+}
+
+/// True if lower bound `a` starts after lower bound `b`.
+fn lower_after(a: &Bound<Bytes>, b: &Bound<Bytes>) -> bool {
+    match (a, b) {
+        (Bound::Unbounded, _) => false,
+        (_, Bound::Unbounded) => true,
+        (Bound::Included(x) | Bound::Excluded(x), Bound::Included(y) | Bound::Excluded(y))
+            if x != y =>
+        {
+            x > y
+        }
+        (Bound::Excluded(_), Bound::Included(_)) => true,
+        _ => false,
+    }
+}
+
+/// The smallest key greater than every key starting with `prefix`, or `None` if there is none.
+fn prefix_successor(prefix: &[u8]) -> Option<Bytes> {
+    let mut succ = prefix.to_vec();
+    while let Some(last) = succ.pop() {
+        if last < 0xff {
+            succ.push(last + 1);
+            return Some(Bytes::from(succ));
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b(s: &str) -> Bytes {
+        Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    #[test]
+    fn scan_ranges_intersect() {
+        let req = ScanRequest {
+            prefix: Some(b("ab")),
+            start: Some(b("aa")),
+            end: Some(b("abz")),
+            after: Some(b("abc")),
+            limit: 0,
+        };
+        assert_eq!(
+            scan_range(&req),
+            Some((Bound::Excluded(b("abc")), Bound::Excluded(b("abz"))))
+        );
+        let req = ScanRequest {
+            prefix: Some(b("b")),
+            end: Some(b("a")),
+            ..Default::default()
+        };
+        assert_eq!(scan_range(&req), None);
+        assert_eq!(
+            prefix_successor(&[0x61, 0xff]),
+            Some(Bytes::from_static(&[0x62]))
+        );
+        assert_eq!(prefix_successor(&[0xff, 0xff]), None);
+    }
+}

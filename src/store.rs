@@ -1,0 +1,320 @@
+//! `ShardStore`: one shard's SlateDB database. The only module that imports `slatedb`.
+//!
+//! Decisions recorded here (a SlateDB upgrade should touch only this file and `Cargo.toml`):
+//!
+//! - **Layout.** Shard `n` lives under `{prefix}/shards/{n:05}` in the cluster's object store.
+//! - **Durability.** [`ShardStore::write`] returns a [`PendingWrite`] as soon as SlateDB has the
+//!   write in memory; callers acknowledge only after [`PendingWrite::durable`], which waits for
+//!   the WAL object holding it to be written (`WriteHandle::await_durable`). SlateDB's WAL is
+//!   ordered, so a durable write implies every earlier write of the shard is durable too.
+//! - **Versions.** A key's version is the SlateDB sequence number of the write that produced it.
+//!   Sequence numbers strictly increase per database across restarts and reopenings, so versions
+//!   strictly increase per key and are never reused, also after a delete and re-create.
+//! - **Reads.** [`Durability::Durable`] reads (every client read) see only data durable in the
+//!   object store, so a client never observes a write that a crash could still lose.
+//!   [`Durability::Latest`] reads also see writes still in memory; they serve precondition checks,
+//!   which must compare against the newest write, acknowledged or not.
+//! - **TTL.** SlateDB does not hide expired rows on reads, so every read here compares the row's
+//!   `expire_ts` with the wall clock and treats expired rows as absent.
+//! - **Retries.** `object_store_max_retries` is bounded (config `object_store.max_retries`): an
+//!   unreachable store fails the operation instead of retrying forever. A WAL flush that fails
+//!   puts the database in a fatal state ([`ShardStore::is_closed`]); the owner reopens it.
+//! - **Fencing.** Opening the database claims a new writer epoch and fences any previous writer.
+//!   A fenced database reports [`Error::Fenced`]; its pending writes never become durable, so
+//!   they are never acknowledged.
+//! - **Caches.** One block cache is shared by every shard of the process
+//!   ([`BlockCache`]), keyed by shard number, so memory does not grow with the shard count.
+//! - **Compaction and GC.** Run in-process when `storage.embedded_compaction` is set (the
+//!   single-gateway mode). GC boundary files need `If-Match`, which the local filesystem store
+//!   lacks, so they are disabled there.
+
+use std::ops::Bound;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use slatedb::config::{
+    CompactorOptions, DurabilityLevel, GarbageCollectorOptions, PutOptions, ReadOptions,
+    ScanOptions, Settings, Ttl,
+};
+use slatedb::db_cache::moka::{MokaCache, MokaCacheOptions};
+use slatedb::db_cache::DbCache;
+use slatedb::{CloseReason, Db, DbIterator, ErrorKind as SlateErrorKind, WriteBatch, WriteHandle};
+
+use crate::config::{ObjectStoreConfig, StorageConfig};
+use crate::error::{Error, Result};
+use crate::objstore::ClusterStore;
+use crate::shard::ShardId;
+
+/// Which writes a read may observe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Only writes durable in the object store.
+    Durable,
+    /// Also writes still in memory, awaiting their WAL flush.
+    Latest,
+}
+
+/// A live (present, unexpired) value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// The key.
+    pub key: Bytes,
+    /// The value.
+    pub value: Bytes,
+    /// The version: the sequence number of the write that produced the value.
+    pub version: u64,
+    /// When the value expires, in Unix milliseconds.
+    pub expires_at_ms: Option<i64>,
+}
+
+/// One mutation of a write.
+#[derive(Debug, Clone)]
+pub enum Mutation {
+    /// Sets `key` to `value`, expiring after `ttl_ms` milliseconds if given.
+    Put {
+        key: Bytes,
+        value: Bytes,
+        ttl_ms: Option<u64>,
+    },
+    /// Removes `key`.
+    Delete { key: Bytes },
+}
+
+/// The block cache shared by every shard of a process.
+#[derive(Clone)]
+pub struct BlockCache(Arc<dyn DbCache>);
+
+impl BlockCache {
+    /// Creates a cache holding at most `bytes` bytes.
+    pub fn new(bytes: u64) -> Self {
+        BlockCache(Arc::new(MokaCache::new_with_opts(MokaCacheOptions {
+            max_capacity: bytes,
+            time_to_live: None,
+            time_to_idle: None,
+        })))
+    }
+}
+
+/// A write accepted in memory, not yet durable.
+pub struct PendingWrite {
+    shard: ShardId,
+    handle: WriteHandle,
+}
+
+impl PendingWrite {
+    /// The version the write gave its keys.
+    pub fn version(&self) -> u64 {
+        self.handle.seqnum()
+    }
+
+    /// Waits until the write is durable in the object store and returns its version.
+    pub async fn durable(self) -> Result<u64> {
+        self.handle
+            .await_durable()
+            .await
+            .map_err(|e| map_error(self.shard, e))?;
+        Ok(self.handle.seqnum())
+    }
+}
+
+/// Why a store stopped accepting operations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Closed {
+    /// A newer writer opened the database: never reopen without re-acquiring the shard.
+    Fenced,
+    /// Closed by us, or a background task failed (e.g. a WAL flush exhausted its retries):
+    /// reopening may succeed once the object store is healthy.
+    Other,
+}
+
+/// One shard's open database.
+pub struct ShardStore {
+    shard: ShardId,
+    db: Db,
+}
+
+impl ShardStore {
+    /// Opens (creating if needed) the database of `shard`, fencing any previous writer.
+    pub async fn open(
+        shard: ShardId,
+        store: &ClusterStore,
+        storage: &StorageConfig,
+        object_store: &ObjectStoreConfig,
+        cache: &BlockCache,
+    ) -> Result<Self> {
+        let path = store.path(&format!("shards/{shard}"));
+        let local = object_store.url.starts_with("file://") || !object_store.url.contains("://");
+        let settings = Settings {
+            flush_interval: Some(storage.flush_interval),
+            manifest_poll_interval: storage.manifest_poll_interval,
+            l0_sst_size_bytes: storage.l0_sst_size_bytes,
+            max_unflushed_bytes: storage.max_unflushed_bytes,
+            object_store_max_retries: Some(object_store.max_retries),
+            compactor_options: storage.embedded_compaction.then(CompactorOptions::default),
+            garbage_collector_options: storage.embedded_compaction.then(|| {
+                GarbageCollectorOptions {
+                    boundary_files_enabled: !local,
+                    object_store_max_retries: Some(object_store.max_retries),
+                    ..Default::default()
+                }
+            }),
+            ..Settings::default()
+        };
+        let db = Db::builder(path, Arc::clone(&store.store))
+            .with_settings(settings)
+            .with_db_cache(Arc::clone(&cache.0), u64::from(shard.0))
+            .build()
+            .await
+            .map_err(|e| map_error(shard, e))?;
+        Ok(ShardStore { shard, db })
+    }
+
+    /// The shard this store holds.
+    pub fn shard(&self) -> ShardId {
+        self.shard
+    }
+
+    /// Returns the live value of `key`, if any.
+    pub async fn get(&self, key: &[u8], durability: Durability) -> Result<Option<Entry>> {
+        let options = ReadOptions {
+            durability_filter: level(durability),
+            ..ReadOptions::default()
+        };
+        let kv = self
+            .db
+            .get_key_value_with_options(key, &options)
+            .await
+            .map_err(|e| self.map(e))?;
+        Ok(kv.and_then(|kv| live(kv, now_ms())))
+    }
+
+    /// Applies `mutations` atomically, in memory. Await [`PendingWrite::durable`] before
+    /// acknowledging.
+    pub async fn write(&self, mutations: Vec<Mutation>) -> Result<PendingWrite> {
+        let mut batch = WriteBatch::new();
+        for m in mutations {
+            match m {
+                Mutation::Put { key, value, ttl_ms } => {
+                    let ttl = ttl_ms.map_or(Ttl::NoExpiry, Ttl::ExpireAfterMillis);
+                    batch.put_with_options(key, value, &PutOptions { ttl });
+                }
+                Mutation::Delete { key } => batch.delete(key),
+            }
+        }
+        let handle = self.db.write(batch).await.map_err(|e| self.map(e))?;
+        Ok(PendingWrite {
+            shard: self.shard,
+            handle,
+        })
+    }
+
+    /// Iterates the durable live entries in `range`, in key order.
+    pub async fn scan(&self, range: (Bound<Bytes>, Bound<Bytes>)) -> Result<ShardScan> {
+        let options = ScanOptions {
+            durability_filter: DurabilityLevel::Remote,
+            cache_blocks: true,
+            read_ahead_bytes: 64 * 1024,
+            ..ScanOptions::default()
+        };
+        let iter = self
+            .db
+            .scan_with_options(range, &options)
+            .await
+            .map_err(|e| self.map(e))?;
+        Ok(ShardScan {
+            shard: self.shard,
+            iter,
+            now_ms: now_ms(),
+        })
+    }
+
+    /// Returns why the database stopped, if it has.
+    pub fn is_closed(&self) -> Option<Closed> {
+        self.db.status().close_reason.map(|r| match r {
+            CloseReason::Fenced => Closed::Fenced,
+            _ => Closed::Other,
+        })
+    }
+
+    /// Flushes the memtable and closes the database, so the next open replays no WAL.
+    pub async fn close(&self) -> Result<()> {
+        self.db.close().await.map_err(|e| self.map(e))
+    }
+
+    fn map(&self, e: slatedb::Error) -> Error {
+        map_error(self.shard, e)
+    }
+}
+
+/// An ordered iterator over one shard's durable live entries.
+pub struct ShardScan {
+    shard: ShardId,
+    iter: DbIterator,
+    now_ms: i64,
+}
+
+impl ShardScan {
+    /// Returns the next live entry, skipping expired ones.
+    pub async fn next(&mut self) -> Result<Option<Entry>> {
+        loop {
+            match self
+                .iter
+                .next()
+                .await
+                .map_err(|e| map_error(self.shard, e))?
+            {
+                None => return Ok(None),
+                Some(kv) => {
+                    if let Some(entry) = live(kv, self.now_ms) {
+                        return Ok(Some(entry));
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn level(durability: Durability) -> DurabilityLevel {
+    match durability {
+        Durability::Durable => DurabilityLevel::Remote,
+        Durability::Latest => DurabilityLevel::Memory,
+    }
+}
+
+/// Converts a row to an [`Entry`], or `None` if it has expired at `now_ms`.
+fn live(kv: slatedb::KeyValue, now_ms: i64) -> Option<Entry> {
+    if kv.expire_ts.is_some_and(|t| t <= now_ms) {
+        return None;
+    }
+    Some(Entry {
+        key: kv.key,
+        value: kv.value,
+        version: kv.seq,
+        expires_at_ms: kv.expire_ts,
+    })
+}
+
+/// The wall clock in Unix milliseconds, the clock SlateDB stamps `expire_ts` with.
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn map_error(shard: ShardId, e: slatedb::Error) -> Error {
+    match e.kind() {
+        SlateErrorKind::Closed(CloseReason::Fenced) => Error::Fenced { shard },
+        SlateErrorKind::Closed(_) | SlateErrorKind::Unavailable => Error::ShardUnavailable {
+            shard,
+            reason: e.to_string(),
+        },
+        SlateErrorKind::Data => {
+            tracing::error!(%shard, error = %e, "shard data is in an unexpected state");
+            Error::Internal(format!("shard {shard}: {e}"))
+        }
+        // Transactions are not used; every input is validated before it reaches SlateDB, so
+        // `Invalid` is a bug here too. `ErrorKind` is non-exhaustive: new kinds are internal.
+        _ => Error::Internal(format!("shard {shard}: {e}")),
+    }
+}
