@@ -65,9 +65,11 @@ pub fn open(cfg: &ObjectStoreConfig) -> Result<ClusterStore> {
                  give a plain path for a relative directory"
             )))
         }
-        None if url.contains("://") => return Err(Error::Config(format!(
+        None if url.contains("://") => {
+            return Err(Error::Config(format!(
             "object_store.url `{url}` has an unsupported scheme; use file://, s3:// or memory://"
-        ))),
+        )))
+        }
         None => url,
     };
     std::fs::create_dir_all(dir)

@@ -1,0 +1,322 @@
+//! Test fixtures: the real gateway binary and a real S3-compatible server (s3s-fs), started as
+//! processes on loopback with free ports and temporary directories, killed on drop.
+//!
+//! A missing `s3s-fs` binary fails the test (CI installs it; see `.ci/run`). Nothing is
+//! skipped silently.
+
+#![allow(dead_code)] // each test binary uses a different subset of the fixtures
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+pub const S3_ACCESS_KEY: &str = "devkey";
+pub const S3_SECRET_KEY: &str = "devsecret";
+pub const S3_BUCKET: &str = "tessera";
+
+/// Path of the `tessera-gateway` binary, built once per test process.
+pub fn gateway_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "gateway",
+                "--bin",
+                "tessera-gateway",
+            ])
+            .current_dir(root)
+            .status()
+            .expect("run cargo build for the gateway");
+        assert!(status.success(), "building tessera-gateway failed");
+        let target = std::env::var("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| root.join("target"));
+        let bin = target.join("debug").join("tessera-gateway");
+        assert!(bin.exists(), "{} missing after build", bin.display());
+        bin
+    })
+}
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind a free port")
+}
+
+fn wait_for_port(addr: SocketAddr, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    if let Some(home) = std::env::var_os("HOME") {
+        dirs.push(Path::new(&home).join(".cargo/bin"));
+    }
+    dirs.into_iter().map(|d| d.join(name)).find(|p| p.is_file())
+}
+
+/// A real S3-compatible server (s3s-fs) on a loopback port, data in a temporary directory.
+/// It can be stopped and started again on the same port and data (outage tests).
+pub struct S3Server {
+    pub port: u16,
+    dir: TempDir,
+    child: Option<Child>,
+}
+
+impl S3Server {
+    /// Starts s3s-fs with an empty bucket. Panics if `s3s-fs` is not installed.
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(dir.path().join("data").join(S3_BUCKET)).expect("bucket dir");
+        let mut s = S3Server {
+            port: free_port(),
+            dir,
+            child: None,
+        };
+        s.resume();
+        s
+    }
+
+    /// (Re)starts the server process on the same port and data.
+    pub fn resume(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let bin = which("s3s-fs").expect(
+            "s3s-fs is not installed: run `cargo install s3s-fs@0.14.1 --features binary --locked` \
+             (.ci/run does this)",
+        );
+        let log = std::fs::File::create(self.dir.path().join("s3s-fs.log")).expect("log file");
+        let child = Command::new(bin)
+            .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--access-key", S3_ACCESS_KEY, "--secret-key", S3_SECRET_KEY])
+            .arg(self.dir.path().join("data"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn s3s-fs");
+        self.child = Some(child);
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
+        assert!(
+            wait_for_port(addr, Duration::from_secs(20)),
+            "s3s-fs did not start listening"
+        );
+    }
+
+    /// Kills the server (an outage), keeping its data.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// The directory holding the test bucket's objects.
+    pub fn bucket_dir(&self) -> PathBuf {
+        self.dir.path().join("data").join(S3_BUCKET)
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Where a gateway keeps its data.
+#[derive(Clone)]
+pub enum Store {
+    /// A local directory.
+    Dir(PathBuf),
+    /// The S3 server at this endpoint, under this prefix of the test bucket.
+    S3 { endpoint: String, prefix: String },
+}
+
+impl Store {
+    pub fn s3(server: &S3Server, prefix: &str) -> Self {
+        Store::S3 {
+            endpoint: server.endpoint(),
+            prefix: prefix.into(),
+        }
+    }
+}
+
+/// A gateway process. Killed (SIGKILL) on drop.
+pub struct Gateway {
+    pub url: String,
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+/// Options for starting a gateway.
+#[derive(Clone)]
+pub struct GatewayOpts {
+    pub store: Store,
+    pub shards: u32,
+    pub extra: Vec<String>,
+}
+
+impl GatewayOpts {
+    pub fn new(store: Store) -> Self {
+        GatewayOpts {
+            store,
+            shards: 8,
+            extra: Vec::new(),
+        }
+    }
+
+    pub fn arg(mut self, a: impl Into<String>) -> Self {
+        self.extra.push(a.into());
+        self
+    }
+
+    /// The command line, without starting it.
+    pub fn command(&self, log: &Path) -> Command {
+        let mut cmd = Command::new(gateway_bin());
+        cmd.args([
+            "--listen",
+            "127.0.0.1:0",
+            "--shards",
+            &self.shards.to_string(),
+        ])
+        .args(["--log", "info,slatedb=warn"])
+        .args(&self.extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(log).expect("log file"))
+        .env_remove("TESSERA_CONFIG");
+        match &self.store {
+            Store::Dir(dir) => {
+                cmd.args(["--store", dir.to_str().expect("utf-8 path")]);
+            }
+            Store::S3 { endpoint, prefix } => {
+                cmd.args(["--store", &format!("s3://{S3_BUCKET}/{prefix}")])
+                    .args(["--s3-endpoint", endpoint])
+                    .env("AWS_ACCESS_KEY_ID", S3_ACCESS_KEY)
+                    .env("AWS_SECRET_ACCESS_KEY", S3_SECRET_KEY)
+                    .env("AWS_REGION", "us-east-1");
+            }
+        }
+        cmd
+    }
+
+    /// Starts the gateway and waits until it prints its URL.
+    pub fn start(&self, log: &Path) -> Gateway {
+        let mut child = self.command(log).spawn().expect("spawn gateway");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Some(Ok(line)) = lines.next() {
+                let _ = tx.send(line);
+            }
+            for _ in lines {} // keep the pipe drained
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(90))
+            .unwrap_or_else(|_| {
+                let _ = child.kill();
+                panic!(
+                    "gateway did not print its URL; log:\n{}",
+                    std::fs::read_to_string(log).unwrap_or_default()
+                )
+            });
+        let url = line
+            .rsplit(' ')
+            .next()
+            .expect("URL on the ready line")
+            .to_string();
+        assert!(url.starts_with("http://"), "unexpected ready line: {line}");
+        Gateway {
+            url,
+            child,
+            log: log.to_path_buf(),
+        }
+    }
+}
+
+impl Gateway {
+    /// SIGKILL: the process dies at once, nothing flushed.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then waits for the exit status.
+    pub fn terminate(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill -TERM");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "gateway did not exit after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn kv(&self, key: &str) -> String {
+        format!("{}/v1/kv/{key}", self.url)
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// An HTTP client with a bounded request timeout.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("http client")
+}
+
+/// Percent-encodes every byte except unreserved ASCII.
+pub fn enc(key: &[u8]) -> String {
+    key.iter()
+        .map(|&b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
