@@ -8,7 +8,12 @@
 //! error, e.g. a WAL flush that exhausted its retries while the object store was down, and a
 //! background task is reopening it), `Fenced` (another process opened the database: we must
 //! never serve it again) or `Closed` (shutdown). Requests reach a store only through
-//! [`ShardSlot::store`], so nothing is served from a database in any state but `Open`.
+//! [`ShardSlot::store`], so nothing is served from a database in any state but `Open`; a
+//! request that finds its shard `Reopening` waits for it (bounded by [`REOPEN_WAIT`]).
+//!
+//! A supervisor task per open database watches its status: when the database stops on its own
+//! it moves the slot to `Fenced` or starts the reopen task, so shards recover after an outage
+//! without waiting for a request to notice.
 //!
 //! Conditional writes: every write to a key holds the key's stripe lock while it checks its
 //! precondition against the newest value (in memory or durable) and hands the write to SlateDB;
@@ -24,12 +29,12 @@
 use std::collections::BinaryHeap;
 use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{stream, StreamExt, TryStreamExt};
-use tokio::sync::Mutex;
+use tokio::sync::{watch, Mutex};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -39,6 +44,9 @@ use crate::error::{Error, Result};
 use crate::objstore::{self, ClusterStore};
 use crate::shard::{shard_for_key, ShardId};
 use crate::store::{BlockCache, Closed, Durability, Entry, Mutation, ShardScan, ShardStore};
+
+/// Longest a request waits for its shard to finish reopening before it gets 503.
+pub const REOPEN_WAIT: Duration = Duration::from_secs(2);
 
 /// Write locks per shard. Keys hash onto stripes; a batch takes its stripes in ascending order.
 const STRIPES: usize = 64;
@@ -110,6 +118,7 @@ pub struct NodeStats {
     pub shard_reopens: AtomicU64,
 }
 
+#[derive(Clone)]
 enum SlotState {
     Open(Arc<ShardStore>),
     Reopening,
@@ -120,23 +129,39 @@ enum SlotState {
 /// One shard's place in the node.
 pub struct ShardSlot {
     id: ShardId,
-    state: RwLock<SlotState>,
+    state: watch::Sender<SlotState>,
     stripes: Vec<Mutex<()>>,
 }
 
 impl ShardSlot {
-    fn new(id: ShardId, store: ShardStore) -> Self {
+    fn new(id: ShardId, store: Arc<ShardStore>) -> Self {
         ShardSlot {
             id,
-            state: RwLock::new(SlotState::Open(Arc::new(store))),
+            state: watch::Sender::new(SlotState::Open(store)),
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
         }
     }
 
-    /// Returns the open store, or why the shard cannot be served now.
-    fn store(&self) -> Result<Arc<ShardStore>> {
-        let state = self.state.read().unwrap_or_else(|e| e.into_inner());
-        match &*state {
+    /// Returns the open store, waiting up to [`REOPEN_WAIT`] if it is reopening, or why the
+    /// shard cannot be served now.
+    async fn store(&self) -> Result<Arc<ShardStore>> {
+        let mut rx = self.state.subscribe();
+        let settled = tokio::time::timeout(
+            REOPEN_WAIT,
+            rx.wait_for(|s| !matches!(s, SlotState::Reopening)),
+        )
+        .await;
+        if let Ok(Ok(state)) = settled {
+            if let SlotState::Open(store) = &*state {
+                return Ok(Arc::clone(store));
+            }
+        }
+        self.try_store()
+    }
+
+    /// Returns the open store without waiting.
+    fn try_store(&self) -> Result<Arc<ShardStore>> {
+        match &*self.state.borrow() {
             SlotState::Open(store) => Ok(Arc::clone(store)),
             SlotState::Reopening => Err(Error::ShardUnavailable {
                 shard: self.id,
@@ -148,8 +173,19 @@ impl ShardSlot {
     }
 
     fn set(&self, new: SlotState) -> SlotState {
-        let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
-        std::mem::replace(&mut *state, new)
+        self.state.send_replace(new)
+    }
+
+    /// Replaces `Open(store)` with `new`; false if the slot no longer holds `store`.
+    fn replace_open(&self, store: &Arc<ShardStore>, new: SlotState) -> bool {
+        self.state.send_if_modified(|state| {
+            if matches!(state, SlotState::Open(s) if Arc::ptr_eq(s, store)) {
+                *state = new;
+                true
+            } else {
+                false
+            }
+        })
     }
 
     fn stripe(key: &[u8]) -> usize {
@@ -184,7 +220,7 @@ impl Node {
                     let opened =
                         ShardStore::open(id, store, &config.storage, &config.object_store, cache)
                             .await?;
-                    Ok::<_, Error>(Arc::new(ShardSlot::new(id, opened)))
+                    Ok::<_, Error>(Arc::new(ShardSlot::new(id, Arc::new(opened))))
                 }
             })
             .buffer_unordered(config.storage.open_concurrency)
@@ -196,7 +232,7 @@ impl Node {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "opened all shards"
         );
-        Ok(Arc::new(Node {
+        let node = Arc::new(Node {
             config,
             store,
             cache,
@@ -204,7 +240,13 @@ impl Node {
             stats: Arc::default(),
             cancel: CancellationToken::new(),
             tasks: TaskTracker::new(),
-        }))
+        });
+        for slot in &node.shards {
+            if let Ok(store) = slot.try_store() {
+                node.supervise(Arc::clone(slot), store);
+            }
+        }
+        Ok(node)
     }
 
     /// The configuration the node runs with.
@@ -219,7 +261,7 @@ impl Node {
 
     /// Number of shards currently open and served.
     pub fn open_shards(&self) -> usize {
-        self.shards.iter().filter(|s| s.store().is_ok()).count()
+        self.shards.iter().filter(|s| s.try_store().is_ok()).count()
     }
 
     /// Returns the shard of `key`.
@@ -246,9 +288,9 @@ impl Node {
     pub async fn get(&self, key: &[u8]) -> Result<Entry> {
         self.validate_key(key)?;
         let slot = &self.shards[self.shard_of(key).0 as usize];
-        let store = slot.store()?;
+        let store = slot.store().await?;
         let found = store.get(key, Durability::Durable).await;
-        self.observe(slot, &store, found)?.ok_or(Error::NotFound)
+        self.observe(found)?.ok_or(Error::NotFound)
     }
 
     /// Writes one key; returns the new version once durable.
@@ -282,7 +324,7 @@ impl Node {
     /// Every key must map to one shard. Returns the version all written keys now have.
     pub async fn apply(&self, ops: Vec<WriteOp>) -> Result<u64> {
         let slot = self.check_write(&ops)?;
-        let store = slot.store()?;
+        let store = slot.store().await?;
         let pending = {
             let mut stripes: Vec<usize> = ops.iter().map(|op| ShardSlot::stripe(&op.key)).collect();
             stripes.sort_unstable();
@@ -292,7 +334,7 @@ impl Node {
                 guards.push(slot.stripes[s].lock().await);
             }
             for op in &ops {
-                self.check_precondition(slot, &store, op).await?;
+                self.check_precondition(&store, op).await?;
             }
             let mutations = ops
                 .into_iter()
@@ -306,12 +348,12 @@ impl Node {
                 })
                 .collect();
             let written = store.write(mutations).await;
-            self.observe(slot, &store, written)?
+            self.observe(written)?
             // The stripe locks drop here: the write is ordered in the WAL, durability is awaited
             // outside the locks so concurrent writers share WAL flushes.
         };
         let durable = pending.durable().await;
-        self.observe(slot, &store, durable)
+        self.observe(durable)
     }
 
     /// Validates a write's ops and returns the one shard they all map to.
@@ -375,7 +417,6 @@ impl Node {
 
     async fn check_precondition(
         &self,
-        slot: &ShardSlot,
         store: &Arc<ShardStore>,
         op: &WriteOp,
     ) -> Result<()> {
@@ -383,7 +424,7 @@ impl Node {
             return Ok(());
         }
         let current = store.get(&op.key, Durability::Latest).await;
-        let current = self.observe(slot, store, current)?.map(|e| e.version);
+        let current = self.observe(current)?.map(|e| e.version);
         let holds = match op.precondition {
             Precondition::None => true,
             Precondition::IfMatch(v) => current == Some(v),
@@ -454,9 +495,9 @@ impl Node {
         slot: &Arc<ShardSlot>,
         range: (Bound<Bytes>, Bound<Bytes>),
     ) -> Result<ShardScan> {
-        let store = slot.store()?;
+        let store = slot.store().await?;
         let scan = store.scan(range).await;
-        self.observe(slot, &store, scan)
+        self.observe(scan)
     }
 
     async fn scan_next(&self, i: usize, scan: &mut ShardScan) -> Result<Option<Entry>> {
@@ -468,75 +509,77 @@ impl Node {
         next
     }
 
-    /// Passes `result` through; on a storage error, records it and, if the shard's database is
-    /// no longer usable, moves the slot to `Fenced` or starts reopening it.
-    fn observe<T>(
-        &self,
-        slot: &ShardSlot,
-        store: &Arc<ShardStore>,
-        result: Result<T>,
-    ) -> Result<T> {
-        if let Err(e) = &result {
-            if matches!(
-                e,
-                Error::ShardUnavailable { .. } | Error::Fenced { .. } | Error::Internal(_)
-            ) {
-                self.stats.storage_errors.fetch_add(1, Ordering::Relaxed);
-            }
-            match store.is_closed() {
-                Some(Closed::Fenced) => self.mark_fenced(slot, store),
-                Some(Closed::Other) => self.start_reopen(slot, store),
-                None => {}
-            }
+    /// Passes `result` through, counting storage errors.
+    fn observe<T>(&self, result: Result<T>) -> Result<T> {
+        if let Err(
+            Error::ShardUnavailable { .. } | Error::Fenced { .. } | Error::Internal(_),
+        ) = &result
+        {
+            self.stats.storage_errors.fetch_add(1, Ordering::Relaxed);
         }
         result
     }
 
-    fn mark_fenced(&self, slot: &ShardSlot, store: &Arc<ShardStore>) {
-        let mut state = slot.state.write().unwrap_or_else(|e| e.into_inner());
-        if matches!(&*state, SlotState::Open(s) if Arc::ptr_eq(s, store)) {
-            *state = SlotState::Fenced;
-            tracing::error!(shard = %slot.id, "shard fenced by another writer; no longer served");
-        }
-    }
-
-    /// Moves `slot` from `Open(store)` to `Reopening` and spawns the task that reopens it.
-    /// Only the caller that makes that transition spawns, so at most one task per slot runs.
-    fn start_reopen(&self, slot: &ShardSlot, store: &Arc<ShardStore>) {
-        {
-            let mut state = slot.state.write().unwrap_or_else(|e| e.into_inner());
-            if !matches!(&*state, SlotState::Open(s) if Arc::ptr_eq(s, store)) {
-                return;
-            }
-            *state = SlotState::Reopening;
-        }
-        tracing::warn!(shard = %slot.id, "shard database failed; reopening");
-        let slot = Arc::clone(&self.shards[slot.id.0 as usize]);
-        let (cfg, cluster, cache) = (self.config.clone(), self.store.clone(), self.cache.clone());
-        let (cancel, stats) = (self.cancel.clone(), Arc::clone(&self.stats));
+    /// Spawns the supervisor of `store`: when the database stops on its own, the slot moves to
+    /// `Fenced` (never served again) or `Reopening` (and the reopen task starts).
+    fn supervise(self: &Arc<Self>, slot: Arc<ShardSlot>, store: Arc<ShardStore>) {
+        let node = Arc::clone(self);
         self.tasks.spawn(async move {
-            let mut delay = Duration::from_millis(100);
-            loop {
-                let opened = tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    r = ShardStore::open(slot.id, &cluster, &cfg.storage, &cfg.object_store, &cache) => r,
-                };
-                match opened {
-                    Ok(store) => {
-                        stats.shard_reopens.fetch_add(1, Ordering::Relaxed);
-                        tracing::info!(shard = %slot.id, "shard reopened");
-                        slot.set(SlotState::Open(Arc::new(store)));
-                        return;
+            let why = tokio::select! {
+                _ = node.cancel.cancelled() => return,
+                why = store.wait_closed() => why,
+            };
+            match why {
+                Closed::Fenced => {
+                    if slot.replace_open(&store, SlotState::Fenced) {
+                        tracing::error!(shard = %slot.id, "shard fenced by another writer; no longer served");
                     }
-                    Err(e) => tracing::warn!(shard = %slot.id, error = %e, "reopen failed; retrying"),
                 }
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    _ = tokio::time::sleep(delay) => {}
+                Closed::Other => {
+                    if slot.replace_open(&store, SlotState::Reopening) {
+                        tracing::warn!(shard = %slot.id, "shard database stopped; reopening");
+                        drop(store);
+                        node.reopen(slot).await;
+                    }
                 }
-                delay = (delay * 2).min(Duration::from_secs(2));
             }
         });
+    }
+
+    /// Reopens a `Reopening` slot's database, retrying with backoff until it opens or the node
+    /// shuts down.
+    async fn reopen(self: &Arc<Self>, slot: Arc<ShardSlot>) {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            let opened = tokio::select! {
+                _ = self.cancel.cancelled() => return,
+                r = ShardStore::open(
+                    slot.id,
+                    &self.store,
+                    &self.config.storage,
+                    &self.config.object_store,
+                    &self.cache,
+                ) => r,
+            };
+            match opened {
+                Ok(store) => {
+                    let store = Arc::new(store);
+                    self.stats.shard_reopens.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(shard = %slot.id, "shard reopened");
+                    slot.set(SlotState::Open(Arc::clone(&store)));
+                    self.supervise(slot, store);
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(shard = %slot.id, error = %e, "reopen failed; retrying")
+                }
+            }
+            tokio::select! {
+                _ = self.cancel.cancelled() => return,
+                _ = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(Duration::from_secs(2));
+        }
     }
 
     /// Stops background work and closes every open shard, flushing its memtable so the next

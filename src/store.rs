@@ -237,6 +237,20 @@ impl ShardStore {
         })
     }
 
+    /// Waits until the database stops (fenced, failed or closed) and returns why.
+    pub async fn wait_closed(&self) -> Closed {
+        let mut status = self.db.subscribe();
+        let reason = status
+            .wait_for(|s| s.close_reason.is_some())
+            .await
+            .ok()
+            .and_then(|s| s.close_reason);
+        match reason {
+            Some(CloseReason::Fenced) => Closed::Fenced,
+            _ => Closed::Other,
+        }
+    }
+
     /// Flushes the memtable and closes the database, so the next open replays no WAL.
     pub async fn close(&self) -> Result<()> {
         self.db.close().await.map_err(|e| self.map(e))

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Runs every test of the workspace against real services, installing what they need first.
+# This is the README's test command and what CI runs (.ci/run).
+#
+#   s3s-fs 0.14.1  the S3-compatible server the integration tests start (cargo install)
+#
+# Set TESSERA_NO_INSTALL=1 to skip the install step (everything must then be on PATH).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+install_deps() {
+  export PATH="$HOME/.cargo/bin:$PATH"
+  if ! command -v s3s-fs >/dev/null 2>&1; then
+    echo "==> installing s3s-fs 0.14.1 (the S3 server used by the tests)"
+    cargo install s3s-fs@0.14.1 --features binary --locked
+  fi
+}
+
+[ "${TESSERA_NO_INSTALL:-0}" = 1 ] || install_deps
+export PATH="$HOME/.cargo/bin:$PATH"
+
+echo "==> cargo test --workspace"
+cargo test --workspace --no-fail-fast "$@"
