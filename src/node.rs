@@ -415,11 +415,7 @@ impl Node {
         Ok(&self.shards[shards[0].0 as usize])
     }
 
-    async fn check_precondition(
-        &self,
-        store: &Arc<ShardStore>,
-        op: &WriteOp,
-    ) -> Result<()> {
+    async fn check_precondition(&self, store: &Arc<ShardStore>, op: &WriteOp) -> Result<()> {
         if op.precondition == Precondition::None {
             return Ok(());
         }
@@ -511,9 +507,8 @@ impl Node {
 
     /// Passes `result` through, counting storage errors.
     fn observe<T>(&self, result: Result<T>) -> Result<T> {
-        if let Err(
-            Error::ShardUnavailable { .. } | Error::Fenced { .. } | Error::Internal(_),
-        ) = &result
+        if let Err(Error::ShardUnavailable { .. } | Error::Fenced { .. } | Error::Internal(_)) =
+            &result
         {
             self.stats.storage_errors.fetch_add(1, Ordering::Relaxed);
         }

@@ -95,7 +95,11 @@ async fn verify(gw: &Gateway, history: &History) -> usize {
                 // Writes of a key are sequential: the stored value is the last acknowledged
                 // one or the single one that was in flight after it.
                 if let Some(acked) = last_acked {
-                    assert!(pos >= acked, "{key}: value {value:?} is older than the acknowledged {:?}", attempted[acked]);
+                    assert!(
+                        pos >= acked,
+                        "{key}: value {value:?} is older than the acknowledged {:?}",
+                        attempted[acked]
+                    );
                 }
             }
             other => panic!("{key}: unexpected status {other}"),
@@ -106,7 +110,9 @@ async fn verify(gw: &Gateway, history: &History) -> usize {
 }
 
 async fn start(opts: GatewayOpts, log: std::path::PathBuf) -> Gateway {
-    tokio::task::spawn_blocking(move || opts.start(&log)).await.unwrap()
+    tokio::task::spawn_blocking(move || opts.start(&log))
+        .await
+        .unwrap()
 }
 
 async fn crash_kill9(store: Store, dir: &std::path::Path) {
@@ -122,7 +128,10 @@ async fn crash_kill9(store: Store, dir: &std::path::Path) {
     for w in writers {
         acked += w.await.unwrap();
     }
-    assert!(acked > 50, "the writers got going before the kill: {acked} acked");
+    assert!(
+        acked > 50,
+        "the writers got going before the kill: {acked} acked"
+    );
     let gw = start(opts, dir.join("gw2.log")).await;
     let checked = verify(&gw, &history).await;
     assert_eq!(checked, 16 * 7);
@@ -154,7 +163,11 @@ async fn sigterm_drains_in_flight_writes_and_exits_zero() {
     let started = Instant::now();
     let status = tokio::task::block_in_place(|| gw.terminate(Duration::from_secs(30)));
     assert!(status.success(), "exit status {status:?}");
-    assert!(started.elapsed() < Duration::from_secs(10), "shutdown took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "shutdown took {:?}",
+        started.elapsed()
+    );
     for w in writers {
         w.await.unwrap();
     }
@@ -168,7 +181,9 @@ async fn sigterm_drains_in_flight_writes_and_exits_zero() {
 async fn object_store_outage_gives_503_then_recovers_without_loss() {
     let dir = tempfile::tempdir().unwrap();
     let mut s3 = S3Server::start();
-    let opts = GatewayOpts::new(Store::s3(&s3, "outage")).arg("--request-timeout").arg("3s");
+    let opts = GatewayOpts::new(Store::s3(&s3, "outage"))
+        .arg("--request-timeout")
+        .arg("3s");
     let mut gw = start(opts.clone(), dir.path().join("gw1.log")).await;
     let http = client();
     let mut acked: Vec<(String, String)> = Vec::new();
@@ -190,11 +205,18 @@ async fn object_store_outage_gives_503_then_recovers_without_loss() {
             .await
             .unwrap();
         let took = started.elapsed();
-        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE, "write during outage");
+        assert_eq!(
+            r.status(),
+            StatusCode::SERVICE_UNAVAILABLE,
+            "write during outage"
+        );
         assert!(r.headers().contains_key("retry-after"));
         let body: serde_json::Value = r.json().await.unwrap();
         let code = body["error"]["code"].as_str().unwrap().to_string();
-        assert!(["unavailable", "deadline_exceeded"].contains(&code.as_str()), "{code}");
+        assert!(
+            ["unavailable", "deadline_exceeded"].contains(&code.as_str()),
+            "{code}"
+        );
         assert!(took < Duration::from_millis(4500), "503 after {took:?}");
     }
 
@@ -212,7 +234,11 @@ async fn object_store_outage_gives_503_then_recovers_without_loss() {
                 break;
             }
             assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
-            assert!(Instant::now() < deadline, "writes did not recover:\n{}", gw.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "writes did not recover:\n{}",
+                gw.log_text()
+            );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
@@ -225,7 +251,10 @@ async fn object_store_outage_gives_503_then_recovers_without_loss() {
         .text()
         .await
         .unwrap();
-    assert!(!metrics.contains("tessera_storage_errors_total 0"), "errors were counted");
+    assert!(
+        !metrics.contains("tessera_storage_errors_total 0"),
+        "errors were counted"
+    );
 
     // Nothing acknowledged is lost, read through this gateway and after a kill -9 and restart.
     for (k, v) in &acked {
