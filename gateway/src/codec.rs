@@ -10,17 +10,17 @@ use tessera::Precondition;
 use crate::error::ApiError;
 
 /// Decodes `%XX` escapes into bytes; `+` becomes a space when `plus_is_space` (query strings).
-/// Fails on a `%` not followed by two hex digits.
-pub fn percent_decode(input: &str, plus_is_space: bool) -> Result<Vec<u8>, ()> {
+/// Returns `None` on a `%` not followed by two hex digits.
+pub fn percent_decode(input: &str, plus_is_space: bool) -> Option<Vec<u8>> {
     let bytes = input.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
         match bytes[i] {
             b'%' => {
-                let hex = bytes.get(i + 1..i + 3).ok_or(())?;
-                let hi = (hex[0] as char).to_digit(16).ok_or(())?;
-                let lo = (hex[1] as char).to_digit(16).ok_or(())?;
+                let hex = bytes.get(i + 1..i + 3)?;
+                let hi = (hex[0] as char).to_digit(16)?;
+                let lo = (hex[1] as char).to_digit(16)?;
                 out.push((hi * 16 + lo) as u8);
                 i += 3;
             }
@@ -34,13 +34,13 @@ pub fn percent_decode(input: &str, plus_is_space: bool) -> Result<Vec<u8>, ()> {
             }
         }
     }
-    Ok(out)
+    Some(out)
 }
 
 /// Returns the key of a `/v1/kv/{key}` path, percent-decoded.
 pub fn key_from_path(path: &str) -> Result<Bytes, ApiError> {
     let raw = path.strip_prefix("/v1/kv/").unwrap_or_default();
-    percent_decode(raw, false).map(Bytes::from).map_err(|()| {
+    percent_decode(raw, false).map(Bytes::from).ok_or_else(|| {
         ApiError::bad_request(
             "invalid_key",
             "the key in the path is not valid percent-encoding",
@@ -63,7 +63,7 @@ impl Query {
                     format!("query parameter `{name}` is not valid percent-encoding"),
                 )
             };
-            let name = String::from_utf8(percent_decode(name, true).map_err(|()| invalid())?)
+            let name = String::from_utf8(percent_decode(name, true).ok_or_else(invalid)?)
                 .map_err(|_| invalid())?;
             if !allowed.contains(&name.as_str()) {
                 return Err(ApiError::bad_request(
@@ -80,7 +80,7 @@ impl Query {
                     format!("query parameter `{name}` is repeated"),
                 ));
             }
-            let value = percent_decode(value, true).map_err(|()| invalid())?;
+            let value = percent_decode(value, true).ok_or_else(invalid)?;
             pairs.push((name, value));
         }
         Ok(Query(pairs))
@@ -210,8 +210,8 @@ mod tests {
         assert_eq!(percent_decode("a%2Fb%00", false).unwrap(), b"a/b\0");
         assert_eq!(percent_decode("a+b", false).unwrap(), b"a+b");
         assert_eq!(percent_decode("a+b", true).unwrap(), b"a b");
-        assert!(percent_decode("%zz", false).is_err());
-        assert!(percent_decode("%4", false).is_err());
+        assert!(percent_decode("%zz", false).is_none());
+        assert!(percent_decode("%4", false).is_none());
     }
 
     #[test]
