@@ -24,6 +24,64 @@ pub struct NodeConfig {
     pub storage: StorageConfig,
     /// Request size limits.
     pub limits: LimitsConfig,
+    /// Cluster membership through etcd (absent endpoints: the embedded single-node mode).
+    pub cluster: ClusterConfig,
+}
+
+/// Cluster mode: gateways own shards through etcd leases.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// etcd endpoints, e.g. `["http://127.0.0.1:2379"]`. Empty (the default) means the embedded
+    /// mode: this process owns every shard and needs no etcd.
+    pub etcd_endpoints: Vec<String>,
+    /// Cluster name: the etcd key prefix is `/tessera/{name}/`. Default: `default`.
+    pub name: String,
+    /// This gateway's member id. Default: unset, which means its advertise URL.
+    pub node_id: Option<String>,
+    /// URL other gateways use to reach this one. Default: unset, which means
+    /// `http://{listen address}` (set it when listening on 0.0.0.0).
+    pub advertise_url: Option<String>,
+    /// etcd lease TTL: how long a dead or cut-off gateway keeps its shards. Default: 3s.
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: Duration,
+    /// How often the lease is renewed. Default: 1s.
+    #[serde(with = "humantime_serde")]
+    pub keepalive_interval: Duration,
+    /// Safety margin: a gateway stops serving at `last acknowledged keep-alive sent + TTL -
+    /// margin`; it must exceed the clock-rate drift against etcd over one TTL. Default: 1s.
+    #[serde(with = "humantime_serde")]
+    pub lease_margin: Duration,
+    /// Membership changes are acted on after this quiet period, so flapping does not move
+    /// shards back and forth. Default: 300ms.
+    #[serde(with = "humantime_serde")]
+    pub rebalance_delay: Duration,
+    /// Timeout of one etcd request. Default: 2s.
+    #[serde(with = "humantime_serde")]
+    pub etcd_timeout: Duration,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            etcd_endpoints: Vec::new(),
+            name: "default".into(),
+            node_id: None,
+            advertise_url: None,
+            lease_ttl: Duration::from_secs(3),
+            keepalive_interval: Duration::from_secs(1),
+            lease_margin: Duration::from_secs(1),
+            rebalance_delay: Duration::from_millis(300),
+            etcd_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// True when gateways coordinate through etcd.
+    pub fn is_clustered(&self) -> bool {
+        !self.etcd_endpoints.is_empty()
+    }
 }
 
 /// Object store selection and client behaviour.
@@ -196,6 +254,20 @@ impl NodeConfig {
         }
         if o.request_timeout.is_zero() {
             return fail("object_store.request_timeout must be positive".into());
+        }
+        let c = &self.cluster;
+        if c.lease_ttl.subsec_nanos() != 0 || c.lease_ttl < Duration::from_secs(1) {
+            return fail("cluster.lease_ttl must be a whole number of seconds, at least 1s".into());
+        }
+        if c.keepalive_interval.is_zero() || c.keepalive_interval * 2 + c.lease_margin > c.lease_ttl
+        {
+            return fail(format!(
+                "cluster.keepalive_interval ({:?}) * 2 + cluster.lease_margin ({:?}) must not exceed cluster.lease_ttl ({:?}): a lease must survive one lost keep-alive",
+                c.keepalive_interval, c.lease_margin, c.lease_ttl
+            ));
+        }
+        if c.name.is_empty() || c.name.contains('/') {
+            return fail("cluster.name must be non-empty and contain no `/`".into());
         }
         Ok(())
     }

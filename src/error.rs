@@ -54,6 +54,12 @@ pub enum Error {
     /// The request did not complete within its deadline; a write's outcome is unknown.
     #[error("request deadline exceeded")]
     DeadlineExceeded,
+    /// This gateway does not own the shard (anymore); the caller should find the owner.
+    #[error("shard not owned by this gateway. shard=`{shard}`")]
+    NotOwner { shard: ShardId },
+    /// etcd could not be reached or answered an error.
+    #[error("coordination error: {0}")]
+    Coordination(String),
     /// The process is shutting down.
     #[error("shutting down")]
     ShuttingDown,
@@ -93,6 +99,8 @@ impl Error {
             | Error::Fenced { .. }
             | Error::DeadlineExceeded
             | Error::ShuttingDown
+            | Error::NotOwner { .. }
+            | Error::Coordination(_)
             | Error::ObjectStore(_) => ErrorKind::Unavailable,
             Error::Config(_) | Error::ClusterMismatch(_) | Error::Internal(_) => {
                 ErrorKind::Internal

@@ -22,7 +22,11 @@
 //! - [`error`]: the core [`Error`] and what a caller must do about each kind.
 //! - [`shard`]: the stable key → shard function (XXH3, Redis-style hash tags).
 //! - [`objstore`]: object store from a URL.
-//! - [`cluster`]: the cluster metadata object that pins the shard count.
+//! - [`meta`]: the cluster metadata object that pins the shard count.
+//! - [`placement`]: members, owners, and rendezvous hashing of shards onto members.
+//! - [`lease`]: the local lease deadline and its safety argument.
+//! - `etcd`: the etcd driver (membership, owner keys, keep-alive, watch).
+//! - `ownership`: cluster mode: join, acquire, release, rebalance.
 //! - [`store`]: one shard's SlateDB database; durability, versions and TTL decisions.
 //! - [`node`]: the shards a process serves and the key-value operations over them.
 //!
@@ -34,16 +38,21 @@
 //! - A batch is atomic within one shard. There is no cross-shard atomicity.
 //! - Expired values are never returned, though they occupy storage until compaction.
 
-pub mod cluster;
 pub mod config;
 pub mod error;
+mod etcd;
+pub mod lease;
+pub mod meta;
 pub mod node;
 pub mod objstore;
+mod ownership;
+pub mod placement;
 pub mod shard;
 pub mod store;
 
-pub use config::{LimitsConfig, NodeConfig, ObjectStoreConfig, StorageConfig};
+pub use config::{ClusterConfig, LimitsConfig, NodeConfig, ObjectStoreConfig, StorageConfig};
 pub use error::{Error, ErrorKind, Result};
-pub use node::{Node, NodeStats, Precondition, ScanPage, ScanRequest, WriteKind, WriteOp};
+pub use node::{Located, Node, NodeStats, Precondition, ScanPage, ScanRequest, WriteKind, WriteOp};
+pub use placement::{ClusterView, Member, Owner};
 pub use shard::{shard_for_key, ShardId};
 pub use store::Entry;

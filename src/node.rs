@@ -2,9 +2,11 @@
 //!
 //! In the embedded (single-process) mode a node owns every shard of the cluster: it opens them
 //! all at start-up, which fences any earlier writer of the same data, and serves them until
-//! shutdown.
+//! shutdown. In cluster mode it owns the shards it acquired through etcd (`ownership.rs`) and
+//! serves them only while its lease deadline holds ([`LeaseClock`]).
 //!
-//! Each shard has a [`ShardSlot`] whose state is `Open`, `Reopening` (its database hit a fatal
+//! Each shard has a [`ShardSlot`] whose state is `NotOwned`, `Open`, `Draining` (a planned
+//! release waits for in-flight requests), `Reopening` (its database hit a fatal
 //! error, e.g. a WAL flush that exhausted its retries while the object store was down, and a
 //! background task is reopening it), `Fenced` (another process opened the database: we must
 //! never serve it again) or `Closed` (shutdown). Requests reach a store only through
@@ -23,8 +25,11 @@
 //!
 //! Invariants:
 //! - a write is acknowledged (returns `Ok`) only after it is durable in the object store;
-//! - a read returns only durable, unexpired data;
-//! - a `Fenced` slot never goes back to `Open` in this process.
+//! - a read returns only durable, unexpired data, and only if the lease was valid after the
+//!   read (so no other gateway can have owned the shard when it was read);
+//! - a request holds its slot's gate from start to finish; a release closes the database only
+//!   after every such request has finished;
+//! - a `Fenced` slot never goes back to `Open` without a new acquisition.
 
 use std::collections::BinaryHeap;
 use std::ops::Bound;
@@ -33,15 +38,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::{stream, StreamExt, TryStreamExt};
-use tokio::sync::{watch, Mutex};
+use futures::{StreamExt, TryStreamExt};
+use tokio::sync::{watch, Mutex, OwnedRwLockReadGuard, RwLock};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::cluster;
 use crate::config::NodeConfig;
 use crate::error::{Error, Result};
+use crate::etcd::Etcd;
+use crate::lease::LeaseClock;
+use crate::meta;
 use crate::objstore::{self, ClusterStore};
+use crate::placement::{ClusterView, Member, Owner};
 use crate::shard::{shard_for_key, ShardId};
 use crate::store::{BlockCache, Closed, Durability, Entry, Mutation, ShardScan, ShardStore};
 
@@ -116,29 +124,62 @@ pub struct NodeStats {
     pub storage_errors: AtomicU64,
     /// Times a shard database was reopened after a fatal error.
     pub shard_reopens: AtomicU64,
+    /// Shards acquired, released or dropped by this node.
+    pub ownership_changes: AtomicU64,
 }
 
 #[derive(Clone)]
-enum SlotState {
-    Open(Arc<ShardStore>),
+pub(crate) enum SlotState {
+    NotOwned,
+    Open { store: Arc<ShardStore>, epoch: i64 },
+    Draining,
     Reopening,
     Fenced,
     Closed,
 }
 
+/// Where a request for a shard must go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Located {
+    /// This gateway owns and serves the shard.
+    Local,
+    /// Another gateway owns it.
+    Remote(Owner),
+    /// Nobody serves it right now (failover or handoff in progress): wait and look again.
+    Unowned,
+}
+
 /// One shard's place in the node.
 pub struct ShardSlot {
-    id: ShardId,
-    state: watch::Sender<SlotState>,
+    pub(crate) id: ShardId,
+    pub(crate) state: watch::Sender<SlotState>,
     stripes: Vec<Mutex<()>>,
+    /// Held shared by every request for its whole duration; a release takes it exclusively
+    /// before closing the database.
+    pub(crate) gate: Arc<RwLock<()>>,
+}
+
+/// A request's pass into an open shard: the store and a share of the slot's gate.
+struct Entered {
+    store: Arc<ShardStore>,
+    _gate: OwnedRwLockReadGuard<()>,
 }
 
 impl ShardSlot {
-    fn new(id: ShardId, store: Arc<ShardStore>) -> Self {
+    fn new(id: ShardId) -> Self {
         ShardSlot {
             id,
-            state: watch::Sender::new(SlotState::Open(store)),
+            state: watch::Sender::new(SlotState::NotOwned),
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+            gate: Arc::new(RwLock::new(())),
+        }
+    }
+
+    /// The epoch of the ownership this slot holds, if it is open.
+    pub(crate) fn open_epoch(&self) -> Option<i64> {
+        match &*self.state.borrow() {
+            SlotState::Open { epoch, .. } => Some(*epoch),
+            _ => None,
         }
     }
 
@@ -152,7 +193,7 @@ impl ShardSlot {
         )
         .await;
         if let Ok(Ok(state)) = settled {
-            if let SlotState::Open(store) = &*state {
+            if let SlotState::Open { store, .. } = &*state {
                 return Ok(Arc::clone(store));
             }
         }
@@ -162,24 +203,25 @@ impl ShardSlot {
     /// Returns the open store without waiting.
     fn try_store(&self) -> Result<Arc<ShardStore>> {
         match &*self.state.borrow() {
-            SlotState::Open(store) => Ok(Arc::clone(store)),
+            SlotState::Open { store, .. } => Ok(Arc::clone(store)),
             SlotState::Reopening => Err(Error::ShardUnavailable {
                 shard: self.id,
                 reason: "reopening after an object-store failure".into(),
             }),
             SlotState::Fenced => Err(Error::Fenced { shard: self.id }),
+            SlotState::NotOwned | SlotState::Draining => Err(Error::NotOwner { shard: self.id }),
             SlotState::Closed => Err(Error::ShuttingDown),
         }
     }
 
-    fn set(&self, new: SlotState) -> SlotState {
+    pub(crate) fn set(&self, new: SlotState) -> SlotState {
         self.state.send_replace(new)
     }
 
-    /// Replaces `Open(store)` with `new`; false if the slot no longer holds `store`.
-    fn replace_open(&self, store: &Arc<ShardStore>, new: SlotState) -> bool {
+    /// Replaces `Open { store, .. }` with `new`; false if the slot no longer holds `store`.
+    pub(crate) fn replace_open(&self, store: &Arc<ShardStore>, new: SlotState) -> bool {
         self.state.send_if_modified(|state| {
-            if matches!(state, SlotState::Open(s) if Arc::ptr_eq(s, store)) {
+            if matches!(state, SlotState::Open { store: s, .. } if Arc::ptr_eq(s, store)) {
                 *state = new;
                 true
             } else {
@@ -195,58 +237,193 @@ impl ShardSlot {
 
 /// The shards this process serves.
 pub struct Node {
-    config: NodeConfig,
-    store: ClusterStore,
-    cache: BlockCache,
-    shards: Vec<Arc<ShardSlot>>,
-    stats: Arc<NodeStats>,
-    cancel: CancellationToken,
-    tasks: TaskTracker,
+    pub(crate) config: NodeConfig,
+    pub(crate) store: ClusterStore,
+    pub(crate) cache: BlockCache,
+    pub(crate) shards: Vec<Arc<ShardSlot>>,
+    pub(crate) stats: Arc<NodeStats>,
+    pub(crate) cancel: CancellationToken,
+    pub(crate) tasks: TaskTracker,
+    /// This gateway as a cluster member.
+    pub(crate) me: Member,
+    /// Until when the node may serve its shards (forever in embedded mode).
+    pub(crate) lease: std::sync::RwLock<Arc<LeaseClock>>,
+    /// The cluster as last seen (in embedded mode: every shard owned by this node).
+    pub(crate) view: watch::Sender<ClusterView>,
+    /// The etcd connection in cluster mode.
+    pub(crate) etcd: Option<Etcd>,
+    /// The etcd lease id (0 in embedded mode).
+    pub(crate) lease_id: std::sync::atomic::AtomicI64,
+    /// Cancelled when the node starts leaving: no more acquisitions.
+    pub(crate) leaving: CancellationToken,
 }
 
 impl Node {
-    /// Opens the cluster in `config.object_store` (creating it if new) and every shard in it.
-    pub async fn open(config: NodeConfig) -> Result<Arc<Node>> {
+    /// Opens the cluster in `config.object_store` (creating it if new). In embedded mode it
+    /// opens every shard; in cluster mode it joins through etcd and acquires its share.
+    /// `me` is how other gateways reach this one.
+    pub async fn open(config: NodeConfig, me: Member) -> Result<Arc<Node>> {
         config.validate()?;
         let store = objstore::open(&config.object_store)?;
-        cluster::create_or_check(&store, config.storage.shard_count).await?;
-        let cache = BlockCache::new(config.storage.block_cache_bytes);
-        let started = std::time::Instant::now();
-        let mut shards: Vec<Arc<ShardSlot>> = stream::iter(0..config.storage.shard_count)
-            .map(|n| {
-                let (store, config, cache) = (&store, &config, &cache);
-                async move {
-                    let id = ShardId(n);
-                    let opened =
-                        ShardStore::open(id, store, &config.storage, &config.object_store, cache)
-                            .await?;
-                    Ok::<_, Error>(Arc::new(ShardSlot::new(id, Arc::new(opened))))
-                }
-            })
-            .buffer_unordered(config.storage.open_concurrency)
-            .try_collect()
-            .await?;
-        shards.sort_by_key(|s| s.id);
-        tracing::info!(
-            shards = shards.len(),
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "opened all shards"
-        );
+        meta::create_or_check(&store, config.storage.shard_count).await?;
+        let etcd = if config.cluster.is_clustered() {
+            Some(
+                Etcd::connect(
+                    &config.cluster.etcd_endpoints,
+                    &config.cluster.name,
+                    config.cluster.etcd_timeout,
+                )
+                .await?,
+            )
+        } else {
+            None
+        };
         let node = Arc::new(Node {
-            config,
+            cache: BlockCache::new(config.storage.block_cache_bytes),
+            shards: (0..config.storage.shard_count)
+                .map(|n| Arc::new(ShardSlot::new(ShardId(n))))
+                .collect(),
             store,
-            cache,
-            shards,
             stats: Arc::default(),
             cancel: CancellationToken::new(),
             tasks: TaskTracker::new(),
+            me,
+            lease: std::sync::RwLock::new(Arc::new(LeaseClock::forever())),
+            view: watch::Sender::new(ClusterView::default()),
+            etcd,
+            lease_id: std::sync::atomic::AtomicI64::new(0),
+            leaving: CancellationToken::new(),
+            config,
         });
-        for slot in &node.shards {
-            if let Ok(store) = slot.try_store() {
-                node.supervise(Arc::clone(slot), store);
-            }
+        if node.etcd.is_some() {
+            node.join().await?;
+        } else {
+            node.open_all().await?;
         }
         Ok(node)
+    }
+
+    /// Embedded mode: opens every shard and records this node as their owner.
+    async fn open_all(self: &Arc<Self>) -> Result<()> {
+        let started = std::time::Instant::now();
+        futures::stream::iter(self.shards.clone())
+            .map(|slot| {
+                let node = Arc::clone(self);
+                async move { node.install(&slot, 0).await }
+            })
+            .buffer_unordered(self.config.storage.open_concurrency)
+            .try_collect::<Vec<()>>()
+            .await?;
+        self.view.send_modify(|v| {
+            v.members.insert(self.me.id.clone(), self.me.clone());
+            for slot in &self.shards {
+                v.owners.insert(
+                    slot.id.0,
+                    Owner {
+                        id: self.me.id.clone(),
+                        url: self.me.url.clone(),
+                        epoch: 0,
+                    },
+                );
+            }
+        });
+        tracing::info!(
+            shards = self.shards.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "opened all shards"
+        );
+        Ok(())
+    }
+
+    /// Opens `slot`'s database (fencing any previous writer) and serves it under `epoch`.
+    pub(crate) async fn install(self: &Arc<Self>, slot: &Arc<ShardSlot>, epoch: i64) -> Result<()> {
+        let store = Arc::new(
+            ShardStore::open(
+                slot.id,
+                &self.store,
+                &self.config.storage,
+                &self.config.object_store,
+                &self.cache,
+            )
+            .await?,
+        );
+        slot.set(SlotState::Open {
+            store: Arc::clone(&store),
+            epoch,
+        });
+        self.supervise(Arc::clone(slot), store);
+        Ok(())
+    }
+
+    /// The lease clock currently in force.
+    pub(crate) fn lease(&self) -> Arc<LeaseClock> {
+        Arc::clone(&self.lease.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Where requests for `shard` must go now.
+    pub fn locate(&self, shard: ShardId) -> Located {
+        let slot = &self.shards[shard.0 as usize];
+        // A reopening shard is still ours: its requests wait for the reopen (bounded) here.
+        let ours = matches!(
+            &*slot.state.borrow(),
+            SlotState::Open { .. } | SlotState::Reopening
+        );
+        if ours && self.lease().valid() {
+            return Located::Local;
+        }
+        match self.view.borrow().owners.get(&shard.0) {
+            Some(owner) if owner.id != self.me.id => Located::Remote(owner.clone()),
+            _ => Located::Unowned,
+        }
+    }
+
+    /// A receiver that changes whenever the cluster view does.
+    pub fn watch_view(&self) -> watch::Receiver<ClusterView> {
+        self.view.subscribe()
+    }
+
+    /// The cluster as this node sees it.
+    pub fn view(&self) -> ClusterView {
+        self.view.borrow().clone()
+    }
+
+    /// This node as a cluster member.
+    pub fn me(&self) -> &Member {
+        &self.me
+    }
+
+    /// Shards this node serves now.
+    pub fn owned_shards(&self) -> Vec<ShardId> {
+        self.shards
+            .iter()
+            .filter(|s| s.open_epoch().is_some())
+            .map(|s| s.id)
+            .collect()
+    }
+
+    /// Enters `slot` for one request: the open store and a share of its gate, provided the
+    /// lease is valid.
+    async fn enter(&self, slot: &ShardSlot) -> Result<Entered> {
+        let store = slot.store().await?;
+        let gate = Arc::clone(&slot.gate)
+            .try_read_owned()
+            .map_err(|_| Error::NotOwner { shard: slot.id })?;
+        // The slot may have changed between the two steps: re-check under the gate.
+        let still = matches!(&*slot.state.borrow(), SlotState::Open { store: s, .. } if Arc::ptr_eq(s, &store));
+        if !still || !self.lease().valid() {
+            return Err(Error::NotOwner { shard: slot.id });
+        }
+        Ok(Entered { store, _gate: gate })
+    }
+
+    /// Confirms, after a read, that the lease still held: nobody else can have owned the
+    /// shard when the read happened (see `lease.rs`).
+    fn confirm_read(&self, slot: &ShardSlot) -> Result<()> {
+        if self.lease().valid() && slot.open_epoch().is_some() {
+            Ok(())
+        } else {
+            Err(Error::NotOwner { shard: slot.id })
+        }
     }
 
     /// The configuration the node runs with.
@@ -261,7 +438,7 @@ impl Node {
 
     /// Number of shards currently open and served.
     pub fn open_shards(&self) -> usize {
-        self.shards.iter().filter(|s| s.try_store().is_ok()).count()
+        self.owned_shards().len()
     }
 
     /// Returns the shard of `key`.
@@ -288,9 +465,10 @@ impl Node {
     pub async fn get(&self, key: &[u8]) -> Result<Entry> {
         self.validate_key(key)?;
         let slot = &self.shards[self.shard_of(key).0 as usize];
-        let store = slot.store().await?;
-        let found = store.get(key, Durability::Durable).await;
-        self.observe(found)?.ok_or(Error::NotFound)
+        let entered = self.enter(slot).await?;
+        let found = self.observe(entered.store.get(key, Durability::Durable).await)?;
+        self.confirm_read(slot)?;
+        found.ok_or(Error::NotFound)
     }
 
     /// Writes one key; returns the new version once durable.
@@ -324,7 +502,8 @@ impl Node {
     /// Every key must map to one shard. Returns the version all written keys now have.
     pub async fn apply(&self, ops: Vec<WriteOp>) -> Result<u64> {
         let slot = self.check_write(&ops)?;
-        let store = slot.store().await?;
+        let entered = self.enter(slot).await?;
+        let store = &entered.store;
         let pending = {
             let mut stripes: Vec<usize> = ops.iter().map(|op| ShardSlot::stripe(&op.key)).collect();
             stripes.sort_unstable();
@@ -334,7 +513,7 @@ impl Node {
                 guards.push(slot.stripes[s].lock().await);
             }
             for op in &ops {
-                self.check_precondition(&store, op).await?;
+                self.check_precondition(store, op).await?;
             }
             let mutations = ops
                 .into_iter()
@@ -437,6 +616,12 @@ impl Node {
     /// Returns one page of the durable live entries matching `req`, merged across all shards in
     /// key order.
     pub async fn scan(&self, req: ScanRequest) -> Result<ScanPage> {
+        let all: Vec<ShardId> = self.shards.iter().map(|s| s.id).collect();
+        self.scan_shards(req, &all).await
+    }
+
+    /// Like [`Node::scan`], over `shards` only (each must be served here).
+    pub async fn scan_shards(&self, req: ScanRequest, shards: &[ShardId]) -> Result<ScanPage> {
         let limits = &self.config.limits;
         let limit = match req.limit {
             0 => limits.default_scan_limit,
@@ -456,12 +641,20 @@ impl Node {
         };
         // Open one iterator per shard, then merge them with a min-heap keyed by each shard's
         // next key. Every shard must be available: a page with a shard missing would be wrong.
-        let mut scans: Vec<ShardScan> = futures::future::try_join_all(
-            self.shards
-                .iter()
-                .map(|slot| self.open_scan(slot, range.clone())),
+        let slots: Vec<&ShardSlot> = shards
+            .iter()
+            .map(|s| {
+                self.shards
+                    .get(s.0 as usize)
+                    .map(|slot| slot.as_ref())
+                    .ok_or_else(|| Error::invalid("invalid_query", format!("no shard {s}")))
+            })
+            .collect::<Result<_>>()?;
+        let opened = futures::future::try_join_all(
+            slots.iter().map(|slot| self.open_scan(slot, range.clone())),
         )
         .await?;
+        let (mut scans, _gates): (Vec<ShardScan>, Vec<Entered>) = opened.into_iter().unzip();
         let mut heap = BinaryHeap::new();
         for (i, scan) in scans.iter_mut().enumerate() {
             if let Some(entry) = self.scan_next(i, scan).await? {
@@ -480,6 +673,9 @@ impl Node {
             bytes += entry.key.len() + entry.value.len();
             items.push(entry);
         }
+        for slot in &slots {
+            self.confirm_read(slot)?;
+        }
         Ok(ScanPage {
             items,
             more: !heap.is_empty(),
@@ -488,12 +684,12 @@ impl Node {
 
     async fn open_scan(
         &self,
-        slot: &Arc<ShardSlot>,
+        slot: &ShardSlot,
         range: (Bound<Bytes>, Bound<Bytes>),
-    ) -> Result<ShardScan> {
-        let store = slot.store().await?;
-        let scan = store.scan(range).await;
-        self.observe(scan)
+    ) -> Result<(ShardScan, Entered)> {
+        let entered = self.enter(slot).await?;
+        let scan = self.observe(entered.store.scan(range).await)?;
+        Ok((scan, entered))
     }
 
     async fn scan_next(&self, i: usize, scan: &mut ShardScan) -> Result<Option<Entry>> {
@@ -524,7 +720,17 @@ impl Node {
                 _ = node.cancel.cancelled() => return,
                 why = store.wait_closed() => why,
             };
+            let Some(epoch) = slot.open_epoch() else {
+                return;
+            };
             match why {
+                Closed::Fenced if node.etcd.is_some() => {
+                    // Someone else opened the database: the shard is theirs now.
+                    if slot.replace_open(&store, SlotState::NotOwned) {
+                        tracing::warn!(shard = %slot.id, epoch, "shard fenced by a newer owner; dropped");
+                        node.release_key(slot.id, epoch).await;
+                    }
+                }
                 Closed::Fenced => {
                     if slot.replace_open(&store, SlotState::Fenced) {
                         tracing::error!(shard = %slot.id, "shard fenced by another writer; no longer served");
@@ -534,7 +740,7 @@ impl Node {
                     if slot.replace_open(&store, SlotState::Reopening) {
                         tracing::warn!(shard = %slot.id, "shard database stopped; reopening");
                         drop(store);
-                        node.reopen(slot).await;
+                        node.reopen(slot, epoch).await;
                     }
                 }
             }
@@ -543,9 +749,16 @@ impl Node {
 
     /// Reopens a `Reopening` slot's database, retrying with backoff until it opens or the node
     /// shuts down.
-    async fn reopen(self: &Arc<Self>, slot: Arc<ShardSlot>) {
+    async fn reopen(self: &Arc<Self>, slot: Arc<ShardSlot>, epoch: i64) {
         let mut delay = Duration::from_millis(100);
         loop {
+            // In cluster mode, reopen only while the ownership still holds: opening fences,
+            // and must never fence a newer owner.
+            if self.etcd.is_some() && !self.still_owner(slot.id, epoch) {
+                slot.set(SlotState::NotOwned);
+                tracing::warn!(shard = %slot.id, epoch, "ownership lost while reopening");
+                return;
+            }
             let opened = tokio::select! {
                 _ = self.cancel.cancelled() => return,
                 r = ShardStore::open(
@@ -561,7 +774,10 @@ impl Node {
                     let store = Arc::new(store);
                     self.stats.shard_reopens.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(shard = %slot.id, "shard reopened");
-                    slot.set(SlotState::Open(Arc::clone(&store)));
+                    slot.set(SlotState::Open {
+                        store: Arc::clone(&store),
+                        epoch,
+                    });
                     self.supervise(slot, store);
                     return;
                 }
@@ -583,6 +799,7 @@ impl Node {
         self.cancel.cancel();
         self.tasks.close();
         self.tasks.wait().await;
+        self.revoke_lease().await;
         let results =
             futures::future::join_all(self.shards.iter().map(|slot| close_slot(slot))).await;
         let failed: Vec<String> = results
@@ -603,7 +820,7 @@ impl Node {
 
 async fn close_slot(slot: &ShardSlot) -> Result<()> {
     match slot.set(SlotState::Closed) {
-        SlotState::Open(store) => store.close().await,
+        SlotState::Open { store, .. } => store.close().await,
         _ => Ok(()),
     }
 }

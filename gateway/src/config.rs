@@ -12,7 +12,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tessera::{LimitsConfig, NodeConfig, ObjectStoreConfig, StorageConfig};
+use tessera::{ClusterConfig, LimitsConfig, NodeConfig, ObjectStoreConfig, StorageConfig};
 
 /// Everything a gateway process needs.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -28,6 +28,8 @@ pub struct GatewayConfig {
     pub storage: StorageConfig,
     /// Request limits (see [`LimitsConfig`]).
     pub limits: LimitsConfig,
+    /// Cluster mode through etcd (see [`ClusterConfig`]); off by default.
+    pub cluster: ClusterConfig,
 }
 
 /// The HTTP server.
@@ -100,6 +102,7 @@ impl GatewayConfig {
             object_store: self.object_store.clone(),
             storage: self.storage.clone(),
             limits: self.limits.clone(),
+            cluster: self.cluster.clone(),
         }
     }
 

@@ -3,6 +3,8 @@
 //! Body: `{"error":{"code":"<code>","message":"..."}}`. The codes are part of the API and are
 //! listed in the README; tests assert on them. 5xx answers are logged here, once.
 
+use std::borrow::Cow;
+
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -13,7 +15,7 @@ use tessera::Error;
 #[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
-    code: &'static str,
+    code: Cow<'static, str>,
     message: String,
     current_version: Option<u64>,
 }
@@ -25,18 +27,22 @@ impl ApiError {
     }
 
     /// Any status with `code`.
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(
+        status: StatusCode,
+        code: impl Into<Cow<'static, str>>,
+        message: impl Into<String>,
+    ) -> Self {
         ApiError {
             status,
-            code,
+            code: code.into(),
             message: message.into(),
             current_version: None,
         }
     }
 
     /// The stable code.
-    pub fn code(&self) -> &'static str {
-        self.code
+    pub fn code(&self) -> &str {
+        &self.code
     }
 }
 
@@ -54,9 +60,10 @@ impl From<Error> for ApiError {
                 err.current_version = *current;
                 return err;
             }
-            Error::ShardUnavailable { .. } | Error::ObjectStore(_) => {
+            Error::ShardUnavailable { .. } | Error::ObjectStore(_) | Error::Coordination(_) => {
                 (S::SERVICE_UNAVAILABLE, "unavailable")
             }
+            Error::NotOwner { .. } => (S::MISDIRECTED_REQUEST, "not_owner"),
             Error::Fenced { .. } => (S::SERVICE_UNAVAILABLE, "shard_fenced"),
             Error::DeadlineExceeded => (S::SERVICE_UNAVAILABLE, "deadline_exceeded"),
             Error::ShuttingDown => (S::SERVICE_UNAVAILABLE, "shutting_down"),
@@ -75,7 +82,7 @@ impl From<Error> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         if self.status.is_server_error() && self.status != StatusCode::INTERNAL_SERVER_ERROR {
-            tracing::warn!(code = self.code, message = %self.message, "request failed");
+            tracing::warn!(code = %self.code, message = %self.message, "request failed");
         }
         let mut error = json!({ "code": self.code, "message": self.message });
         if let Some(v) = self.current_version {

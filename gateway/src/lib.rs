@@ -10,6 +10,7 @@
 pub mod codec;
 pub mod config;
 pub mod error;
+pub mod forward;
 pub mod metrics;
 pub mod routes;
 
@@ -18,7 +19,7 @@ use std::sync::Arc;
 
 use axum::routing::get;
 use axum::Router;
-use tessera::Node;
+use tessera::{Member, Node};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -35,6 +36,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Cancelled when shutdown begins (`/readyz` turns 503).
     pub shutdown: CancellationToken,
+    /// Pooled keep-alive HTTP client for forwarding to shard owners.
+    pub forwarder: reqwest::Client,
 }
 
 /// Builds the router.
@@ -55,6 +58,7 @@ pub fn app(state: Arc<AppState>) -> Router {
                 .delete(routes::delete_key),
         )
         .route("/v1/batch", axum::routing::post(routes::batch))
+        .route("/v1/cluster", get(routes::cluster))
         .route("/healthz", get(routes::healthz))
         .route("/readyz", get(routes::readyz))
         .route("/metrics", get(routes::metrics))
@@ -100,13 +104,31 @@ pub async fn run(
             source,
         })?;
     let addr = listener.local_addr().map_err(GatewayError::Serve)?;
-    let node = Node::open(config.node()).await?;
+    let url = config
+        .cluster
+        .advertise_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{addr}"));
+    let me = Member {
+        id: config
+            .cluster
+            .node_id
+            .clone()
+            .unwrap_or_else(|| url.clone()),
+        url,
+    };
+    let node = Node::open(config.node(), me).await?;
     let token = CancellationToken::new();
     let state = Arc::new(AppState {
         node: Arc::clone(&node),
         config: config.clone(),
         metrics: Arc::new(Metrics::new()),
         shutdown: token.clone(),
+        forwarder: reqwest::Client::builder()
+            .pool_idle_timeout(std::time::Duration::from_secs(30))
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| GatewayError::Config(format!("http client: {e}")))?,
     });
     // The only stdout line: scripts and tests read the URL from it.
     println!("Tessera gateway listening on http://{addr}");
@@ -117,9 +139,13 @@ pub async fn run(
         shutdown.await;
         signal.cancel();
     });
+    // ORDERING: on shutdown, first hand every shard over (cluster mode) while still serving and
+    // forwarding requests, then stop accepting and drain HTTP, then close what is left.
     let drain = token.clone();
+    let leaving = Arc::clone(&node);
     let server = axum::serve(listener, app(state)).with_graceful_shutdown(async move {
         drain.cancelled().await;
+        leaving.leave().await;
     });
     let served = tokio::select! {
         r = server => r.map_err(GatewayError::Serve),

@@ -37,6 +37,21 @@ struct Args {
     /// Request deadline (server.request_timeout), e.g. 10s.
     #[arg(long, env = "TESSERA_REQUEST_TIMEOUT", value_parser = humantime::parse_duration)]
     request_timeout: Option<Duration>,
+    /// etcd endpoints, comma-separated (cluster.etcd_endpoints); enables cluster mode.
+    #[arg(long, env = "TESSERA_ETCD", value_delimiter = ',')]
+    etcd: Option<Vec<String>>,
+    /// Cluster name (cluster.name): the etcd prefix /tessera/{name}/.
+    #[arg(long, env = "TESSERA_CLUSTER")]
+    cluster: Option<String>,
+    /// Member id (cluster.node_id); default: the advertise URL.
+    #[arg(long, env = "TESSERA_NODE_ID")]
+    node_id: Option<String>,
+    /// URL other gateways reach this one at (cluster.advertise_url).
+    #[arg(long, env = "TESSERA_ADVERTISE_URL")]
+    advertise_url: Option<String>,
+    /// etcd lease TTL (cluster.lease_ttl), whole seconds, e.g. 3s.
+    #[arg(long, env = "TESSERA_LEASE_TTL", value_parser = humantime::parse_duration)]
+    lease_ttl: Option<Duration>,
     /// Log filter (log.level), e.g. info or tessera=debug.
     #[arg(long, env = "TESSERA_LOG")]
     log: Option<String>,
@@ -69,6 +84,21 @@ impl Args {
         if let Some(v) = self.request_timeout {
             c.server.request_timeout = v;
         }
+        if let Some(v) = self.etcd {
+            c.cluster.etcd_endpoints = v;
+        }
+        if let Some(v) = self.cluster {
+            c.cluster.name = v;
+        }
+        if let Some(v) = self.node_id {
+            c.cluster.node_id = Some(v);
+        }
+        if let Some(v) = self.advertise_url {
+            c.cluster.advertise_url = Some(v);
+        }
+        if let Some(v) = self.lease_ttl {
+            c.cluster.lease_ttl = v;
+        }
         if let Some(v) = self.log {
             c.log.level = v;
         }
@@ -97,27 +127,20 @@ fn init_logging(c: &GatewayConfig) -> Result<(), String> {
     Ok(())
 }
 
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// Returns a future that resolves on SIGINT or SIGTERM. The handlers are installed before this
+/// returns, so a signal that arrives while the gateway is still starting is not lost (nor does
+/// it kill the process with the default action).
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-    }
-    tracing::info!("shutdown signal received; draining");
+        tracing::info!("shutdown signal received; draining");
+    })
 }
 
 #[tokio::main]
@@ -133,7 +156,14 @@ async fn main() -> ExitCode {
         eprintln!("tessera-gateway: {e}");
         return ExitCode::from(2);
     }
-    match gateway::run(config, shutdown_signal()).await {
+    let signal = match shutdown_signal() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("tessera-gateway: cannot install signal handlers: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match gateway::run(config, signal).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "gateway failed");

@@ -26,6 +26,8 @@ pub struct Metrics {
     shards_open: IntGauge,
     storage_errors: IntCounter,
     shard_reopens: IntCounter,
+    ownership_changes: IntCounter,
+    forwarded: IntCounter,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -99,8 +101,29 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
+            ownership_changes: register(
+                &r,
+                IntCounter::new(
+                    "ownership_changes_total",
+                    "Shards acquired, released or dropped by this gateway",
+                )
+                .expect("valid metric"),
+            ),
+            forwarded: register(
+                &r,
+                IntCounter::new(
+                    "forwarded_requests_total",
+                    "Requests forwarded to the shard's owner",
+                )
+                .expect("valid metric"),
+            ),
             registry: r,
         }
+    }
+
+    /// Counts one forwarded request.
+    pub fn forwarded(&self) {
+        self.forwarded.inc();
     }
 
     /// Renders every metric in the Prometheus text format, refreshing the node's gauges first.
@@ -112,6 +135,10 @@ impl Metrics {
         let stats = node.stats();
         catch_up(&self.storage_errors, stats.storage_errors.load(Relaxed));
         catch_up(&self.shard_reopens, stats.shard_reopens.load(Relaxed));
+        catch_up(
+            &self.ownership_changes,
+            stats.ownership_changes.load(Relaxed),
+        );
         let mut out = Vec::new();
         // Encoding into a Vec cannot fail for well-formed metrics.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);

@@ -3,10 +3,11 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::{to_bytes, Body};
 use axum::extract::State;
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bytes::Bytes;
@@ -16,6 +17,7 @@ use tessera::{Error, Precondition, ScanRequest, WriteKind, WriteOp};
 
 use crate::codec::{self, Query};
 use crate::error::ApiError;
+use crate::forward::{self, dispatch, Forwardable, Forwarded};
 use crate::AppState;
 
 type Shared = State<Arc<AppState>>;
@@ -23,38 +25,46 @@ type Shared = State<Arc<AppState>>;
 /// Response header naming what served a read.
 const READ_HEADER: &str = "x-tessera-read";
 
-impl AppState {
-    /// Runs `fut` under the request deadline.
-    async fn deadline<T>(
-        &self,
-        fut: impl Future<Output = Result<T, Error>>,
-    ) -> Result<T, ApiError> {
-        match tokio::time::timeout(self.config.server.request_timeout, fut).await {
-            Ok(result) => result.map_err(ApiError::from),
-            Err(_) => Err(Error::DeadlineExceeded.into()),
-        }
+/// Runs `fut` until `req`'s deadline.
+async fn deadline<T>(
+    req: &Forwardable,
+    fut: impl Future<Output = Result<T, Error>>,
+) -> Result<T, ApiError> {
+    match tokio::time::timeout(req.remaining(), fut).await {
+        Ok(result) => result.map_err(ApiError::from),
+        Err(_) => Err(Error::DeadlineExceeded.into()),
     }
 }
 
 /// `GET /v1/kv/{key}`.
-pub async fn get_key(State(state): Shared, uri: Uri) -> Result<Response, ApiError> {
+pub async fn get_key(
+    State(state): Shared,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     let key = codec::key_from_path(uri.path())?;
     Query::parse(uri.query(), &["consistency"])?.check_consistency()?;
-    let entry = state.deadline(state.node.get(&key)).await?;
-    let mut resp = entry.value.into_response();
-    let headers = resp.headers_mut();
-    headers.insert(header::ETAG, header_value(&codec::etag(entry.version)));
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/octet-stream"),
-    );
-    headers.insert(READ_HEADER, HeaderValue::from_static("strong"));
-    Ok(resp)
+    let req = Forwardable::new(&state, method, &uri, headers, Bytes::new());
+    dispatch(&state, state.node.shard_of(&key), &req, || async {
+        let entry = deadline(&req, state.node.get(&key)).await?;
+        let mut resp = entry.value.into_response();
+        let headers = resp.headers_mut();
+        headers.insert(header::ETAG, header_value(&codec::etag(entry.version)));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        );
+        headers.insert(READ_HEADER, HeaderValue::from_static("strong"));
+        Ok(resp)
+    })
+    .await
 }
 
 /// `PUT /v1/kv/{key}`.
 pub async fn put_key(
     State(state): Shared,
+    method: Method,
     uri: Uri,
     headers: HeaderMap,
     body: Body,
@@ -71,18 +81,24 @@ pub async fn put_key(
         .into()
     })
     .await?;
-    let version = state
-        .deadline(state.node.put(key, value, ttl, precondition))
-        .await?;
-    Ok(versioned(StatusCode::OK, version))
+    let req = Forwardable::new(&state, method, &uri, headers, value.clone());
+    dispatch(&state, state.node.shard_of(&key), &req, || async {
+        let put = state
+            .node
+            .put(key.clone(), value.clone(), ttl, precondition);
+        let version = deadline(&req, put).await?;
+        Ok(versioned(StatusCode::OK, version))
+    })
+    .await
 }
 
 /// `DELETE /v1/kv/{key}`.
 pub async fn delete_key(
     State(state): Shared,
+    method: Method,
     uri: Uri,
     headers: HeaderMap,
-) -> Result<StatusCode, ApiError> {
+) -> Result<Response, ApiError> {
     let key = codec::key_from_path(uri.path())?;
     Query::parse(uri.query(), &[])?;
     let precondition = codec::precondition(&headers)?;
@@ -92,8 +108,12 @@ pub async fn delete_key(
             "If-None-Match is not meaningful for DELETE",
         ));
     }
-    state.deadline(state.node.delete(key, precondition)).await?;
-    Ok(StatusCode::NO_CONTENT)
+    let req = Forwardable::new(&state, method, &uri, headers, Bytes::new());
+    dispatch(&state, state.node.shard_of(&key), &req, || async {
+        deadline(&req, state.node.delete(key.clone(), precondition)).await?;
+        Ok(StatusCode::NO_CONTENT.into_response())
+    })
+    .await
 }
 
 /// `PUT`/`GET`/`DELETE /v1/kv/` with no key.
@@ -102,11 +122,21 @@ pub async fn empty_key() -> ApiError {
 }
 
 /// `GET /v1/kv?prefix=&start=&end=&limit=&cursor=&consistency=`.
-pub async fn scan(State(state): Shared, uri: Uri) -> Result<Json<serde_json::Value>, ApiError> {
-    let q = Query::parse(
-        uri.query(),
-        &["prefix", "start", "end", "limit", "cursor", "consistency"],
-    )?;
+///
+/// In cluster mode the gateway asks every owner for a page of its own shards (internal
+/// parameter `shards`, forwarded requests only) and merges the pages.
+pub async fn scan(
+    State(state): Shared,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let fwd = Forwardable::new(&state, method, &uri, headers, Bytes::new());
+    let mut allowed = vec!["prefix", "start", "end", "limit", "cursor", "consistency"];
+    if fwd.forwarded {
+        allowed.push("shards");
+    }
+    let q = Query::parse(uri.query(), &allowed)?;
     q.check_consistency()?;
     let bytes = |name: &str| q.bytes(name).map(Bytes::copy_from_slice);
     let req = ScanRequest {
@@ -116,7 +146,16 @@ pub async fn scan(State(state): Shared, uri: Uri) -> Result<Json<serde_json::Val
         after: q.bytes("cursor").map(codec::uncursor).transpose()?,
         limit: q.positive("limit", "invalid_limit")?.unwrap_or(0) as usize,
     };
-    let page = state.deadline(state.node.scan(req)).await?;
+    let page = if let Some(list) = q.text("shards", "invalid_query")? {
+        let shards = list
+            .split(',')
+            .map(|s| s.parse().map(tessera::ShardId))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| ApiError::bad_request("invalid_query", "bad shard list"))?;
+        deadline(&fwd, state.node.scan_shards(req, &shards)).await?
+    } else {
+        scan_cluster(&state, &fwd, req).await?
+    };
     let next = page
         .more
         .then(|| page.items.last().map(|e| codec::cursor(&e.key)))
@@ -133,6 +172,137 @@ pub async fn scan(State(state): Shared, uri: Uri) -> Result<Json<serde_json::Val
         })
         .collect();
     Ok(Json(json!({ "items": items, "next": next })))
+}
+
+/// Scans every shard: locally for the shards served here, through their owners for the rest,
+/// then merges the pages in key order.
+async fn scan_cluster(
+    state: &AppState,
+    fwd: &Forwardable,
+    req: ScanRequest,
+) -> Result<tessera::ScanPage, ApiError> {
+    let limit = match req.limit {
+        0 => state.config.limits.default_scan_limit,
+        n => n,
+    };
+    loop {
+        let mut local = Vec::new();
+        let mut remote: std::collections::BTreeMap<String, Vec<u32>> = Default::default();
+        let mut unowned = false;
+        for n in 0..state.config.storage.shard_count {
+            match state.node.locate(tessera::ShardId(n)) {
+                tessera::Located::Local => local.push(tessera::ShardId(n)),
+                tessera::Located::Remote(o) => remote.entry(o.url).or_default().push(n),
+                tessera::Located::Unowned => unowned = true,
+            }
+        }
+        if !unowned {
+            let local_page = async {
+                if local.is_empty() {
+                    return Ok(None);
+                }
+                deadline(fwd, state.node.scan_shards(req.clone(), &local))
+                    .await
+                    .map(Some)
+            };
+            let remote_pages = futures::future::try_join_all(remote.iter().map(|(url, shards)| {
+                let list: Vec<String> = shards.iter().map(|s| s.to_string()).collect();
+                let sep = if fwd.path_and_query.contains('?') {
+                    '&'
+                } else {
+                    '?'
+                };
+                let path = format!("{}{sep}shards={}", fwd.path_and_query, list.join(","));
+                async move {
+                    match forward::send(&state.forwarder, url, &path, fwd).await? {
+                        Forwarded::Answer(resp) => decode_page(resp).await.map(Some),
+                        Forwarded::Retry => Ok(None),
+                    }
+                }
+            }));
+            let (local_page, remote_pages) = futures::try_join!(local_page, remote_pages)?;
+            if remote_pages.iter().all(Option::is_some) {
+                let pages = local_page
+                    .into_iter()
+                    .chain(remote_pages.into_iter().flatten());
+                return Ok(merge_pages(
+                    pages,
+                    limit,
+                    state.config.limits.max_scan_bytes,
+                ));
+            }
+        }
+        if fwd.remaining() <= Duration::from_millis(25) {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no_owner",
+                "some shards have no reachable owner yet (failover in progress)",
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Reads a scan page answered by another gateway (or passes its error through).
+async fn decode_page(resp: Response) -> Result<tessera::ScanPage, ApiError> {
+    let status = resp.status();
+    let body = to_bytes(resp.into_body(), usize::MAX)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "unavailable", e.to_string()))?;
+    let value: serde_json::Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "unavailable", e.to_string()))?;
+    if !status.is_success() {
+        let code = value["error"]["code"]
+            .as_str()
+            .unwrap_or("unavailable")
+            .to_string();
+        let message = value["error"]["message"].as_str().unwrap_or("").to_string();
+        return Err(ApiError::new(status, code, message));
+    }
+    let bad = || {
+        ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "unavailable",
+            "malformed scan page",
+        )
+    };
+    let mut items = Vec::new();
+    for item in value["items"].as_array().ok_or_else(bad)? {
+        items.push(tessera::Entry {
+            key: codec::unb64("key", item["key"].as_str().ok_or_else(bad)?)?,
+            value: codec::unb64("value", item["value"].as_str().ok_or_else(bad)?)?,
+            version: item["version"].as_u64().ok_or_else(bad)?,
+            expires_at_ms: None,
+        });
+    }
+    Ok(tessera::ScanPage {
+        items,
+        more: !value["next"].is_null(),
+    })
+}
+
+/// Merges sorted pages of disjoint shards into one page of at most `limit` items.
+fn merge_pages(
+    pages: impl Iterator<Item = tessera::ScanPage>,
+    limit: usize,
+    max_bytes: usize,
+) -> tessera::ScanPage {
+    let mut more = false;
+    let mut all = Vec::new();
+    for page in pages {
+        more |= page.more;
+        all.extend(page.items);
+    }
+    all.sort_by(|a, b| a.key.cmp(&b.key));
+    let mut bytes = 0;
+    let mut take = 0;
+    while take < all.len() && take < limit && (take == 0 || bytes < max_bytes) {
+        bytes += all[take].key.len() + all[take].value.len();
+        take += 1;
+    }
+    more |= take < all.len();
+    all.truncate(take);
+    tessera::ScanPage { items: all, more }
 }
 
 /// One operation of `POST /v1/batch`. Keys and values are standard base64.
@@ -163,7 +333,13 @@ struct BatchRequest {
 
 /// `POST /v1/batch`: `{"ops":[{"op":"put","key":"..","value":"..","ttl":60,"if_match":3},
 /// {"op":"delete","key":"..","if_absent":false}]}` applied atomically.
-pub async fn batch(State(state): Shared, uri: Uri, body: Body) -> Result<Response, ApiError> {
+pub async fn batch(
+    State(state): Shared,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     Query::parse(uri.query(), &[])?;
     let limit = state.config.limits.max_batch_body_bytes;
     let body = read_body(body, limit, || {
@@ -182,8 +358,16 @@ pub async fn batch(State(state): Shared, uri: Uri, body: Body) -> Result<Respons
         .enumerate()
         .map(|(i, op)| batch_op(i, op))
         .collect::<Result<Vec<_>, _>>()?;
-    let version = state.deadline(state.node.apply(ops)).await?;
-    Ok(versioned(StatusCode::OK, version))
+    let fwd = Forwardable::new(&state, method, &uri, headers, body);
+    let apply = || async {
+        let version = deadline(&fwd, state.node.apply(ops.clone())).await?;
+        Ok(versioned(StatusCode::OK, version))
+    };
+    // The first key decides where the batch goes; the owner rejects cross-shard batches.
+    match ops.first() {
+        Some(op) => dispatch(&state, state.node.shard_of(&op.key), &fwd, apply).await,
+        None => apply().await,
+    }
 }
 
 fn batch_op(i: usize, op: BatchOp) -> Result<WriteOp, ApiError> {
@@ -216,6 +400,27 @@ fn batch_op(i: usize, op: BatchOp) -> Result<WriteOp, ApiError> {
     })
 }
 
+/// `GET /v1/cluster`: members, shard owners and this gateway's identity, as this gateway sees
+/// them. Smart clients can route directly with it.
+pub async fn cluster(State(state): Shared) -> Json<serde_json::Value> {
+    let view = state.node.view();
+    let shards: Vec<_> = (0..state.config.storage.shard_count)
+        .map(|n| match view.owners.get(&n) {
+            Some(o) => json!({"shard": n, "owner": o.id, "url": o.url, "epoch": o.epoch}),
+            None => json!({"shard": n, "owner": null, "url": null, "epoch": null}),
+        })
+        .collect();
+    Json(json!({
+        "me": state.node.me(),
+        "mode": if state.config.cluster.is_clustered() { "cluster" } else { "embedded" },
+        "shard_count": state.config.storage.shard_count,
+        "revision": view.revision,
+        "members": view.members.values().collect::<Vec<_>>(),
+        "shards": shards,
+        "owned_here": state.node.owned_shards().len(),
+    }))
+}
+
 /// `GET /healthz`: the process is up.
 pub async fn healthz() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))
@@ -225,7 +430,14 @@ pub async fn healthz() -> Json<serde_json::Value> {
 pub async fn readyz(State(state): Shared) -> Response {
     let open = state.node.open_shards();
     let total = state.config.storage.shard_count as usize;
-    let ready = open == total && !state.shutdown.is_cancelled();
+    // Embedded: every shard must be open. Cluster: this gateway is a member (it serves or
+    // forwards every request).
+    let ready = !state.shutdown.is_cancelled()
+        && if state.config.cluster.is_clustered() {
+            state.node.view().members.contains_key(&state.node.me().id)
+        } else {
+            open == total
+        };
     let status = if ready {
         StatusCode::OK
     } else {

@@ -1,0 +1,191 @@
+//! Request routing in cluster mode: serve locally when this gateway owns the key's shard,
+//! otherwise forward to the owner over a pooled keep-alive connection.
+//!
+//! Rules:
+//! - **Hop limit 1**: a forwarded request carries `x-tessera-forwarded`; a gateway that gets
+//!   one for a shard it does not serve answers `421 not_owner` instead of forwarding again.
+//! - **Deadline propagation**: the forwarded request carries the time left
+//!   (`x-tessera-deadline-ms`); the owner never works past the original deadline.
+//! - **Retries**: a `421`, an unowned shard (failover in progress) or an owner that refuses the
+//!   connection is retried after a short wait until the deadline, then `503` + `Retry-After`.
+//!   A request that may have reached the owner (the connection broke after sending) is never
+//!   retried: a write's outcome is then unknown and the client gets `503 unavailable`.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use tessera::{Located, ShardId};
+
+use crate::error::ApiError;
+use crate::AppState;
+
+/// Marks a request that was already forwarded once.
+pub const FORWARDED: &str = "x-tessera-forwarded";
+/// Milliseconds left before the original request's deadline.
+pub const DEADLINE_MS: &str = "x-tessera-deadline-ms";
+
+/// Headers copied from the client's request to the owner, and from the owner's answer back.
+const PASSED_REQUEST_HEADERS: &[&str] = &["if-match", "if-none-match", "content-type"];
+const PASSED_RESPONSE_HEADERS: &[&str] = &["etag", "content-type", "retry-after", "x-tessera-read"];
+
+/// How long to wait before looking up an owner again.
+const RETRY_PAUSE: Duration = Duration::from_millis(25);
+
+/// Everything needed to replay a request against another gateway.
+pub struct Forwardable {
+    pub method: Method,
+    /// Path and query, exactly as received.
+    pub path_and_query: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    /// Whether this request was itself forwarded (hop limit reached).
+    pub forwarded: bool,
+    /// When the request must be answered.
+    pub deadline: Instant,
+}
+
+impl Forwardable {
+    /// Captures a request; the deadline is the gateway's, or the forwarder's if earlier.
+    pub fn new(
+        state: &AppState,
+        method: Method,
+        uri: &axum::http::Uri,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Self {
+        let forwarded = headers.contains_key(FORWARDED);
+        let mut timeout = state.config.server.request_timeout;
+        if let Some(ms) = headers
+            .get(DEADLINE_MS)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            timeout = timeout.min(Duration::from_millis(ms));
+        }
+        Forwardable {
+            method,
+            path_and_query: uri
+                .path_and_query()
+                .map_or_else(|| uri.path().to_string(), |p| p.to_string()),
+            headers,
+            body,
+            forwarded,
+            deadline: Instant::now() + timeout,
+        }
+    }
+
+    /// Time left before the deadline.
+    pub fn remaining(&self) -> Duration {
+        self.deadline.saturating_duration_since(Instant::now())
+    }
+}
+
+/// The outcome of one forwarding attempt.
+pub enum Forwarded {
+    /// The owner answered (any status but 421).
+    Answer(Response),
+    /// The owner was not reachable or not the owner: safe to look up the owner again.
+    Retry,
+}
+
+/// Sends `req` to the gateway at `url` (path and query appended).
+pub async fn send(
+    client: &reqwest::Client,
+    url: &str,
+    path_and_query: &str,
+    req: &Forwardable,
+) -> Result<Forwarded, ApiError> {
+    let remaining = req.remaining();
+    if remaining.is_zero() {
+        return Err(tessera::Error::DeadlineExceeded.into());
+    }
+    let mut out = client
+        .request(req.method.clone(), format!("{url}{path_and_query}"))
+        .timeout(remaining)
+        .header(FORWARDED, "1")
+        .header(DEADLINE_MS, remaining.as_millis().to_string())
+        .body(req.body.clone());
+    for name in PASSED_REQUEST_HEADERS {
+        if let Some(v) = req.headers.get(*name) {
+            out = out.header(*name, v.clone());
+        }
+    }
+    let resp = match out.send().await {
+        Ok(r) => r,
+        // Nothing reached the owner: it is down or restarting; look again.
+        Err(e) if e.is_connect() => return Ok(Forwarded::Retry),
+        Err(e) if e.is_timeout() => return Err(tessera::Error::DeadlineExceeded.into()),
+        Err(e) => {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                format!("the shard owner did not answer; the outcome is unknown: {e}"),
+            ))
+        }
+    };
+    if resp.status() == StatusCode::MISDIRECTED_REQUEST {
+        return Ok(Forwarded::Retry);
+    }
+    let status = resp.status();
+    let mut headers = HeaderMap::new();
+    for name in PASSED_RESPONSE_HEADERS {
+        if let Some(v) = resp.headers().get(*name) {
+            if let Ok(v) = HeaderValue::from_bytes(v.as_bytes()) {
+                headers.insert(HeaderName::from_static(name), v);
+            }
+        }
+    }
+    let body = resp.bytes().await.map_err(|e| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            format!("the shard owner's answer was cut off; the outcome is unknown: {e}"),
+        )
+    })?;
+    Ok(Forwarded::Answer((status, headers, body).into_response()))
+}
+
+/// Serves `req` for `shard`: locally through `local` when this gateway owns the shard, else by
+/// forwarding it to the owner. Retries lookups until the request's deadline.
+pub async fn dispatch<F, Fut>(
+    state: &AppState,
+    shard: ShardId,
+    req: &Forwardable,
+    local: F,
+) -> Result<Response, ApiError>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<Response, ApiError>>,
+{
+    loop {
+        match state.node.locate(shard) {
+            Located::Local => match local().await {
+                // The shard moved away between the lookup and the call: nothing was applied.
+                Err(e) if e.code() == "not_owner" && !req.forwarded => {}
+                other => return other,
+            },
+            Located::Remote(_) | Located::Unowned if req.forwarded => {
+                return Err(tessera::Error::NotOwner { shard }.into());
+            }
+            Located::Remote(owner) => {
+                state.metrics.forwarded();
+                match send(&state.forwarder, &owner.url, &req.path_and_query, req).await? {
+                    Forwarded::Answer(resp) => return Ok(resp),
+                    Forwarded::Retry => {}
+                }
+            }
+            Located::Unowned => {}
+        }
+        if req.remaining() <= RETRY_PAUSE {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no_owner",
+                format!("shard {shard} has no reachable owner yet (failover in progress)"),
+            ));
+        }
+        tokio::time::sleep(RETRY_PAUSE).await;
+    }
+}

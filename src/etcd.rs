@@ -1,0 +1,329 @@
+//! The etcd driver: membership, the shard-owner keys, the lease keep-alive and the watch. The
+//! only module that imports `etcd_client`.
+//!
+//! Keys, under `/tessera/{cluster}/`:
+//!
+//! | Key | Value | Attached to |
+//! |---|---|---|
+//! | `members/{id}` | [`Member`] JSON | the gateway's lease |
+//! | `owners/{shard:05}` | [`Owner`] JSON | the owner's lease |
+//!
+//! - **Acquire** a shard: `txn(create_revision(owner key) == 0 → put(owner key, me, lease))`.
+//!   The key's create revision is the owner's *epoch*, the fencing token of that ownership.
+//! - **Release** a shard: `txn(create_revision(owner key) == epoch → delete)`, so a stale owner
+//!   can never delete a newer owner's key.
+//! - All of a gateway's keys share its one lease: when it dies or is cut off, etcd deletes its
+//!   member key and every owner key at once, after the TTL.
+//! - etcd-client does not renew leases: [`Etcd::keep_alive`] sends a keep-alive every interval
+//!   and records each acknowledged one in the [`LeaseClock`]; a `TTL 0` answer means the lease
+//!   is gone.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp,
+    WatchOptions,
+};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{Error, Result};
+use crate::lease::LeaseClock;
+use crate::placement::{ClusterView, Member, Owner};
+use crate::shard::ShardId;
+
+/// A connection to the cluster's etcd, scoped to one cluster's key prefix.
+#[derive(Clone)]
+pub struct Etcd {
+    client: Client,
+    prefix: String,
+}
+
+fn etcd_err(context: &str, e: etcd_client::Error) -> Error {
+    Error::Coordination(format!("{context}: {e}"))
+}
+
+impl Etcd {
+    /// Connects to `endpoints`; every call is bounded by `timeout`.
+    pub async fn connect(endpoints: &[String], cluster: &str, timeout: Duration) -> Result<Self> {
+        let options = ConnectOptions::new()
+            .with_connect_timeout(timeout)
+            .with_timeout(timeout)
+            .with_keep_alive(Duration::from_secs(1), timeout);
+        let client = Client::connect(endpoints, Some(options))
+            .await
+            .map_err(|e| etcd_err("connect to etcd", e))?;
+        Ok(Etcd {
+            client,
+            prefix: format!("/tessera/{cluster}/"),
+        })
+    }
+
+    fn member_key(&self, id: &str) -> String {
+        format!("{}members/{id}", self.prefix)
+    }
+
+    fn owner_key(&self, shard: ShardId) -> String {
+        format!("{}owners/{shard}", self.prefix)
+    }
+
+    /// Grants a lease of `ttl`; returns its id and the granted TTL, and records the grant in
+    /// `clock` (measured from before the request was sent).
+    pub async fn grant(&self, ttl: Duration, clock: &LeaseClock, margin: Duration) -> Result<i64> {
+        let sent = Instant::now();
+        let resp = self
+            .client
+            .clone()
+            .lease_grant(ttl.as_secs().max(1) as i64, None)
+            .await
+            .map_err(|e| etcd_err("grant lease", e))?;
+        clock.acked(sent, Duration::from_secs(resp.ttl().max(0) as u64), margin);
+        Ok(resp.id())
+    }
+
+    /// Registers `member` under `lease`.
+    pub async fn register(&self, member: &Member, lease: i64) -> Result<()> {
+        let value = serde_json::to_vec(member).map_err(|e| Error::Internal(e.to_string()))?;
+        self.client
+            .clone()
+            .put(
+                self.member_key(&member.id),
+                value,
+                Some(PutOptions::new().with_lease(lease)),
+            )
+            .await
+            .map_err(|e| etcd_err("register member", e))?;
+        Ok(())
+    }
+
+    /// Removes `member`'s registration (planned departure).
+    pub async fn deregister(&self, id: &str) -> Result<()> {
+        self.client
+            .clone()
+            .delete(self.member_key(id), None)
+            .await
+            .map_err(|e| etcd_err("deregister member", e))?;
+        Ok(())
+    }
+
+    /// Revokes `lease`, deleting every key attached to it.
+    pub async fn revoke(&self, lease: i64) -> Result<()> {
+        self.client
+            .clone()
+            .lease_revoke(lease)
+            .await
+            .map_err(|e| etcd_err("revoke lease", e))?;
+        Ok(())
+    }
+
+    /// Creates the owner key of `shard` if it has none. Returns the epoch, or `None` if the
+    /// shard is owned.
+    pub async fn acquire(&self, shard: ShardId, me: &Member, lease: i64) -> Result<Option<i64>> {
+        let key = self.owner_key(shard);
+        let owner = Owner {
+            id: me.id.clone(),
+            url: me.url.clone(),
+            epoch: 0,
+        };
+        let value = serde_json::to_vec(&owner).map_err(|e| Error::Internal(e.to_string()))?;
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(
+                key,
+                value,
+                Some(PutOptions::new().with_lease(lease)),
+            )]);
+        let resp = self
+            .client
+            .clone()
+            .txn(txn)
+            .await
+            .map_err(|e| etcd_err("acquire shard", e))?;
+        if !resp.succeeded() {
+            return Ok(None);
+        }
+        // The put created the key in this transaction, so its create revision is the
+        // transaction's revision.
+        Ok(resp.header().map(|h| h.revision()))
+    }
+
+    /// Deletes the owner key of `shard` if it still belongs to `epoch`.
+    pub async fn release(&self, shard: ShardId, epoch: i64) -> Result<bool> {
+        let key = self.owner_key(shard);
+        let txn = Txn::new()
+            .when([Compare::create_revision(
+                key.clone(),
+                CompareOp::Equal,
+                epoch,
+            )])
+            .and_then([TxnOp::delete(key, None)]);
+        let resp = self
+            .client
+            .clone()
+            .txn(txn)
+            .await
+            .map_err(|e| etcd_err("release shard", e))?;
+        Ok(resp.succeeded())
+    }
+
+    /// Keeps `lease` alive every `interval` until `cancel` or until etcd says it is gone
+    /// (then marks `clock` lost and returns). Transient errors are retried; meanwhile the
+    /// deadline in `clock` simply runs out.
+    pub async fn keep_alive(
+        &self,
+        lease: i64,
+        clock: Arc<LeaseClock>,
+        interval: Duration,
+        margin: Duration,
+        cancel: CancellationToken,
+    ) {
+        'reconnect: while !cancel.is_cancelled() {
+            let (mut keeper, mut stream) = match self.client.clone().lease_keep_alive(lease).await {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::warn!(error = %e, "lease keep-alive stream failed; retrying");
+                    if sleep_or_cancel(interval, &cancel).await {
+                        return;
+                    }
+                    continue 'reconnect;
+                }
+            };
+            loop {
+                let sent = Instant::now();
+                if let Err(e) = keeper.keep_alive().await {
+                    tracing::warn!(error = %e, "lease keep-alive send failed");
+                    continue 'reconnect;
+                }
+                match tokio::time::timeout(interval * 2, stream.message()).await {
+                    Ok(Ok(Some(resp))) if resp.ttl() > 0 => {
+                        clock.acked(sent, Duration::from_secs(resp.ttl() as u64), margin);
+                    }
+                    Ok(Ok(Some(_))) => {
+                        tracing::warn!(lease, "lease expired at etcd");
+                        clock.lose();
+                        return;
+                    }
+                    Ok(Ok(None)) | Ok(Err(_)) | Err(_) => {
+                        tracing::warn!("lease keep-alive answer missing; reconnecting");
+                        continue 'reconnect;
+                    }
+                }
+                if sleep_or_cancel(interval, &cancel).await {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Maintains `view` from etcd until `cancel`: a snapshot, then a watch from the snapshot's
+    /// revision; on any error, a new snapshot.
+    pub async fn watch_view(&self, view: watch::Sender<ClusterView>, cancel: CancellationToken) {
+        while !cancel.is_cancelled() {
+            if let Err(e) = self.watch_once(&view, &cancel).await {
+                tracing::warn!(error = %e, "cluster watch failed; resyncing");
+                if sleep_or_cancel(Duration::from_millis(500), &cancel).await {
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn watch_once(
+        &self,
+        view: &watch::Sender<ClusterView>,
+        cancel: &CancellationToken,
+    ) -> Result<()> {
+        let mut client = self.client.clone();
+        let snapshot = client
+            .get(self.prefix.clone(), Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(|e| etcd_err("read cluster state", e))?;
+        let revision = snapshot.header().map_or(0, |h| h.revision());
+        let mut fresh = ClusterView {
+            revision,
+            ..ClusterView::default()
+        };
+        for kv in snapshot.kvs() {
+            self.apply(
+                &mut fresh,
+                kv.key(),
+                Some((kv.value(), kv.create_revision())),
+            );
+        }
+        view.send_replace(fresh);
+        let mut stream = client
+            .watch(
+                self.prefix.clone(),
+                Some(
+                    WatchOptions::new()
+                        .with_prefix()
+                        .with_start_revision(revision + 1),
+                ),
+            )
+            .await
+            .map_err(|e| etcd_err("watch cluster state", e))?;
+        loop {
+            let msg = tokio::select! {
+                _ = cancel.cancelled() => return Ok(()),
+                m = stream.message() => m.map_err(|e| etcd_err("watch cluster state", e))?,
+            };
+            let Some(resp) = msg else {
+                return Err(Error::Coordination("watch stream ended".into()));
+            };
+            if resp.canceled() {
+                return Err(Error::Coordination("watch canceled".into()));
+            }
+            view.send_modify(|v| {
+                for event in resp.events() {
+                    let Some(kv) = event.kv() else { continue };
+                    let put = (event.event_type() == EventType::Put)
+                        .then(|| (kv.value(), kv.create_revision()));
+                    self.apply(v, kv.key(), put);
+                    v.revision = v.revision.max(kv.mod_revision());
+                }
+            });
+        }
+    }
+
+    /// Applies one key's new state (`None` = deleted) to `view`.
+    fn apply(&self, view: &mut ClusterView, key: &[u8], put: Option<(&[u8], i64)>) {
+        let Some(rest) = std::str::from_utf8(key)
+            .ok()
+            .and_then(|k| k.strip_prefix(&self.prefix))
+        else {
+            return;
+        };
+        if let Some(id) = rest.strip_prefix("members/") {
+            match put.and_then(|(v, _)| serde_json::from_slice::<Member>(v).ok()) {
+                Some(m) => {
+                    view.members.insert(id.to_string(), m);
+                }
+                None => {
+                    view.members.remove(id);
+                }
+            }
+        } else if let Some(shard) = rest.strip_prefix("owners/").and_then(|s| s.parse().ok()) {
+            match put.and_then(|(v, rev)| {
+                serde_json::from_slice::<Owner>(v)
+                    .ok()
+                    .map(|o| Owner { epoch: rev, ..o })
+            }) {
+                Some(o) => {
+                    view.owners.insert(shard, o);
+                }
+                None => {
+                    view.owners.remove(&shard);
+                }
+            }
+        }
+    }
+}
+
+/// Sleeps `d`; returns true if `cancel` fired first.
+async fn sleep_or_cancel(d: Duration, cancel: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = cancel.cancelled() => true,
+        _ = tokio::time::sleep(d) => false,
+    }
+}

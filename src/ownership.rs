@@ -1,0 +1,283 @@
+//! Cluster mode: joining through etcd, keeping the lease, following the cluster view, and
+//! moving shards to their rendezvous-hash owners.
+//!
+//! Protocol (the safety argument is in `lease.rs` and `docs/architecture.md`):
+//!
+//! - **Join**: grant a lease, register `members/{id}` under it, start the keep-alive and the
+//!   watch. Every owner key this gateway creates hangs off the same lease.
+//! - **Acquire** (the shard has no owner and this gateway is its HRW choice): create the owner
+//!   key in a transaction that requires it to be absent; its create revision is the epoch.
+//!   Only then open the database, which fences any previous writer. A previous owner's key is
+//!   gone only if it released it or its lease expired, and either way it no longer serves.
+//! - **Release** (planned move: another live member is the HRW choice, or shutdown): mark the
+//!   slot `Draining` so new requests go elsewhere, wait for in-flight requests (the slot gate),
+//!   flush and close the database, then delete the owner key guarded by the epoch. The next
+//!   owner opens a cleanly closed database: no WAL to replay.
+//! - **Lease lost** (etcd says TTL 0): every owner key is gone with it; drop every slot without
+//!   serving another request, then join again with a new lease.
+//! - Changes are acted on after `rebalance_delay` of quiet, so a flapping member does not move
+//!   shards back and forth.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{FutureExt, StreamExt};
+
+use crate::error::Result;
+use crate::lease::LeaseClock;
+use crate::node::{Node, ShardSlot, SlotState};
+use crate::shard::ShardId;
+
+/// Shards acquired or released concurrently by one rebalance pass.
+const MOVE_CONCURRENCY: usize = 8;
+
+impl Node {
+    /// Joins the cluster: lease, registration, keep-alive, watch, rebalancer.
+    pub(crate) async fn join(self: &Arc<Self>) -> Result<()> {
+        self.new_lease().await?;
+        let etcd = self.etcd.clone().expect("cluster mode");
+        let (view, cancel) = (self.view.clone(), self.cancel.clone());
+        self.tasks
+            .spawn(async move { etcd.watch_view(view, cancel).await });
+        let node = Arc::clone(self);
+        self.tasks.spawn(async move { node.rebalance_loop().await });
+        tracing::info!(member = %self.me.id, url = %self.me.url, "joined the cluster");
+        Ok(())
+    }
+
+    /// Grants a fresh lease, registers this member under it and starts its keep-alive.
+    async fn new_lease(self: &Arc<Self>) -> Result<()> {
+        let etcd = self.etcd.clone().expect("cluster mode");
+        let c = &self.config.cluster;
+        let clock = Arc::new(LeaseClock::default());
+        let id = etcd.grant(c.lease_ttl, &clock, c.lease_margin).await?;
+        etcd.register(&self.me, id).await?;
+        self.lease_id.store(id, Ordering::SeqCst);
+        *self.lease.write().unwrap_or_else(|e| e.into_inner()) = Arc::clone(&clock);
+        let (interval, margin, cancel) =
+            (c.keepalive_interval, c.lease_margin, self.cancel.clone());
+        self.tasks
+            .spawn(async move { etcd.keep_alive(id, clock, interval, margin, cancel).await });
+        Ok(())
+    }
+
+    /// True while `epoch` is this node's current ownership of `shard`, per the lease and view.
+    pub(crate) fn still_owner(&self, shard: ShardId, epoch: i64) -> bool {
+        self.lease().valid()
+            && self
+                .view
+                .borrow()
+                .owners
+                .get(&shard.0)
+                .is_some_and(|o| o.id == self.me.id && o.epoch == epoch)
+    }
+
+    async fn rebalance_loop(self: Arc<Self>) {
+        let mut changes = self.view.subscribe();
+        let delay = self.config.cluster.rebalance_delay;
+        loop {
+            // Wake on a view change, or periodically to retry what failed.
+            tokio::select! {
+                _ = self.cancel.cancelled() => return,
+                _ = self.leaving.cancelled() => return,
+                _ = changes.changed() => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+            // Quiet period: let a burst of changes settle before acting.
+            loop {
+                tokio::select! {
+                    _ = self.cancel.cancelled() => return,
+                    r = tokio::time::timeout(delay, changes.changed()) => if r.is_err() { break },
+                }
+            }
+            if self.lease().is_lost() {
+                self.recover_lost_lease().await;
+                continue;
+            }
+            self.rebalance().await;
+        }
+    }
+
+    /// One pass: acquire the unowned shards this node should own, release the ones another
+    /// live member should own, drop slots whose owner key is gone.
+    async fn rebalance(self: &Arc<Self>) {
+        if !self.lease().valid() {
+            return;
+        }
+        let view = self.view.borrow().clone();
+        if !view.members.contains_key(&self.me.id) {
+            return; // our registration is not visible yet (or we are leaving)
+        }
+        let mut acquire = Vec::new();
+        let mut release = Vec::new();
+        for slot in &self.shards {
+            let desired = view.desired_owner(slot.id).map(|m| m.id.as_str());
+            let owner = view.owners.get(&slot.id.0);
+            match (slot.open_epoch(), owner) {
+                (None, None) if desired == Some(self.me.id.as_str()) => {
+                    if matches!(
+                        &*slot.state.borrow(),
+                        SlotState::NotOwned | SlotState::Fenced
+                    ) {
+                        acquire.push(Arc::clone(slot));
+                    }
+                }
+                (Some(epoch), Some(o))
+                    if o.id == self.me.id
+                        && o.epoch == epoch
+                        && desired.is_some_and(|d| d != self.me.id) =>
+                {
+                    release.push((Arc::clone(slot), epoch));
+                }
+                (Some(epoch), Some(o)) if o.id == self.me.id && o.epoch == epoch => {}
+                // The view predates our acquisition: nothing to conclude yet.
+                (Some(epoch), _) if view.revision < epoch => {}
+                (Some(epoch), _) => {
+                    // Our owner key is gone or belongs to someone else: stop serving at once.
+                    tracing::warn!(shard = %slot.id, epoch, "owner key lost; dropping shard");
+                    self.drop_slot(slot).await;
+                }
+                _ => {}
+            }
+        }
+        let mut moves: Vec<futures::future::BoxFuture<'static, ()>> = Vec::new();
+        for slot in acquire {
+            let node = Arc::clone(self);
+            moves.push(async move { node.acquire(&slot).await }.boxed());
+        }
+        for (slot, epoch) in release {
+            let node = Arc::clone(self);
+            moves.push(async move { node.release(&slot, epoch).await }.boxed());
+        }
+        run_concurrently(moves).await;
+    }
+
+    async fn acquire(self: &Arc<Self>, slot: &Arc<ShardSlot>) {
+        let etcd = self.etcd.as_ref().expect("cluster mode");
+        let lease = self.lease_id.load(Ordering::SeqCst);
+        let epoch = match etcd.acquire(slot.id, &self.me, lease).await {
+            Ok(Some(epoch)) => epoch,
+            Ok(None) => return, // someone else holds it; the watch will tell us
+            Err(e) => {
+                tracing::warn!(shard = %slot.id, error = %e, "acquire failed");
+                return;
+            }
+        };
+        // Opening fences the previous writer. Only with a valid lease: otherwise our key may
+        // already be gone and another owner on its way.
+        if !self.lease().valid() {
+            self.release_key(slot.id, epoch).await;
+            return;
+        }
+        let started = std::time::Instant::now();
+        match self.install(slot, epoch).await {
+            Ok(()) => {
+                self.stats.ownership_changes.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(shard = %slot.id, epoch, open_ms = started.elapsed().as_millis() as u64, "acquired shard");
+            }
+            Err(e) => {
+                tracing::warn!(shard = %slot.id, error = %e, "opening acquired shard failed; releasing");
+                slot.set(SlotState::NotOwned);
+                self.release_key(slot.id, epoch).await;
+            }
+        }
+    }
+
+    /// Planned release: drain, flush and close, then delete the owner key (guarded).
+    pub(crate) async fn release(&self, slot: &ShardSlot, epoch: i64) {
+        let store = match slot.set(SlotState::Draining) {
+            SlotState::Open { store, .. } => store,
+            other => {
+                slot.set(other);
+                return;
+            }
+        };
+        let started = std::time::Instant::now();
+        // ORDERING: wait for in-flight requests, close the store, and only then delete the
+        // owner key, so the next owner never fences us mid-flush.
+        let _drained = slot.gate.write().await;
+        if let Err(e) = store.close().await {
+            tracing::warn!(shard = %slot.id, error = %e, "closing released shard failed");
+        }
+        self.release_key(slot.id, epoch).await;
+        slot.set(SlotState::NotOwned);
+        self.stats.ownership_changes.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(shard = %slot.id, epoch, drain_ms = started.elapsed().as_millis() as u64, "released shard");
+    }
+
+    /// Deletes our owner key of `shard` if it still has `epoch`.
+    pub(crate) async fn release_key(&self, shard: ShardId, epoch: i64) {
+        if let Some(etcd) = &self.etcd {
+            if let Err(e) = etcd.release(shard, epoch).await {
+                tracing::warn!(shard = %shard, error = %e, "deleting owner key failed; it expires with the lease");
+            }
+        }
+    }
+
+    /// Stops serving `slot` immediately (no drain: the ownership is already gone).
+    async fn drop_slot(&self, slot: &ShardSlot) {
+        if let SlotState::Open { store, .. } = slot.set(SlotState::NotOwned) {
+            self.stats.ownership_changes.fetch_add(1, Ordering::Relaxed);
+            // Closing may fail if a newer owner fenced us; nothing in it is acknowledged.
+            let _ = store.close().await;
+        }
+    }
+
+    async fn recover_lost_lease(self: &Arc<Self>) {
+        tracing::warn!("lease lost: dropping every shard and rejoining");
+        for slot in &self.shards {
+            self.drop_slot(slot).await;
+        }
+        if let Err(e) = self.new_lease().await {
+            tracing::warn!(error = %e, "rejoin failed; retrying");
+        }
+    }
+
+    /// Planned departure (SIGTERM): deregister so the others take over, then release every
+    /// shard gracefully. Requests keep being served (forwarded) meanwhile.
+    pub async fn leave(self: &Arc<Self>) {
+        let Some(etcd) = self.etcd.clone() else {
+            return;
+        };
+        self.cancel_rebalance();
+        if let Err(e) = etcd.deregister(&self.me.id).await {
+            tracing::warn!(error = %e, "deregister failed");
+        }
+        let owned: Vec<(Arc<ShardSlot>, i64)> = self
+            .shards
+            .iter()
+            .filter_map(|s| s.open_epoch().map(|e| (Arc::clone(s), e)))
+            .collect();
+        let count = owned.len();
+        let mut moves: Vec<futures::future::BoxFuture<'static, ()>> = Vec::new();
+        for (slot, epoch) in owned {
+            let node = Arc::clone(self);
+            moves.push(async move { node.release(&slot, epoch).await }.boxed());
+        }
+        run_concurrently(moves).await;
+        tracing::info!(shards = count, "left the cluster");
+    }
+
+    fn cancel_rebalance(&self) {
+        self.leaving.cancel();
+    }
+
+    /// Revokes the lease (last step of shutdown), so nothing waits for it to expire.
+    pub(crate) async fn revoke_lease(&self) {
+        if let Some(etcd) = &self.etcd {
+            let id = self.lease_id.load(Ordering::SeqCst);
+            if let Err(e) = etcd.revoke(id).await {
+                tracing::warn!(error = %e, "revoking the lease failed; it will expire");
+            }
+        }
+    }
+}
+
+/// Runs shard moves, at most [`MOVE_CONCURRENCY`] at a time.
+async fn run_concurrently(moves: Vec<futures::future::BoxFuture<'static, ()>>) {
+    futures::stream::iter(moves)
+        .buffer_unordered(MOVE_CONCURRENCY)
+        .collect::<Vec<()>>()
+        .await;
+}
