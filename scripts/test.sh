@@ -3,6 +3,7 @@
 # This is the README's test command and what CI runs (.ci/run).
 #
 #   s3s-fs 0.14.1  the S3-compatible server the integration tests start (cargo install)
+#   etcd           Debian's etcd-server: the coordination service of cluster-mode tests (apt)
 #
 # Set TESSERA_NO_INSTALL=1 to skip the install step (everything must then be on PATH).
 set -euo pipefail
@@ -12,6 +13,13 @@ need_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
 install_deps() {
   export PATH="$HOME/.cargo/bin:$PATH"
+  if ! command -v etcd >/dev/null 2>&1; then
+    echo "==> installing etcd-server (Debian package)"
+    need_root apt-get update -qq
+    need_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server
+    # The package starts a system etcd on 2379; the tests run their own on free ports.
+    need_root systemctl stop etcd >/dev/null 2>&1 || need_root service etcd stop >/dev/null 2>&1 || true
+  fi
   if ! command -v s3s-fs >/dev/null 2>&1; then
     echo "==> installing s3s-fs 0.14.1 (the S3 server used by the tests)"
     cargo install s3s-fs@0.14.1 --features binary --locked

@@ -320,3 +320,90 @@ pub fn enc(key: &[u8]) -> String {
         })
         .collect()
 }
+
+/// A real single-member etcd (Debian's `etcd-server`) on loopback ports, data in a temporary
+/// directory. Can be stopped and restarted on the same data.
+pub struct EtcdServer {
+    pub port: u16,
+    peer_port: u16,
+    dir: TempDir,
+    child: Option<Child>,
+}
+
+impl EtcdServer {
+    /// Starts etcd. Panics if `etcd` is not installed.
+    pub fn start() -> Self {
+        let mut e = EtcdServer {
+            port: free_port(),
+            peer_port: free_port(),
+            dir: tempfile::tempdir().expect("tempdir"),
+            child: None,
+        };
+        e.resume();
+        e
+    }
+
+    /// (Re)starts the etcd process on the same ports and data.
+    pub fn resume(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let bin = which("etcd").expect(
+            "etcd is not installed: run `apt-get install etcd-server` (scripts/test.sh does this)",
+        );
+        let client = format!("http://127.0.0.1:{}", self.port);
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let log = std::fs::File::create(self.dir.path().join("etcd.log")).expect("log");
+        let child = Command::new(bin)
+            .args(["--name", "test", "--data-dir"])
+            .arg(self.dir.path().join("data"))
+            .args([
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+            ])
+            .args(["--initial-cluster", &format!("test={peer}")])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn etcd");
+        self.child = Some(child);
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
+        assert!(
+            wait_for_port(addr, Duration::from_secs(20)),
+            "etcd did not start listening"
+        );
+    }
+
+    /// Kills etcd (keeps its data).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for EtcdServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Sends a signal to a process.
+pub fn signal(child: &Child, sig: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{sig}"), &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill -{sig} failed");
+}

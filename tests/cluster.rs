@@ -1,0 +1,465 @@
+//! Cluster mode with real processes: a real etcd, a real S3-compatible server (s3s-fs) and
+//! several gateway processes on loopback. Faults are real: kill -9, SIGSTOP/SIGCONT, SIGTERM.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{client, EtcdServer, Gateway, GatewayOpts, S3Server, Store};
+use reqwest::StatusCode;
+use serde_json::Value;
+use tempfile::TempDir;
+
+const SHARDS: u32 = 16;
+
+/// etcd, S3 and the gateways of one test cluster.
+pub struct Cluster {
+    pub etcd: EtcdServer,
+    pub s3: S3Server,
+    pub dir: TempDir,
+    pub gateways: Vec<Option<Gateway>>,
+    name: String,
+}
+
+impl Cluster {
+    pub async fn start(n: usize) -> Cluster {
+        let mut c = Cluster {
+            etcd: EtcdServer::start(),
+            s3: S3Server::start(),
+            dir: tempfile::tempdir().unwrap(),
+            gateways: Vec::new(),
+            name: "test".into(),
+        };
+        for _ in 0..n {
+            c.add().await;
+        }
+        c
+    }
+
+    fn opts(&self, i: usize) -> GatewayOpts {
+        let mut o = GatewayOpts::new(Store::s3(&self.s3, "cluster"))
+            .arg("--etcd")
+            .arg(self.etcd.endpoint())
+            .arg("--cluster")
+            .arg(self.name.clone())
+            .arg("--node-id")
+            .arg(format!("gw{i}"));
+        o.shards = SHARDS;
+        o
+    }
+
+    /// Starts gateway number `len` (or restarts a slot) and returns its index.
+    pub async fn add(&mut self) -> usize {
+        let i = self.gateways.len();
+        self.gateways.push(None);
+        self.restart(i).await;
+        i
+    }
+
+    pub async fn restart(&mut self, i: usize) {
+        let opts = self.opts(i);
+        let log = self.dir.path().join(format!("gw{i}-{}.log", now_ms()));
+        let gw = tokio::task::spawn_blocking(move || opts.start(&log))
+            .await
+            .unwrap();
+        self.gateways[i] = Some(gw);
+    }
+
+    pub fn gw(&self, i: usize) -> &Gateway {
+        self.gateways[i].as_ref().expect("gateway running")
+    }
+
+    pub fn live(&self) -> Vec<usize> {
+        (0..self.gateways.len())
+            .filter(|i| self.gateways[*i].is_some())
+            .collect()
+    }
+
+    /// Waits until, as seen by every live gateway, every shard is owned by a live member
+    /// whose id is in `members`, and all views agree. Returns the shard → owner map.
+    pub async fn await_stable(
+        &self,
+        members: &[usize],
+        timeout: Duration,
+    ) -> BTreeMap<u32, String> {
+        let want: Vec<String> = members.iter().map(|i| format!("gw{i}")).collect();
+        let deadline = Instant::now() + timeout;
+        let http = client();
+        loop {
+            let mut views = Vec::new();
+            for i in self.live() {
+                if let Ok(r) = http
+                    .get(format!("{}/v1/cluster", self.gw(i).url))
+                    .send()
+                    .await
+                {
+                    if let Ok(v) = r.json::<Value>().await {
+                        views.push(v);
+                    }
+                }
+            }
+            if let Some(first) = views.first() {
+                let owners: BTreeMap<u32, String> = first["shards"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter_map(|s| {
+                        Some((
+                            s["shard"].as_u64()? as u32,
+                            s["owner"].as_str()?.to_string(),
+                        ))
+                    })
+                    .collect();
+                let members_seen: Vec<String> = first["members"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|m| m["id"].as_str().unwrap().to_string())
+                    .collect();
+                let complete = owners.len() == SHARDS as usize
+                    && owners.values().all(|o| want.contains(o))
+                    && members_seen == want
+                    && views.len() == self.live().len()
+                    && views.iter().all(|v| v["shards"] == first["shards"])
+                    && self.hrw_placed(&owners, &want);
+                if complete {
+                    return owners;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "cluster did not stabilise: {views:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// True if every shard is owned by its rendezvous-hash choice among `members`.
+    fn hrw_placed(&self, owners: &BTreeMap<u32, String>, members: &[String]) -> bool {
+        let ms: Vec<tessera::Member> = members
+            .iter()
+            .map(|id| tessera::Member {
+                id: id.clone(),
+                url: String::new(),
+            })
+            .collect();
+        owners.iter().all(|(s, o)| {
+            tessera::placement::hrw(tessera::ShardId(*s), &ms).is_some_and(|m| &m.id == o)
+        })
+    }
+}
+
+fn now_ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+}
+
+/// The shard of `key` (same function as the gateways).
+fn shard_of(key: &str) -> u32 {
+    tessera::shard_for_key(key.as_bytes(), SHARDS).0
+}
+
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .rev()
+        .take(40)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_gateway_serves_any_key_and_views_agree() {
+    let c = Cluster::start(3).await;
+    let owners = c.await_stable(&[0, 1, 2], Duration::from_secs(30)).await;
+    for g in ["gw0", "gw1", "gw2"] {
+        assert!(
+            owners.values().any(|o| o == g),
+            "{g} owns no shard: {owners:?}"
+        );
+    }
+    let http = client();
+    for i in 0..60 {
+        let gw = c.gw(i % 3);
+        let r = http
+            .put(gw.kv(&format!("k{i}")))
+            .body(format!("v{i}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{}", log_tail(&gw.log));
+    }
+    for g in 0..3 {
+        for i in 0..60 {
+            let r = http.get(c.gw(g).kv(&format!("k{i}"))).send().await.unwrap();
+            assert_eq!(r.status(), StatusCode::OK);
+            assert_eq!(r.text().await.unwrap(), format!("v{i}"));
+        }
+        // Scans merge every owner's shards.
+        let page: Value = http
+            .get(format!("{}/v1/kv?prefix=k&limit=1000", c.gw(g).url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(page["items"].as_array().unwrap().len(), 60);
+    }
+    // Batches are forwarded to the owner of their shard too.
+    let body = serde_json::json!({"ops": [
+        {"op": "put", "key": "dXNlcjp7OX06YQ==", "value": "eA=="},
+        {"op": "put", "key": "dXNlcjp7OX06Yg==", "value": "eQ=="},
+    ]});
+    for g in 0..3 {
+        let r = http
+            .post(format!("{}/v1/batch", c.gw(g).url))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    let metrics: String = http
+        .get(format!("{}/metrics", c.gw(0).url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        !metrics.contains("tessera_forwarded_requests_total 0"),
+        "gw0 forwarded some requests"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_failover_keeps_acknowledged_writes() {
+    let mut c = Cluster::start(3).await;
+    c.await_stable(&[0, 1, 2], Duration::from_secs(30)).await;
+    let http = client();
+    let trials = 3;
+    let mut failover_ms = Vec::new();
+    let mut acked: BTreeMap<String, String> = BTreeMap::new();
+    for trial in 0..trials {
+        let victim = 2;
+        // Keys of every shard, written through gw0 before the kill.
+        for i in 0..48 {
+            let (k, v) = (format!("t{trial}k{i}"), format!("t{trial}v{i}"));
+            let r = http
+                .put(c.gw(0).kv(&k))
+                .body(v.clone())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::OK);
+            acked.insert(k, v);
+        }
+        let owners = c.await_stable(&[0, 1, 2], Duration::from_secs(30)).await;
+        let victim_shard = *owners
+            .iter()
+            .find(|(_, o)| *o == &format!("gw{victim}"))
+            .unwrap()
+            .0;
+        let probe = (0..)
+            .map(|i| format!("probe{trial}-{i}"))
+            .find(|k| shard_of(k) == victim_shard)
+            .unwrap();
+        let killed = Instant::now();
+        c.gateways[victim].as_mut().unwrap().kill9();
+        c.gateways[victim] = None;
+        // Writes to the dead owner's shard succeed again once another gateway took over; the
+        // gateway retries within the request deadline, so the first success marks failover.
+        loop {
+            let r = http
+                .put(c.gw(0).kv(&probe))
+                .body("after")
+                .send()
+                .await
+                .unwrap();
+            if r.status() == StatusCode::OK {
+                break;
+            }
+            assert!(
+                killed.elapsed() < Duration::from_secs(30),
+                "no failover: {}",
+                r.status()
+            );
+        }
+        failover_ms.push(killed.elapsed().as_millis() as u64);
+        acked.insert(probe, "after".into());
+        c.await_stable(&[0, 1], Duration::from_secs(30)).await;
+        // Every acknowledged write survives, read through both survivors.
+        for (k, v) in &acked {
+            for g in [0, 1] {
+                let r = http.get(c.gw(g).kv(k)).send().await.unwrap();
+                assert_eq!(r.status(), StatusCode::OK, "{k} via gw{g}");
+                assert_eq!(&r.text().await.unwrap(), v);
+            }
+        }
+        c.restart(victim).await;
+        c.await_stable(&[0, 1, 2], Duration::from_secs(30)).await;
+    }
+    failover_ms.sort_unstable();
+    eprintln!(
+        "failover after kill -9 (lease TTL 3s), {trials} trials: p50 {} ms, max {} ms, all {failover_ms:?}",
+        failover_ms[failover_ms.len() / 2],
+        failover_ms[failover_ms.len() - 1]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zombie_owner_never_acknowledges_nor_serves_stale_reads() {
+    let c = Cluster::start(3).await;
+    let owners = c.await_stable(&[0, 1, 2], Duration::from_secs(30)).await;
+    let http = client();
+    // A key owned by gw2.
+    let shard = *owners.iter().find(|(_, o)| *o == "gw2").unwrap().0;
+    let key = (0..)
+        .map(|i| format!("z{i}"))
+        .find(|k| shard_of(k) == shard)
+        .unwrap();
+    let r = http.put(c.gw(0).kv(&key)).body("v1").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+
+    let zombie = c.gw(2);
+    common::signal(&zombie.child, "STOP");
+    // Another gateway takes the shard after the lease expires.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let v: Value = http
+            .get(format!("{}/v1/cluster", c.gw(0).url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let owner = v["shards"][shard as usize]["owner"]
+            .as_str()
+            .map(String::from);
+        if owner.as_deref().is_some_and(|o| o != "gw2") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "shard never moved off the paused owner"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let r = http.put(c.gw(0).kv(&key)).body("v2").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "write through the new owner");
+
+    common::signal(&zombie.child, "CONT");
+    // Right after waking, before it can have heard anything from etcd: asked directly (as a
+    // forwarded request, so it must answer from its own state), the zombie must neither serve
+    // the stale v1 nor acknowledge a write.
+    let direct = |req: reqwest::RequestBuilder| req.header("x-tessera-forwarded", "1").send();
+    let r = direct(http.get(zombie.kv(&key))).await.unwrap();
+    let status = r.status();
+    let body = r.text().await.unwrap();
+    assert!(
+        status != StatusCode::OK || body == "v2",
+        "zombie served {status} {body:?}"
+    );
+    let r = direct(http.put(zombie.kv(&key)).body("zombie"))
+        .await
+        .unwrap();
+    assert_ne!(r.status(), StatusCode::OK, "zombie acknowledged a write");
+    // Plain client requests to the zombie are answered correctly (forwarded or refused).
+    let r = http.get(zombie.kv(&key)).send().await.unwrap();
+    if r.status() == StatusCode::OK {
+        assert_eq!(r.text().await.unwrap(), "v2");
+    }
+    // The zombie's write never landed.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let r = http.get(c.gw(1).kv(&key)).send().await.unwrap();
+    assert_eq!(r.text().await.unwrap(), "v2");
+    // And the zombie rejoins: the cluster converges on three members again.
+    c.await_stable(&[0, 1, 2], Duration::from_secs(30)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scale_out_and_in_under_load_without_failed_requests() {
+    let mut c = Cluster::start(3).await;
+    c.await_stable(&[0, 1, 2], Duration::from_secs(30)).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let urls: Vec<String> = (0..3).map(|i| c.gw(i).url.clone()).collect();
+    let load: Vec<_> = (0..4)
+        .map(|w| {
+            let (stop, urls) = (stop.clone(), urls.clone());
+            tokio::spawn(async move {
+                let http = client();
+                let (mut ok, mut failed) = (0u32, Vec::new());
+                let mut i = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let url = &urls[(i % 3) as usize];
+                    let key = format!("load{w}-{}", i % 50);
+                    let r = if i % 2 == 0 {
+                        http.put(format!("{url}/v1/kv/{key}"))
+                            .body(format!("{i}"))
+                            .send()
+                            .await
+                    } else {
+                        http.get(format!("{url}/v1/kv/{key}")).send().await
+                    };
+                    match r {
+                        Ok(r) if r.status().is_success() || r.status() == StatusCode::NOT_FOUND => {
+                            ok += 1
+                        }
+                        Ok(r) => failed.push(format!(
+                            "{} {}",
+                            r.status(),
+                            r.text().await.unwrap_or_default()
+                        )),
+                        Err(e) => failed.push(e.to_string()),
+                    }
+                    i += 1;
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
+    let started = Instant::now();
+    c.add().await;
+    c.add().await;
+    c.await_stable(&[0, 1, 2, 3, 4], Duration::from_secs(60))
+        .await;
+    eprintln!("scale-out 3→5 rebalanced in {:?}", started.elapsed());
+    let started = Instant::now();
+    for i in [3, 4] {
+        let mut gw = c.gateways[i].take().unwrap();
+        let status = tokio::task::block_in_place(|| gw.terminate(Duration::from_secs(60)));
+        assert!(
+            status.success(),
+            "gw{i} exit {status:?}\n{}",
+            log_tail(&gw.log)
+        );
+    }
+    c.await_stable(&[0, 1, 2], Duration::from_secs(60)).await;
+    eprintln!(
+        "scale-in 5→3 (SIGTERM) rebalanced in {:?}",
+        started.elapsed()
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut ok, mut failed) = (0, Vec::new());
+    for l in load {
+        let (o, f) = l.await.unwrap();
+        ok += o;
+        failed.extend(f);
+    }
+    eprintln!(
+        "load during rebalancing: {ok} requests ok, {} failed",
+        failed.len()
+    );
+    assert!(ok > 100, "the load ran");
+    assert!(failed.is_empty(), "failed requests: {failed:?}");
+}
