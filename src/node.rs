@@ -598,8 +598,8 @@ impl Node {
         if op.precondition == Precondition::None {
             return Ok(());
         }
-        let current = store.get(&op.key, Durability::Latest).await;
-        let current = self.observe(current)?.map(|e| e.version);
+        let latest = store.get(&op.key, Durability::Latest).await;
+        let current = self.observe(latest)?.map(|e| e.version);
         let holds = match op.precondition {
             Precondition::None => true,
             Precondition::IfMatch(v) => current == Some(v),
@@ -607,10 +607,17 @@ impl Node {
             Precondition::IfExists => current.is_some(),
         };
         if holds {
-            Ok(())
-        } else {
-            Err(Error::PreconditionFailed { current })
+            return Ok(());
         }
+        // LINEARIZABILITY: the failure was decided on the newest value, which may still be
+        // awaiting its WAL flush and so be invisible to reads. Answering 412 now would let a
+        // later read see the older value. Make it durable first (a failed flush turns the
+        // answer into 503: the write we saw may never happen).
+        let durable = store.get(&op.key, Durability::Durable).await;
+        if self.observe(durable)?.map(|e| e.version) != current {
+            self.observe(store.flush().await)?;
+        }
+        Err(Error::PreconditionFailed { current })
     }
 
     /// Returns one page of the durable live entries matching `req`, merged across all shards in

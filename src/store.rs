@@ -237,6 +237,11 @@ impl ShardStore {
         })
     }
 
+    /// Makes every write accepted so far durable (one WAL flush).
+    pub async fn flush(&self) -> Result<()> {
+        self.db.flush().await.map_err(|e| self.map(e))
+    }
+
     /// Waits until the database stops (fenced, failed or closed) and returns why.
     pub async fn wait_closed(&self) -> Closed {
         let mut status = self.db.subscribe();

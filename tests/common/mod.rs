@@ -6,6 +6,8 @@
 
 #![allow(dead_code)] // each test binary uses a different subset of the fixtures
 
+pub mod cluster;
+
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
