@@ -78,13 +78,6 @@ impl LeaseClock {
     pub fn is_lost(&self) -> bool {
         self.lock().lost
     }
-
-    /// Time left before the deadline (zero if past or unset).
-    pub fn remaining(&self) -> Duration {
-        self.lock().deadline.map_or(Duration::ZERO, |d| {
-            d.saturating_duration_since(Instant::now())
-        })
-    }
 }
 
 #[cfg(test)]

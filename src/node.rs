@@ -377,11 +377,6 @@ impl Node {
         }
     }
 
-    /// A receiver that changes whenever the cluster view does.
-    pub fn watch_view(&self) -> watch::Receiver<ClusterView> {
-        self.view.subscribe()
-    }
-
     /// The cluster as this node sees it.
     pub fn view(&self) -> ClusterView {
         self.view.borrow().clone()
@@ -434,11 +429,6 @@ impl Node {
     /// Counters for metrics.
     pub fn stats(&self) -> &NodeStats {
         &self.stats
-    }
-
-    /// Number of shards currently open and served.
-    pub fn open_shards(&self) -> usize {
-        self.owned_shards().len()
     }
 
     /// Returns the shard of `key`.
@@ -620,26 +610,24 @@ impl Node {
         Err(Error::PreconditionFailed { current })
     }
 
-    /// Returns one page of the durable live entries matching `req`, merged across all shards in
-    /// key order.
-    pub async fn scan(&self, req: ScanRequest) -> Result<ScanPage> {
-        let all: Vec<ShardId> = self.shards.iter().map(|s| s.id).collect();
-        self.scan_shards(req, &all).await
+    /// The page size of a scan asked for `requested` items (0: the configured default).
+    pub fn scan_limit(&self, requested: usize) -> Result<usize> {
+        let limits = &self.config.limits;
+        match requested {
+            0 => Ok(limits.default_scan_limit),
+            n if n > limits.max_scan_limit => Err(Error::invalid(
+                "invalid_limit",
+                format!("limit must be 1..={}, got {n}", limits.max_scan_limit),
+            )),
+            n => Ok(n),
+        }
     }
 
-    /// Like [`Node::scan`], over `shards` only (each must be served here).
+    /// Returns one page of the durable live entries of `shards` (each must be served here)
+    /// matching `req`, merged in key order. The gateway merges such pages across owners.
     pub async fn scan_shards(&self, req: ScanRequest, shards: &[ShardId]) -> Result<ScanPage> {
         let limits = &self.config.limits;
-        let limit = match req.limit {
-            0 => limits.default_scan_limit,
-            n if n > limits.max_scan_limit => {
-                return Err(Error::invalid(
-                    "invalid_limit",
-                    format!("limit must be 1..={}, got {n}", limits.max_scan_limit),
-                ))
-            }
-            n => n,
-        };
+        let limit = self.scan_limit(req.limit)?;
         let Some(range) = scan_range(&req) else {
             return Ok(ScanPage {
                 items: Vec::new(),

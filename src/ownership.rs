@@ -240,7 +240,7 @@ impl Node {
         let Some(etcd) = self.etcd.clone() else {
             return;
         };
-        self.cancel_rebalance();
+        self.leaving.cancel(); // no more acquisitions
         if let Err(e) = etcd.deregister(&self.me.id).await {
             tracing::warn!(error = %e, "deregister failed");
         }
@@ -257,10 +257,6 @@ impl Node {
         }
         run_concurrently(moves).await;
         tracing::info!(shards = count, "left the cluster");
-    }
-
-    fn cancel_rebalance(&self) {
-        self.leaving.cancel();
     }
 
     /// Revokes the lease (last step of shutdown), so nothing waits for it to expire.

@@ -170,11 +170,6 @@ impl ShardStore {
         Ok(ShardStore { shard, db })
     }
 
-    /// The shard this store holds.
-    pub fn shard(&self) -> ShardId {
-        self.shard
-    }
-
     /// Returns the live value of `key`, if any.
     pub async fn get(&self, key: &[u8], durability: Durability) -> Result<Option<Entry>> {
         let options = ReadOptions {
@@ -226,14 +221,6 @@ impl ShardStore {
             shard: self.shard,
             iter,
             now_ms: now_ms(),
-        })
-    }
-
-    /// Returns why the database stopped, if it has.
-    pub fn is_closed(&self) -> Option<Closed> {
-        self.db.status().close_reason.map(|r| match r {
-            CloseReason::Fenced => Closed::Fenced,
-            _ => Closed::Other,
         })
     }
 

@@ -174,15 +174,7 @@ async fn crud(b: Backend) {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
-    let text = e
-        .http
-        .get(format!("{}/metrics", e.gw.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = common::get_text(&e.http, format!("{}/metrics", e.gw.url)).await;
     assert!(
         text.contains(
             "tessera_http_requests_total{method=\"PUT\",route=\"/v1/kv/{*key}\",status=\"200\"}"
@@ -214,15 +206,11 @@ async fn binary_keys(b: Backend) {
     assert_eq!(e.put("a/b/c", b"x", &[]).await.status(), StatusCode::OK);
     assert_eq!(e.get("a/b/c").await.bytes().await.unwrap().as_ref(), b"x");
     // The scan returns the binary key intact.
-    let page: Value = e
-        .http
-        .get(format!("{}/v1/kv?prefix={}", e.gw.url, enc(&key[..3])))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let page: Value = common::get_json(
+        &e.http,
+        format!("{}/v1/kv?prefix={}", e.gw.url, enc(&key[..3])),
+    )
+    .await;
     assert_eq!(page["items"][0]["key"], b64(&key));
     assert_eq!(page["items"][0]["value"], b64(&value));
 }
@@ -344,15 +332,7 @@ async fn ttl_expiry(b: Backend) {
     assert_eq!(e.get("ttl:short").await.status(), StatusCode::OK);
     tokio::time::sleep(Duration::from_millis(1300)).await;
     assert_error(e.get("ttl:short").await, StatusCode::NOT_FOUND, "not_found").await;
-    let page: Value = e
-        .http
-        .get(format!("{}/v1/kv?prefix=ttl%3A", e.gw.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let page: Value = common::get_json(&e.http, format!("{}/v1/kv?prefix=ttl%3A", e.gw.url)).await;
     let keys: Vec<_> = page["items"]
         .as_array()
         .unwrap()
@@ -410,7 +390,7 @@ async fn scan_pagination(b: Backend) {
         if let Some(c) = &cursor {
             url.push_str(&format!("&cursor={c}"));
         }
-        let page: Value = e.http.get(url).send().await.unwrap().json().await.unwrap();
+        let page: Value = common::get_json(&e.http, url).await;
         pages += 1;
         for item in page["items"].as_array().unwrap() {
             let key =
@@ -428,30 +408,15 @@ async fn scan_pagination(b: Backend) {
     assert_eq!(pages, 7);
     // Keys spread over every shard, so the merge really crossed shards.
     // start/end bounds: [scan:0100, scan:0110).
-    let page: Value = e
-        .http
-        .get(format!(
-            "{}/v1/kv?start=scan%3A0100&end=scan%3A0110",
-            e.gw.url
-        ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let page: Value = common::get_json(
+        &e.http,
+        format!("{}/v1/kv?start=scan%3A0100&end=scan%3A0110", e.gw.url),
+    )
+    .await;
     assert_eq!(page["items"].as_array().unwrap().len(), 10);
     assert!(page["next"].is_null());
     // The default page size is 100.
-    let page: Value = e
-        .http
-        .get(format!("{}/v1/kv?prefix=scan%3A", e.gw.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let page: Value = common::get_json(&e.http, format!("{}/v1/kv?prefix=scan%3A", e.gw.url)).await;
     assert_eq!(page["items"].as_array().unwrap().len(), 100);
     assert!(page["next"].is_string());
 }

@@ -39,14 +39,8 @@ async fn any_gateway_serves_any_key_and_views_agree() {
             assert_eq!(r.text().await.unwrap(), format!("v{i}"));
         }
         // Scans merge every owner's shards.
-        let page: Value = http
-            .get(format!("{}/v1/kv?prefix=k&limit=1000", c.gw(g).url))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let page: Value =
+            common::get_json(&http, format!("{}/v1/kv?prefix=k&limit=1000", c.gw(g).url)).await;
         assert_eq!(page["items"].as_array().unwrap().len(), 60);
     }
     // Batches are forwarded to the owner of their shard too.
@@ -63,14 +57,7 @@ async fn any_gateway_serves_any_key_and_views_agree() {
             .unwrap();
         assert_eq!(r.status(), StatusCode::OK);
     }
-    let metrics: String = http
-        .get(format!("{}/metrics", c.gw(0).url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics: String = common::get_text(&http, format!("{}/metrics", c.gw(0).url)).await;
     assert!(
         !metrics.contains("tessera_forwarded_requests_total 0"),
         "gw0 forwarded some requests"
@@ -171,14 +158,7 @@ async fn zombie_owner_never_acknowledges_nor_serves_stale_reads() {
     // Another gateway takes the shard after the lease expires.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let v: Value = http
-            .get(format!("{}/v1/cluster", c.gw(0).url))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v: Value = common::get_json(&http, format!("{}/v1/cluster", c.gw(0).url)).await;
         let owner = v["shards"][shard as usize]["owner"]
             .as_str()
             .map(String::from);

@@ -243,14 +243,7 @@ async fn object_store_outage_gives_503_then_recovers_without_loss() {
         }
     }
     assert_eq!(recovered, 20);
-    let metrics = http
-        .get(format!("{}/metrics", gw.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::get_text(&http, format!("{}/metrics", gw.url)).await;
     assert!(
         !metrics.contains("tessera_storage_errors_total 0"),
         "errors were counted"

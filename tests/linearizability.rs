@@ -193,21 +193,18 @@ async fn strong_operations_are_linearizable_under_kill_and_pause() {
                     let key = keys[(n as usize * 7 + cl) % keys.len()];
                     let target = format!("{url}/v1/kv/{key}");
                     let value = format!("c{cl}-{n}");
-                    let call = ns(origin);
+                    let mut call = ns(origin);
                     let op = match n % 3 {
-                        0 => {
-                            // Read.
-                            match http.get(&target).send().await {
-                                Ok(r) if r.status() == StatusCode::OK => {
-                                    Some(Kind::Read(Some(r.text().await.unwrap_or_default())))
-                                        .map(|k| (k, false))
-                                }
-                                Ok(r) if r.status() == StatusCode::NOT_FOUND => {
-                                    Some((Kind::Read(None), false))
-                                }
-                                _ => None,
+                        0 => match http.get(&target).send().await {
+                            Ok(r) if r.status() == StatusCode::OK => {
+                                let value = r.text().await.unwrap_or_default();
+                                Some((Kind::Read(Some(value)), false))
                             }
-                        }
+                            Ok(r) if r.status() == StatusCode::NOT_FOUND => {
+                                Some((Kind::Read(None), false))
+                            }
+                            _ => None,
+                        },
                         1 => match http.put(&target).body(value.clone()).send().await {
                             Ok(r) if r.status() == StatusCode::OK => {
                                 Some((Kind::Write(value), false))
@@ -225,48 +222,28 @@ async fn strong_operations_are_linearizable_under_kill_and_pause() {
                             }
                             let etag = r.headers()["etag"].to_str().unwrap().to_string();
                             let from = r.text().await.unwrap_or_default();
-                            let call = ns(origin);
+                            call = ns(origin);
                             let res = http
                                 .put(&target)
                                 .header("if-match", etag)
                                 .body(value.clone())
                                 .send()
                                 .await;
-                            let (kind, unknown) = match res {
-                                Ok(r) if r.status() == StatusCode::OK => (
-                                    Kind::Cas {
-                                        from,
-                                        to: value,
-                                        ok: true,
-                                    },
-                                    false,
-                                ),
-                                Ok(r) if r.status() == StatusCode::PRECONDITION_FAILED => (
-                                    Kind::Cas {
-                                        from,
-                                        to: value,
-                                        ok: false,
-                                    },
-                                    false,
-                                ),
+                            // (applied, outcome unknown)
+                            let (ok, unknown) = match res {
+                                Ok(r) if r.status() == StatusCode::OK => (true, false),
+                                Ok(r) if r.status() == StatusCode::PRECONDITION_FAILED => {
+                                    (false, false)
+                                }
                                 Err(e) if e.is_connect() => continue,
-                                _ => (
-                                    Kind::Cas {
-                                        from,
-                                        to: value,
-                                        ok: true,
-                                    },
-                                    true,
-                                ),
+                                _ => (true, true),
                             };
-                            let ret = if unknown { u64::MAX } else { ns(origin) };
-                            histories
-                                .lock()
-                                .unwrap()
-                                .entry(key.into())
-                                .or_default()
-                                .push(Op { call, ret, kind });
-                            continue;
+                            let kind = Kind::Cas {
+                                from,
+                                to: value,
+                                ok,
+                            };
+                            Some((kind, unknown))
                         }
                     };
                     if let Some((kind, unknown)) = op {

@@ -131,7 +131,7 @@ impl Metrics {
         use std::sync::atomic::Ordering::Relaxed;
         self.shards
             .set(i64::from(node.config().storage.shard_count));
-        self.shards_open.set(node.open_shards() as i64);
+        self.shards_open.set(node.owned_shards().len() as i64);
         let stats = node.stats();
         catch_up(&self.storage_errors, stats.storage_errors.load(Relaxed));
         catch_up(&self.shard_reopens, stats.shard_reopens.load(Relaxed));

@@ -181,10 +181,7 @@ async fn scan_cluster(
     fwd: &Forwardable,
     req: ScanRequest,
 ) -> Result<tessera::ScanPage, ApiError> {
-    let limit = match req.limit {
-        0 => state.config.limits.default_scan_limit,
-        n => n,
-    };
+    let limit = state.node.scan_limit(req.limit)?;
     loop {
         let mut local = Vec::new();
         let mut remote: std::collections::BTreeMap<String, Vec<u32>> = Default::default();
@@ -428,7 +425,7 @@ pub async fn healthz() -> Json<serde_json::Value> {
 
 /// `GET /readyz`: every shard is open and the gateway is not shutting down.
 pub async fn readyz(State(state): Shared) -> Response {
-    let open = state.node.open_shards();
+    let open = state.node.owned_shards().len();
     let total = state.config.storage.shard_count as usize;
     // Embedded: every shard must be open. Cluster: this gateway is a member (it serves or
     // forwards every request).

@@ -310,6 +310,28 @@ pub fn client() -> reqwest::Client {
         .expect("http client")
 }
 
+/// GETs `url` and returns its JSON body, whatever the status.
+pub async fn get_json(http: &reqwest::Client, url: impl reqwest::IntoUrl) -> serde_json::Value {
+    http.get(url)
+        .send()
+        .await
+        .expect("GET")
+        .json()
+        .await
+        .expect("JSON body")
+}
+
+/// GETs `url` and returns its body as text, whatever the status.
+pub async fn get_text(http: &reqwest::Client, url: impl reqwest::IntoUrl) -> String {
+    http.get(url)
+        .send()
+        .await
+        .expect("GET")
+        .text()
+        .await
+        .expect("text body")
+}
+
 /// Percent-encodes every byte except unreserved ASCII.
 pub fn enc(key: &[u8]) -> String {
     key.iter()
