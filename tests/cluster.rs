@@ -244,12 +244,17 @@ async fn scale_out_and_in_under_load_without_failed_requests() {
             })
         })
         .collect();
+    // The load runs at least a second in each phase (steady, after scale-out, after scale-in),
+    // so it overlaps every move however fast the rebalancing is.
+    let phase = Duration::from_secs(1);
+    tokio::time::sleep(phase).await;
     let started = Instant::now();
     c.add().await;
     c.add().await;
     c.await_stable(&[0, 1, 2, 3, 4], Duration::from_secs(60))
         .await;
     eprintln!("scale-out 3→5 rebalanced in {:?}", started.elapsed());
+    tokio::time::sleep(phase).await;
     let started = Instant::now();
     for i in [3, 4] {
         let mut gw = c.gateways[i].take().unwrap();
@@ -265,6 +270,7 @@ async fn scale_out_and_in_under_load_without_failed_requests() {
         "scale-in 5→3 (SIGTERM) rebalanced in {:?}",
         started.elapsed()
     );
+    tokio::time::sleep(phase).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (mut ok, mut failed) = (0, Vec::new());
     for l in load {
