@@ -29,7 +29,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
-use crate::lease::LeaseClock;
+use crate::lease::{KeepAliveStats, LeaseClock};
 use crate::placement::{ClusterView, Member, Owner};
 use crate::shard::ShardId;
 
@@ -174,6 +174,7 @@ impl Etcd {
         &self,
         lease: i64,
         clock: Arc<LeaseClock>,
+        stats: Arc<KeepAliveStats>,
         interval: Duration,
         margin: Duration,
         cancel: CancellationToken,
@@ -198,6 +199,7 @@ impl Etcd {
                 match tokio::time::timeout(interval * 2, stream.message()).await {
                     Ok(Ok(Some(resp))) if resp.ttl() > 0 => {
                         clock.acked(sent, Duration::from_secs(resp.ttl() as u64), margin);
+                        stats.record(sent.elapsed());
                     }
                     Ok(Ok(Some(_))) => {
                         tracing::warn!(lease, "lease expired at etcd");

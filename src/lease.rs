@@ -16,6 +16,7 @@
 //!
 //! The clock is injected (`Instant`s are passed in), so the rule is unit-tested without etcd.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -77,6 +78,33 @@ impl LeaseClock {
     /// True once the lease was lost for good.
     pub fn is_lost(&self) -> bool {
         self.lock().lost
+    }
+}
+
+/// Round trips of acknowledged keep-alives (for metrics).
+#[derive(Debug, Default)]
+pub struct KeepAliveStats {
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+    last_micros: AtomicU64,
+}
+
+impl KeepAliveStats {
+    /// Records one acknowledged keep-alive that took `rtt`.
+    pub fn record(&self, rtt: Duration) {
+        let micros = rtt.as_micros() as u64;
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_micros.fetch_add(micros, Ordering::Relaxed);
+        self.last_micros.store(micros, Ordering::Relaxed);
+    }
+
+    /// (acknowledged keep-alives, total round-trip time, last round-trip time).
+    pub fn snapshot(&self) -> (u64, Duration, Duration) {
+        (
+            self.count.load(Ordering::Relaxed),
+            Duration::from_micros(self.sum_micros.load(Ordering::Relaxed)),
+            Duration::from_micros(self.last_micros.load(Ordering::Relaxed)),
+        )
     }
 }
 

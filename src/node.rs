@@ -126,6 +126,10 @@ pub struct NodeStats {
     pub shard_reopens: AtomicU64,
     /// Shards acquired, released or dropped by this node.
     pub ownership_changes: AtomicU64,
+    /// Lease keep-alive round trips (cluster mode).
+    pub keepalive: Arc<crate::lease::KeepAliveStats>,
+    /// Per shard: how long it has had no owner in this node's view (cluster mode).
+    pub unowned: crate::placement::UnownedTime,
 }
 
 #[derive(Clone)]

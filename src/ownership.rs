@@ -15,9 +15,10 @@
 //!   owner opens a cleanly closed database: no WAL to replay.
 //! - **Lease lost** (etcd says TTL 0): every owner key is gone with it; drop every slot without
 //!   serving another request, then join again with a new lease.
-//! - Changes are acted on after `rebalance_delay` of quiet, so a flapping member does not move
-//!   shards back and forth.
+//! - Membership changes are acted on after `rebalance_delay` of quiet, so a flapping member
+//!   does not move shards back and forth; owner-key changes (releases, expiries) at once.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,6 +43,8 @@ impl Node {
             .spawn(async move { etcd.watch_view(view, cancel).await });
         let node = Arc::clone(self);
         self.tasks.spawn(async move { node.rebalance_loop().await });
+        let node = Arc::clone(self);
+        self.tasks.spawn(async move { node.track_unowned().await });
         tracing::info!(member = %self.me.id, url = %self.me.url, "joined the cluster");
         Ok(())
     }
@@ -57,8 +60,11 @@ impl Node {
         *self.lease.write().unwrap_or_else(|e| e.into_inner()) = Arc::clone(&clock);
         let (interval, margin, cancel) =
             (c.keepalive_interval, c.lease_margin, self.cancel.clone());
-        self.tasks
-            .spawn(async move { etcd.keep_alive(id, clock, interval, margin, cancel).await });
+        let stats = Arc::clone(&self.stats.keepalive);
+        self.tasks.spawn(async move {
+            etcd.keep_alive(id, clock, stats, interval, margin, cancel)
+                .await
+        });
         Ok(())
     }
 
@@ -73,9 +79,26 @@ impl Node {
                 .is_some_and(|o| o.id == self.me.id && o.epoch == epoch)
     }
 
+    /// Keeps the per-shard time-without-owner accounting up to date with the view.
+    async fn track_unowned(self: Arc<Self>) {
+        let mut changes = self.view.subscribe();
+        let shards = self.config.storage.shard_count;
+        loop {
+            let now = std::time::Instant::now();
+            self.stats
+                .unowned
+                .observe(&changes.borrow_and_update(), shards, now);
+            tokio::select! {
+                _ = self.cancel.cancelled() => return,
+                r = changes.changed() => if r.is_err() { return },
+            }
+        }
+    }
+
     async fn rebalance_loop(self: Arc<Self>) {
         let mut changes = self.view.subscribe();
         let delay = self.config.cluster.rebalance_delay;
+        let mut members = BTreeMap::new();
         loop {
             // Wake on a view change, or periodically to retry what failed.
             tokio::select! {
@@ -84,12 +107,17 @@ impl Node {
                 _ = changes.changed() => {}
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
-            // Quiet period: let a burst of changes settle before acting.
-            loop {
-                tokio::select! {
-                    _ = self.cancel.cancelled() => return,
-                    r = tokio::time::timeout(delay, changes.changed()) => if r.is_err() { break },
+            // Quiet period after a membership change: let a burst (a flapping member, several
+            // joins) settle before moving shards. Owner-key changes alone (a release, an
+            // expiry) are acted on at once: they are the critical path of every handoff.
+            if self.view.borrow().members != members {
+                loop {
+                    tokio::select! {
+                        _ = self.cancel.cancelled() => return,
+                        r = tokio::time::timeout(delay, changes.changed()) => if r.is_err() { break },
+                    }
                 }
+                members = self.view.borrow().members.clone();
             }
             if self.lease().is_lost() {
                 self.recover_lost_lease().await;

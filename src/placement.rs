@@ -6,6 +6,8 @@
 //! gateway computes the same answer from the same member set without talking to the others.
 
 use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -47,6 +49,44 @@ impl ClusterView {
     /// The member that should own `shard`, if any member is live.
     pub fn desired_owner(&self, shard: ShardId) -> Option<&Member> {
         hrw(shard, self.members.values())
+    }
+}
+
+/// Accumulates, per shard, the time it had no owner in one gateway's view of the cluster
+/// (failover and handoff gaps, for metrics).
+#[derive(Debug, Default)]
+pub struct UnownedTime {
+    /// Per shard: time accumulated so far, and since when it is unowned (if it is).
+    shards: Mutex<Vec<(Duration, Option<Instant>)>>,
+}
+
+impl UnownedTime {
+    /// Updates the accounting with `view`, as seen at `now`.
+    pub fn observe(&self, view: &ClusterView, shard_count: u32, now: Instant) {
+        let mut shards = self.shards.lock().unwrap_or_else(|e| e.into_inner());
+        shards.resize(shard_count as usize, (Duration::ZERO, None));
+        for (n, (total, since)) in shards.iter_mut().enumerate() {
+            let owned = view.owners.contains_key(&(n as u32));
+            match (owned, *since) {
+                (false, None) => *since = Some(now),
+                (true, Some(t)) => {
+                    *total += now.saturating_duration_since(t);
+                    *since = None;
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Per shard, the total time without an owner up to `now`.
+    pub fn totals(&self, now: Instant) -> Vec<Duration> {
+        let shards = self.shards.lock().unwrap_or_else(|e| e.into_inner());
+        shards
+            .iter()
+            .map(|(total, since)| {
+                *total + since.map_or(Duration::ZERO, |t| now.saturating_duration_since(t))
+            })
+            .collect()
     }
 }
 
@@ -100,6 +140,29 @@ mod tests {
         assert!(
             per_member.iter().all(|&c| (200..312).contains(&c)),
             "{per_member:?}"
+        );
+    }
+
+    #[test]
+    fn unowned_time_accumulates_gaps() {
+        let t = UnownedTime::default();
+        let t0 = Instant::now();
+        let mut view = ClusterView::default();
+        let owner = Owner {
+            id: "a".into(),
+            url: String::new(),
+            epoch: 1,
+        };
+        view.owners.insert(0, owner.clone());
+        t.observe(&view, 2, t0); // shard 1 unowned from t0
+        view.owners.insert(1, owner.clone());
+        t.observe(&view, 2, t0 + Duration::from_millis(300));
+        view.owners.remove(&0); // shard 0 loses its owner
+        t.observe(&view, 2, t0 + Duration::from_millis(400));
+        let totals = t.totals(t0 + Duration::from_millis(1000));
+        assert_eq!(
+            totals,
+            vec![Duration::from_millis(600), Duration::from_millis(300)]
         );
     }
 

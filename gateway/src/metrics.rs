@@ -10,8 +10,8 @@ use axum::http::header::CONTENT_LENGTH;
 use axum::middleware::Next;
 use axum::response::Response;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Counter, CounterVec, Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, Opts, Registry, TextEncoder,
 };
 use tessera::Node;
 
@@ -28,6 +28,11 @@ pub struct Metrics {
     shard_reopens: IntCounter,
     ownership_changes: IntCounter,
     forwarded: IntCounter,
+    keepalives: IntCounter,
+    keepalive_seconds: Counter,
+    keepalive_last: Gauge,
+    shards_unowned: IntGauge,
+    unowned_seconds: CounterVec,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -117,6 +122,49 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
+            keepalives: register(
+                &r,
+                IntCounter::new(
+                    "lease_keepalive_seconds_count",
+                    "Acknowledged lease keep-alives",
+                )
+                .expect("valid metric"),
+            ),
+            keepalive_seconds: register(
+                &r,
+                Counter::new(
+                    "lease_keepalive_seconds_sum",
+                    "Total round-trip time of acknowledged lease keep-alives",
+                )
+                .expect("valid metric"),
+            ),
+            keepalive_last: register(
+                &r,
+                Gauge::new(
+                    "lease_keepalive_last_seconds",
+                    "Round-trip time of the last acknowledged lease keep-alive",
+                )
+                .expect("valid metric"),
+            ),
+            shards_unowned: register(
+                &r,
+                IntGauge::new(
+                    "shards_unowned",
+                    "Shards without an owner in this gateway's view",
+                )
+                .expect("valid metric"),
+            ),
+            unowned_seconds: register(
+                &r,
+                CounterVec::new(
+                    Opts::new(
+                        "shard_unowned_seconds_total",
+                        "Time each shard had no owner in this gateway's view (cluster mode)",
+                    ),
+                    &["shard"],
+                )
+                .expect("valid metric"),
+            ),
             registry: r,
         }
     }
@@ -139,6 +187,24 @@ impl Metrics {
             &self.ownership_changes,
             stats.ownership_changes.load(Relaxed),
         );
+        let (count, sum, last) = stats.keepalive.snapshot();
+        catch_up(&self.keepalives, count);
+        catch_up_f64(&self.keepalive_seconds, sum.as_secs_f64());
+        self.keepalive_last.set(last.as_secs_f64());
+        if node.config().cluster.is_clustered() {
+            let view = node.view();
+            let total = node.config().storage.shard_count as usize;
+            self.shards_unowned
+                .set(total.saturating_sub(view.owners.len()) as i64);
+            let now = Instant::now();
+            for (shard, t) in stats.unowned.totals(now).iter().enumerate() {
+                let label = tessera::ShardId(shard as u32).to_string();
+                catch_up_f64(
+                    &self.unowned_seconds.with_label_values(&[&label]),
+                    t.as_secs_f64(),
+                );
+            }
+        }
         let mut out = Vec::new();
         // Encoding into a Vec cannot fail for well-formed metrics.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
@@ -187,6 +253,14 @@ pub async fn track(State(metrics): State<Arc<Metrics>>, req: Request, next: Next
         .with_label_values(&[&route])
         .inc_by(resp.body().size_hint().exact().unwrap_or(0));
     resp
+}
+
+/// Advances a float counter mirrored from a running total to that total.
+fn catch_up_f64(counter: &Counter, value: f64) {
+    let seen = counter.get();
+    if value > seen {
+        counter.inc_by(value - seen);
+    }
 }
 
 fn content_length(headers: &axum::http::HeaderMap) -> u64 {
