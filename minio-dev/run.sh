@@ -9,10 +9,18 @@
 #
 # Needs: etcd (apt-get install etcd-server), s3s-fs (cargo install s3s-fs@0.14.1 --features
 # binary --locked). Ports: etcd 2379, S3 9000, gateways 7071-7073.
+#
+# Overrides (tests/minio_dev.rs uses them to run this script on free ports): DEV_DIR (state,
+# default minio-dev/.run), GATEWAYS (3), ETCD_PORT (2379), ETCD_PEER_PORT (2380), S3_PORT (9000),
+# GW_PORT_BASE (7070: gateway i listens on base+i), GATEWAY_BIN (skips the release build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-RUN=minio-dev/.run
+RUN=${DEV_DIR:-minio-dev/.run}
 GATEWAYS=${GATEWAYS:-3}
+ETCD_PORT=${ETCD_PORT:-2379}
+ETCD_PEER_PORT=${ETCD_PEER_PORT:-2380}
+S3_PORT=${S3_PORT:-9000}
+GW_PORT_BASE=${GW_PORT_BASE:-7070}
 export PATH="$HOME/.cargo/bin:$PATH"
 
 start() { # name, command...
@@ -33,21 +41,29 @@ up() {
   command -v etcd >/dev/null || { echo "etcd missing: apt-get install etcd-server" >&2; exit 1; }
   command -v s3s-fs >/dev/null || { echo "s3s-fs missing: cargo install s3s-fs@0.14.1 --features binary --locked" >&2; exit 1; }
   mkdir -p "$RUN/etcd" "$RUN/s3/tessera"
-  cargo build --release -p gateway
+  local bin=${GATEWAY_BIN:-}
+  if [ -z "$bin" ]; then
+    cargo build --release -p gateway
+    bin=target/release/tessera-gateway
+  fi
+  local etcd_url=http://127.0.0.1:$ETCD_PORT peer_url=http://127.0.0.1:$ETCD_PEER_PORT
   start etcd etcd --name dev --data-dir "$RUN/etcd" \
-    --listen-client-urls http://127.0.0.1:2379 --advertise-client-urls http://127.0.0.1:2379 \
-    --listen-peer-urls http://127.0.0.1:2380 --initial-advertise-peer-urls http://127.0.0.1:2380 \
-    --initial-cluster dev=http://127.0.0.1:2380
-  start s3 s3s-fs --host 127.0.0.1 --port 9000 --access-key devkey --secret-key devsecret "$RUN/s3"
-  wait_port 2379; wait_port 9000
+    --listen-client-urls "$etcd_url" --advertise-client-urls "$etcd_url" \
+    --listen-peer-urls "$peer_url" --initial-advertise-peer-urls "$peer_url" \
+    --initial-cluster "dev=$peer_url"
+  start s3 s3s-fs --host 127.0.0.1 --port "$S3_PORT" --access-key devkey --secret-key devsecret "$RUN/s3"
+  wait_port "$ETCD_PORT"; wait_port "$S3_PORT"
   for i in $(seq 1 "$GATEWAYS"); do
     AWS_ACCESS_KEY_ID=devkey AWS_SECRET_ACCESS_KEY=devsecret AWS_REGION=us-east-1 \
-      start "gw$i" target/release/tessera-gateway --listen "127.0.0.1:707$i" \
-      --store s3://tessera/dev --s3-endpoint http://127.0.0.1:9000 \
-      --etcd http://127.0.0.1:2379 --cluster dev --node-id "gw$i"
+      start "gw$i" "$bin" --listen "127.0.0.1:$((GW_PORT_BASE + i))" \
+      --store s3://tessera/dev --s3-endpoint "http://127.0.0.1:$S3_PORT" \
+      --etcd "$etcd_url" --cluster dev --node-id "gw$i"
   done
-  for i in $(seq 1 "$GATEWAYS"); do wait_port "707$i"; echo "gateway gw$i: http://127.0.0.1:707$i"; done
-  echo "cluster map: curl http://127.0.0.1:7071/v1/cluster"
+  for i in $(seq 1 "$GATEWAYS"); do
+    wait_port "$((GW_PORT_BASE + i))"
+    echo "gateway gw$i: http://127.0.0.1:$((GW_PORT_BASE + i))"
+  done
+  echo "cluster map: curl http://127.0.0.1:$((GW_PORT_BASE + 1))/v1/cluster"
 }
 
 down() {
