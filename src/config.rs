@@ -24,6 +24,8 @@ pub struct NodeConfig {
     pub storage: StorageConfig,
     /// Request size limits.
     pub limits: LimitsConfig,
+    /// The hot-key cache and eventual reads.
+    pub reads: ReadsConfig,
     /// Cluster membership through etcd (absent endpoints: the embedded single-node mode).
     pub cluster: ClusterConfig,
 }
@@ -172,6 +174,38 @@ impl Default for StorageConfig {
     }
 }
 
+/// The hot-key cache and the followers that serve eventual reads.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReadsConfig {
+    /// Bytes of keys and values the hot-key cache holds (owner and follower entries together);
+    /// 0 disables it. Default: 128 MiB.
+    pub hot_key_cache_bytes: u64,
+    /// How often a follower re-reads its shard's manifest and WAL: the main term of the
+    /// eventual-read staleness bound, and about 3 object-store requests per open follower per
+    /// interval. Default: 1s.
+    #[serde(with = "humantime_serde")]
+    pub follower_poll_interval: Duration,
+    /// A follower unused for this long is closed. Default: 60s.
+    #[serde(with = "humantime_serde")]
+    pub follower_idle_timeout: Duration,
+    /// How long an eventual read may be answered from this gateway's cache of a follower's
+    /// answers (added to the staleness bound). Default: 100ms.
+    #[serde(with = "humantime_serde")]
+    pub follower_cache_ttl: Duration,
+}
+
+impl Default for ReadsConfig {
+    fn default() -> Self {
+        Self {
+            hot_key_cache_bytes: 128 * MIB as u64,
+            follower_poll_interval: Duration::from_secs(1),
+            follower_idle_timeout: Duration::from_secs(60),
+            follower_cache_ttl: Duration::from_millis(100),
+        }
+    }
+}
+
 /// Limits on what a request may carry.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -211,6 +245,16 @@ impl Default for LimitsConfig {
 }
 
 impl NodeConfig {
+    /// The staleness bound of eventual reads: a write durable this long before an eventual
+    /// read began is visible to it. One WAL flush, one follower poll plus the time the poll
+    /// takes (allowed 250 ms), and the follower cache's age.
+    pub fn staleness_bound(&self) -> Duration {
+        self.storage.flush_interval
+            + self.reads.follower_poll_interval
+            + Duration::from_millis(250)
+            + self.reads.follower_cache_ttl
+    }
+
     /// Checks every rule that a single field's type cannot express.
     pub fn validate(&self) -> Result<()> {
         let fail = |msg: String| Err(Error::Config(msg));
@@ -254,6 +298,13 @@ impl NodeConfig {
         }
         if o.request_timeout.is_zero() {
             return fail("object_store.request_timeout must be positive".into());
+        }
+        let r = &self.reads;
+        if r.follower_poll_interval.is_zero() || r.follower_idle_timeout.is_zero() {
+            return fail(
+                "reads.follower_poll_interval and reads.follower_idle_timeout must be positive"
+                    .into(),
+            );
         }
         let c = &self.cluster;
         if c.lease_ttl.subsec_nanos() != 0 || c.lease_ttl < Duration::from_secs(1) {

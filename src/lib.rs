@@ -27,7 +27,10 @@
 //! - [`lease`]: the local lease deadline and its safety argument.
 //! - `etcd`: the etcd driver (membership, owner keys, keep-alive, watch).
 //! - `ownership`: cluster mode: join, acquire, release, rebalance.
-//! - [`store`]: one shard's SlateDB database; durability, versions and TTL decisions.
+//! - [`store`]: one shard's SlateDB database (and read-only followers); durability, versions
+//!   and TTL decisions.
+//! - [`cache`]: the hot-key cache and why a strong read from it is never stale.
+//! - [`follower`]: followers of other gateways' shards, for eventual reads.
 //! - [`node`]: the shards a process serves and the key-value operations over them.
 //!
 //! ## Guarantees
@@ -38,9 +41,11 @@
 //! - A batch is atomic within one shard. There is no cross-shard atomicity.
 //! - Expired values are never returned, though they occupy storage until compaction.
 
+pub mod cache;
 pub mod config;
 pub mod error;
 mod etcd;
+pub mod follower;
 pub mod lease;
 pub mod meta;
 pub mod node;
@@ -50,9 +55,14 @@ pub mod placement;
 pub mod shard;
 pub mod store;
 
-pub use config::{ClusterConfig, LimitsConfig, NodeConfig, ObjectStoreConfig, StorageConfig};
+pub use config::{
+    ClusterConfig, LimitsConfig, NodeConfig, ObjectStoreConfig, ReadsConfig, StorageConfig,
+};
 pub use error::{Error, ErrorKind, Result};
-pub use node::{Located, Node, NodeStats, Precondition, ScanPage, ScanRequest, WriteKind, WriteOp};
+pub use node::{
+    Consistency, Located, Node, NodeStats, Precondition, Read, ReadSource, ScanPage, ScanRequest,
+    WriteKind, WriteOp,
+};
 pub use placement::{ClusterView, Member, Owner};
 pub use shard::{shard_for_key, ShardId};
 pub use store::Entry;

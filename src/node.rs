@@ -23,8 +23,14 @@
 //! flushes (group commit). Because the WAL is ordered, a write that depended on an earlier,
 //! unacknowledged write can only become durable after it.
 //!
+//! Reads: strong reads (the default) are served by the owner, from the hot-key cache
+//! (`cache.rs`, which explains why a cached answer is never older than the last acknowledged
+//! write) or from the database. Eventual reads are served by the owner if this gateway is
+//! one, else by a follower (`follower.rs`) without contacting the owner.
+//!
 //! Invariants:
-//! - a write is acknowledged (returns `Ok`) only after it is durable in the object store;
+//! - a write is acknowledged (returns `Ok`) only after it is durable in the object store, and
+//!   after the hot-key cache has recorded it;
 //! - a read returns only durable, unexpired data, and only if the lease was valid after the
 //!   read (so no other gateway can have owned the shard when it was read);
 //! - a request holds its slot's gate from start to finish; a release closes the database only
@@ -43,15 +49,19 @@ use tokio::sync::{watch, Mutex, OwnedRwLockReadGuard, RwLock};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::cache::{Cached, HotCache};
 use crate::config::NodeConfig;
 use crate::error::{Error, Result};
 use crate::etcd::Etcd;
+use crate::follower::{Followers, LagSamples};
 use crate::lease::LeaseClock;
 use crate::meta;
 use crate::objstore::{self, ClusterStore};
 use crate::placement::{ClusterView, Member, Owner};
 use crate::shard::{shard_for_key, ShardId};
-use crate::store::{BlockCache, Closed, Durability, Entry, Mutation, ShardScan, ShardStore};
+use crate::store::{
+    now_ms, BlockCache, Closed, Durability, Entry, Mutation, ShardScan, ShardStore,
+};
 
 /// Longest a request waits for its shard to finish reopening before it gets 503.
 pub const REOPEN_WAIT: Duration = Duration::from_secs(2);
@@ -108,6 +118,47 @@ pub struct ScanRequest {
     pub limit: usize,
 }
 
+/// The consistency a read asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Consistency {
+    /// Linearizable: served by the shard's owner.
+    #[default]
+    Strong,
+    /// Served by any gateway without contacting the owner (see `follower.rs`).
+    Eventual,
+}
+
+/// What served a read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadSource {
+    /// The owner's database: linearizable.
+    Strong,
+    /// The owner's hot-key cache: linearizable too.
+    Cache,
+    /// A follower of the shard (or this gateway's cache of its answers): eventual.
+    Eventual,
+}
+
+impl ReadSource {
+    /// The name used in the `X-Tessera-Read` header.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReadSource::Strong => "strong",
+            ReadSource::Cache => "cache",
+            ReadSource::Eventual => "eventual",
+        }
+    }
+}
+
+/// The answer to a point read.
+#[derive(Debug, Clone)]
+pub struct Read {
+    /// The key's live value, or `None` if it is absent or expired.
+    pub entry: Option<Entry>,
+    /// What served it.
+    pub source: ReadSource,
+}
+
 /// One page of a scan.
 #[derive(Debug, Clone)]
 pub struct ScanPage {
@@ -130,6 +181,10 @@ pub struct NodeStats {
     pub keepalive: Arc<crate::lease::KeepAliveStats>,
     /// Per shard: how long it has had no owner in this node's view (cluster mode).
     pub unowned: crate::placement::UnownedTime,
+    /// Reads by what served them: strong, cache, eventual.
+    pub reads: [AtomicU64; 3],
+    /// Time from a write's acceptance to a follower here being able to serve it.
+    pub eventual_lag: LagSamples,
 }
 
 #[derive(Clone)]
@@ -158,6 +213,10 @@ pub struct ShardSlot {
     pub(crate) id: ShardId,
     pub(crate) state: watch::Sender<SlotState>,
     stripes: Vec<Mutex<()>>,
+    /// Per stripe: writes made durable and recorded in the cache (see `cache.rs`, rule 3).
+    stripe_writes: Vec<AtomicU64>,
+    /// Where the entries of this slot's open store are cached; dropped when it stops serving.
+    hot: Arc<HotCache>,
     /// Held shared by every request for its whole duration; a release takes it exclusively
     /// before closing the database.
     pub(crate) gate: Arc<RwLock<()>>,
@@ -169,12 +228,20 @@ struct Entered {
     _gate: OwnedRwLockReadGuard<()>,
 }
 
+/// Keeps what a shard scan reads from open until the scan ends.
+enum ScanGuard {
+    Owner(#[allow(dead_code)] Entered),
+    Follower(#[allow(dead_code)] Arc<crate::follower::Follower>),
+}
+
 impl ShardSlot {
-    fn new(id: ShardId) -> Self {
+    fn new(id: ShardId, hot: Arc<HotCache>) -> Self {
         ShardSlot {
             id,
             state: watch::Sender::new(SlotState::NotOwned),
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+            stripe_writes: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
+            hot,
             gate: Arc::new(RwLock::new(())),
         }
     }
@@ -219,19 +286,32 @@ impl ShardSlot {
     }
 
     pub(crate) fn set(&self, new: SlotState) -> SlotState {
-        self.state.send_replace(new)
+        let old = self.state.send_replace(new);
+        self.forget(&old);
+        old
     }
 
     /// Replaces `Open { store, .. }` with `new`; false if the slot no longer holds `store`.
     pub(crate) fn replace_open(&self, store: &Arc<ShardStore>, new: SlotState) -> bool {
-        self.state.send_if_modified(|state| {
+        let replaced = self.state.send_if_modified(|state| {
             if matches!(state, SlotState::Open { store: s, .. } if Arc::ptr_eq(s, store)) {
                 *state = new;
                 true
             } else {
                 false
             }
-        })
+        });
+        if replaced {
+            self.hot.drop_scope(store.incarnation());
+        }
+        replaced
+    }
+
+    /// Drops the cache entries of a store this slot no longer serves.
+    fn forget(&self, old: &SlotState) {
+        if let SlotState::Open { store, .. } = old {
+            self.hot.drop_scope(store.incarnation());
+        }
     }
 
     fn stripe(key: &[u8]) -> usize {
@@ -244,6 +324,10 @@ pub struct Node {
     pub(crate) config: NodeConfig,
     pub(crate) store: ClusterStore,
     pub(crate) cache: BlockCache,
+    /// Hot keys of the shards served here, and recent follower answers.
+    pub(crate) hot: Arc<HotCache>,
+    /// Followers of shards served elsewhere, for eventual reads.
+    pub(crate) followers: Followers,
     pub(crate) shards: Vec<Arc<ShardSlot>>,
     pub(crate) stats: Arc<NodeStats>,
     pub(crate) cancel: CancellationToken,
@@ -282,11 +366,23 @@ impl Node {
         } else {
             None
         };
+        let cache = BlockCache::new(config.storage.block_cache_bytes);
+        let hot = Arc::new(HotCache::new(config.reads.hot_key_cache_bytes));
         let node = Arc::new(Node {
-            cache: BlockCache::new(config.storage.block_cache_bytes),
+            followers: Followers::new(
+                config.storage.shard_count,
+                store.clone(),
+                config.object_store.clone(),
+                config.reads.clone(),
+                config.staleness_bound(),
+                cache.clone(),
+                Arc::clone(&hot),
+            ),
             shards: (0..config.storage.shard_count)
-                .map(|n| Arc::new(ShardSlot::new(ShardId(n))))
+                .map(|n| Arc::new(ShardSlot::new(ShardId(n), Arc::clone(&hot))))
                 .collect(),
+            cache,
+            hot,
             store,
             stats: Arc::default(),
             cancel: CancellationToken::new(),
@@ -301,10 +397,25 @@ impl Node {
         });
         if node.etcd.is_some() {
             node.join().await?;
+            node.reap_followers();
         } else {
             node.open_all().await?;
         }
         Ok(node)
+    }
+
+    /// Closes idle followers in the background until shutdown.
+    fn reap_followers(self: &Arc<Self>) {
+        let node = Arc::clone(self);
+        let period = (self.config.reads.follower_idle_timeout / 4).max(Duration::from_millis(100));
+        self.tasks.spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = node.cancel.cancelled() => return,
+                    _ = tokio::time::sleep(period) => node.followers.close_idle().await,
+                }
+            }
+        });
     }
 
     /// Embedded mode: opens every shard and records this node as their owner.
@@ -455,14 +566,116 @@ impl Node {
         Ok(())
     }
 
-    /// Returns the durable, live value of `key`.
-    pub async fn get(&self, key: &[u8]) -> Result<Entry> {
+    /// Returns the durable, live value of `key` (linearizable): from the hot-key cache or the
+    /// database of the shard, which this gateway must own.
+    pub async fn get(&self, key: &[u8]) -> Result<Read> {
         self.validate_key(key)?;
-        let slot = &self.shards[self.shard_of(key).0 as usize];
+        let shard = self.shard_of(key);
+        let slot = &self.shards[shard.0 as usize];
         let entered = self.enter(slot).await?;
-        let found = self.observe(entered.store.get(key, Durability::Durable).await)?;
+        let scope = entered.store.incarnation();
+        // An expired cached value falls through to the database, which decides expiry.
+        let cached = self.hot.get(scope, key, None);
+        let read = match cached {
+            Some(Cached::Absent { .. }) => Read {
+                entry: None,
+                source: ReadSource::Cache,
+            },
+            Some(Cached::Value(e)) if e.expires_at_ms.is_none_or(|t| t > now_ms()) => Read {
+                entry: Some(e),
+                source: ReadSource::Cache,
+            },
+            _ => {
+                let stripe = &slot.stripe_writes[ShardSlot::stripe(key)];
+                let before = stripe.load(Ordering::Acquire);
+                let found = self.observe(entered.store.get(key, Durability::Durable).await)?;
+                let filled = found
+                    .clone()
+                    .map_or(Cached::Absent { version: 0 }, Cached::Value);
+                self.hot
+                    .fill(scope, Bytes::copy_from_slice(key), filled, || {
+                        stripe.load(Ordering::Acquire) == before
+                    });
+                Read {
+                    entry: found,
+                    source: ReadSource::Strong,
+                }
+            }
+        };
         self.confirm_read(slot)?;
-        found.ok_or(Error::NotFound)
+        Ok(self.served(shard, read))
+    }
+
+    /// Returns the value of `key` without contacting its owner: served here if this gateway
+    /// owns the shard, else by a follower (see `follower.rs` for the guarantees).
+    pub async fn get_eventual(&self, key: &[u8]) -> Result<Read> {
+        self.validate_key(key)?;
+        let shard = self.shard_of(key);
+        if self.locate(shard) == Located::Local {
+            match self.get(key).await {
+                Err(Error::NotOwner { .. }) => {}
+                other => return other,
+            }
+        }
+        let follower = self.followers.get(shard).await?;
+        let scope = follower.reader.incarnation();
+        let max_age = Some(self.config.reads.follower_cache_ttl);
+        let cached = self.hot.get(scope, key, max_age);
+        let entry = match cached {
+            Some(Cached::Absent { .. }) => None,
+            Some(Cached::Value(e)) if e.expires_at_ms.is_none_or(|t| t > now_ms()) => Some(e),
+            _ => {
+                let before = follower.reader.durable_seq();
+                let found = self.observe(follower.reader.get(key).await)?;
+                if let Some(e) = &found {
+                    follower.sample_lag(e, &self.stats.eventual_lag);
+                }
+                let filled = found
+                    .clone()
+                    .map_or(Cached::Absent { version: 0 }, Cached::Value);
+                self.hot
+                    .fill(scope, Bytes::copy_from_slice(key), filled, || {
+                        follower.reader.durable_seq() == before
+                    });
+                found
+            }
+        };
+        Ok(self.served(
+            shard,
+            Read {
+                entry,
+                source: ReadSource::Eventual,
+            },
+        ))
+    }
+
+    /// Records that `version` of a key of `shard` was returned by this gateway (also for reads
+    /// forwarded to the owner), so later eventual reads here never go back before it.
+    pub fn note_served(&self, shard: ShardId, version: u64) {
+        self.followers.watermarks.note(shard, version);
+    }
+
+    fn served(&self, shard: ShardId, read: Read) -> Read {
+        if let Some(e) = &read.entry {
+            self.note_served(shard, e.version);
+        }
+        let i = match read.source {
+            ReadSource::Strong => 0,
+            ReadSource::Cache => 1,
+            ReadSource::Eventual => 2,
+        };
+        self.stats.reads[i].fetch_add(1, Ordering::Relaxed);
+        read
+    }
+
+    /// The hot-key cache.
+    pub fn hot_cache(&self) -> &HotCache {
+        &self.hot
+    }
+
+    /// Followers open now.
+    pub fn followers_open(&self) -> u64 {
+        self.followers.open_count()
     }
 
     /// Writes one key; returns the new version once durable.
@@ -498,6 +711,27 @@ impl Node {
         let slot = self.check_write(&ops)?;
         let entered = self.enter(slot).await?;
         let store = &entered.store;
+        // Expiry as the cache records it: measured before SlateDB stamps the write, so the
+        // cache never believes a value lives longer than the database does.
+        let written_ms = now_ms();
+        // The new state of each key, versioned once the write is durable.
+        let touched: Vec<(Bytes, Option<Entry>)> = ops
+            .iter()
+            .map(|op| {
+                let entry = match &op.kind {
+                    WriteKind::Put { value, ttl_secs } => Some(Entry {
+                        key: op.key.clone(),
+                        value: value.clone(),
+                        version: 0,
+                        expires_at_ms: ttl_secs
+                            .map(|t| written_ms.saturating_add((t as i64).saturating_mul(1000))),
+                        written_at_ms: written_ms,
+                    }),
+                    WriteKind::Delete => None,
+                };
+                (op.key.clone(), entry)
+            })
+            .collect();
         let pending = {
             let mut stripes: Vec<usize> = ops.iter().map(|op| ShardSlot::stripe(&op.key)).collect();
             stripes.sort_unstable();
@@ -525,8 +759,21 @@ impl Node {
             // The stripe locks drop here: the write is ordered in the WAL, durability is awaited
             // outside the locks so concurrent writers share WAL flushes.
         };
-        let durable = pending.durable().await;
-        self.observe(durable)
+        let version = self.observe(pending.durable().await)?;
+        // Before acknowledging: bump the stripes' write counters, then record the new state
+        // (cache.rs, rules 1-3).
+        let scope = store.incarnation();
+        for (key, _) in &touched {
+            slot.stripe_writes[ShardSlot::stripe(key)].fetch_add(1, Ordering::AcqRel);
+        }
+        for (key, entry) in touched {
+            let cached = match entry {
+                Some(e) => Cached::Value(Entry { version, ..e }),
+                None => Cached::Absent { version },
+            };
+            self.hot.record_write(scope, key, cached);
+        }
+        Ok(version)
     }
 
     /// Validates a write's ops and returns the one shard they all map to.
@@ -627,9 +874,15 @@ impl Node {
         }
     }
 
-    /// Returns one page of the durable live entries of `shards` (each must be served here)
-    /// matching `req`, merged in key order. The gateway merges such pages across owners.
-    pub async fn scan_shards(&self, req: ScanRequest, shards: &[ShardId]) -> Result<ScanPage> {
+    /// Returns one page of the durable live entries of `shards` matching `req`, merged in key
+    /// order. Strong: each shard must be served here (the gateway merges such pages across
+    /// owners). Eventual: shards served here are read here, the others from followers.
+    pub async fn scan_shards(
+        &self,
+        req: ScanRequest,
+        shards: &[ShardId],
+        consistency: Consistency,
+    ) -> Result<ScanPage> {
         let limits = &self.config.limits;
         let limit = self.scan_limit(req.limit)?;
         let Some(range) = scan_range(&req) else {
@@ -650,10 +903,12 @@ impl Node {
             })
             .collect::<Result<_>>()?;
         let opened = futures::future::try_join_all(
-            slots.iter().map(|slot| self.open_scan(slot, range.clone())),
+            slots
+                .iter()
+                .map(|slot| self.open_scan(slot, range.clone(), consistency)),
         )
         .await?;
-        let (mut scans, _gates): (Vec<ShardScan>, Vec<Entered>) = opened.into_iter().unzip();
+        let (mut scans, _guards): (Vec<ShardScan>, Vec<ScanGuard>) = opened.into_iter().unzip();
         let mut heap = BinaryHeap::new();
         for (i, scan) in scans.iter_mut().enumerate() {
             if let Some(entry) = self.scan_next(i, scan).await? {
@@ -672,8 +927,13 @@ impl Node {
             bytes += entry.key.len() + entry.value.len();
             items.push(entry);
         }
-        for slot in &slots {
-            self.confirm_read(slot)?;
+        if consistency == Consistency::Strong {
+            for slot in &slots {
+                self.confirm_read(slot)?;
+            }
+        }
+        for e in &items {
+            self.note_served(self.shard_of(&e.key), e.version);
         }
         Ok(ScanPage {
             items,
@@ -685,10 +945,26 @@ impl Node {
         &self,
         slot: &ShardSlot,
         range: (Bound<Bytes>, Bound<Bytes>),
-    ) -> Result<(ShardScan, Entered)> {
-        let entered = self.enter(slot).await?;
-        let scan = self.observe(entered.store.scan(range).await)?;
-        Ok((scan, entered))
+        consistency: Consistency,
+    ) -> Result<(ShardScan, ScanGuard)> {
+        let entered = match consistency {
+            Consistency::Strong => Some(self.enter(slot).await?),
+            Consistency::Eventual if self.locate(slot.id) == Located::Local => {
+                self.enter(slot).await.ok()
+            }
+            Consistency::Eventual => None,
+        };
+        match entered {
+            Some(entered) => {
+                let scan = self.observe(entered.store.scan(range).await)?;
+                Ok((scan, ScanGuard::Owner(entered)))
+            }
+            None => {
+                let follower = self.followers.get(slot.id).await?;
+                let scan = self.observe(follower.reader.scan(range).await)?;
+                Ok((scan, ScanGuard::Follower(follower)))
+            }
+        }
     }
 
     async fn scan_next(&self, i: usize, scan: &mut ShardScan) -> Result<Option<Entry>> {
@@ -798,6 +1074,7 @@ impl Node {
         self.cancel.cancel();
         self.tasks.close();
         self.tasks.wait().await;
+        self.followers.close_all().await;
         self.revoke_lease().await;
         let results =
             futures::future::join_all(self.shards.iter().map(|slot| close_slot(slot))).await;

@@ -24,22 +24,34 @@
 //!   they are never acknowledged.
 //! - **Caches.** One block cache is shared by every shard of the process
 //!   ([`BlockCache`]), keyed by shard number, so memory does not grow with the shard count.
+//! - **Followers.** [`ShardReader`] is a read-only follower of a shard owned by another process
+//!   (SlateDB's `DbReader` in managed-checkpoint mode: its checkpoint keeps the SSTs it reads
+//!   safe from GC). It replays new WAL objects every poll interval, so it sees durable writes
+//!   about one interval late and never sees unflushed ones. A failed poll closes it (retries
+//!   are bounded), so a follower that is open has refreshed within about one interval.
+//! - **Incarnations.** Every open [`ShardStore`] and [`ShardReader`] has a process-unique
+//!   [`ShardStore::incarnation`]; caches key entries by it, so nothing cached under one opening of
+//!   a shard is ever served under another.
 //! - **Compaction and GC.** Run in-process when `storage.embedded_compaction` is set (the
 //!   single-gateway mode). GC boundary files need `If-Match`, which the local filesystem store
 //!   lacks, so they are disabled there.
 
 use std::ops::Bound;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use slatedb::config::{
-    CompactorOptions, DurabilityLevel, GarbageCollectorOptions, PutOptions, ReadOptions,
-    ScanOptions, Settings, Ttl,
+    CompactorOptions, DbReaderOptions, DurabilityLevel, GarbageCollectorOptions, PutOptions,
+    ReadOptions, ScanOptions, Settings, Ttl,
 };
 use slatedb::db_cache::moka::{MokaCache, MokaCacheOptions};
 use slatedb::db_cache::DbCache;
-use slatedb::{CloseReason, Db, DbIterator, ErrorKind as SlateErrorKind, WriteBatch, WriteHandle};
+use slatedb::{
+    CloseReason, Db, DbIterator, DbReader, DbReaderMode, DbStatus, ErrorKind as SlateErrorKind,
+    WriteBatch, WriteHandle,
+};
 
 use crate::config::{ObjectStoreConfig, StorageConfig};
 use crate::error::{Error, Result};
@@ -66,6 +78,8 @@ pub struct Entry {
     pub version: u64,
     /// When the value expires, in Unix milliseconds.
     pub expires_at_ms: Option<i64>,
+    /// When the writer accepted the value, in Unix milliseconds (0 if unknown).
+    pub written_at_ms: i64,
 }
 
 /// One mutation of a write.
@@ -132,6 +146,24 @@ pub enum Closed {
 pub struct ShardStore {
     shard: ShardId,
     db: Db,
+    incarnation: u64,
+}
+
+/// Source of [`ShardStore::incarnation`] and [`ShardReader::incarnation`].
+static INCARNATIONS: AtomicU64 = AtomicU64::new(1);
+
+fn next_incarnation() -> u64 {
+    INCARNATIONS.fetch_add(1, Ordering::Relaxed)
+}
+
+/// The path of `shard`'s database in the cluster's object store.
+fn shard_path(store: &ClusterStore, shard: ShardId) -> object_store::path::Path {
+    store.path(&format!("shards/{shard}"))
+}
+
+/// The block-cache id of a follower of `shard`: distinct from the writer's (`shard`).
+fn follower_cache_id(shard: ShardId) -> u64 {
+    (1 << 32) | u64::from(shard.0)
 }
 
 impl ShardStore {
@@ -143,7 +175,7 @@ impl ShardStore {
         object_store: &ObjectStoreConfig,
         cache: &BlockCache,
     ) -> Result<Self> {
-        let path = store.path(&format!("shards/{shard}"));
+        let path = shard_path(store, shard);
         let local = object_store.url.starts_with("file://") || !object_store.url.contains("://");
         let settings = Settings {
             flush_interval: Some(storage.flush_interval),
@@ -167,7 +199,16 @@ impl ShardStore {
             .build()
             .await
             .map_err(|e| map_error(shard, e))?;
-        Ok(ShardStore { shard, db })
+        Ok(ShardStore {
+            shard,
+            db,
+            incarnation: next_incarnation(),
+        })
+    }
+
+    /// Unique to this opening of the database in this process.
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
     }
 
     /// Returns the live value of `key`, if any.
@@ -206,22 +247,12 @@ impl ShardStore {
 
     /// Iterates the durable live entries in `range`, in key order.
     pub async fn scan(&self, range: (Bound<Bytes>, Bound<Bytes>)) -> Result<ShardScan> {
-        let options = ScanOptions {
-            durability_filter: DurabilityLevel::Remote,
-            cache_blocks: true,
-            read_ahead_bytes: 64 * 1024,
-            ..ScanOptions::default()
-        };
         let iter = self
             .db
-            .scan_with_options(range, &options)
+            .scan_with_options(range, &scan_options())
             .await
             .map_err(|e| self.map(e))?;
-        Ok(ShardScan {
-            shard: self.shard,
-            iter,
-            now_ms: now_ms(),
-        })
+        Ok(ShardScan::new(self.shard, iter))
     }
 
     /// Makes every write accepted so far durable (one WAL flush).
@@ -231,16 +262,7 @@ impl ShardStore {
 
     /// Waits until the database stops (fenced, failed or closed) and returns why.
     pub async fn wait_closed(&self) -> Closed {
-        let mut status = self.db.subscribe();
-        let reason = status
-            .wait_for(|s| s.close_reason.is_some())
-            .await
-            .ok()
-            .and_then(|s| s.close_reason);
-        match reason {
-            Some(CloseReason::Fenced) => Closed::Fenced,
-            _ => Closed::Other,
-        }
+        wait_closed(self.db.subscribe()).await
     }
 
     /// Flushes the memtable and closes the database, so the next open replays no WAL.
@@ -253,6 +275,94 @@ impl ShardStore {
     }
 }
 
+/// A read-only follower of a shard written by another process.
+pub struct ShardReader {
+    shard: ShardId,
+    reader: DbReader,
+    incarnation: u64,
+}
+
+impl ShardReader {
+    /// Opens a follower of `shard` that polls the object store every `poll_interval`.
+    pub async fn open(
+        shard: ShardId,
+        store: &ClusterStore,
+        object_store: &ObjectStoreConfig,
+        poll_interval: std::time::Duration,
+        cache: &BlockCache,
+    ) -> Result<Self> {
+        let options = DbReaderOptions {
+            manifest_poll_interval: poll_interval,
+            // Must exceed two poll intervals; a crashed gateway's checkpoint expires after it.
+            checkpoint_lifetime: (poll_interval * 4).max(std::time::Duration::from_secs(60)),
+            // Bounded: a poll that cannot reach the store fails and closes the follower, so an
+            // open follower is never silently stuck in the past.
+            object_store_max_retries: Some(object_store.max_retries),
+            ..DbReaderOptions::default()
+        };
+        let reader = DbReader::builder(shard_path(store, shard), Arc::clone(&store.store))
+            .with_reader_mode(DbReaderMode::ManagedCheckpoint)
+            .with_options(options)
+            .with_db_cache(Arc::clone(&cache.0), follower_cache_id(shard))
+            .build()
+            .await
+            .map_err(|e| map_error(shard, e))?;
+        Ok(ShardReader {
+            shard,
+            reader,
+            incarnation: next_incarnation(),
+        })
+    }
+
+    /// Unique to this follower in this process.
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
+    }
+
+    /// The sequence number up to which the follower has replayed the shard's writes.
+    pub fn durable_seq(&self) -> u64 {
+        self.reader.status().durable_seq
+    }
+
+    /// A receiver that changes whenever the follower's `durable_seq` advances or it closes.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<DbStatus> {
+        self.reader.subscribe()
+    }
+
+    /// True once the follower has stopped (a failed poll, or closed).
+    pub fn is_closed(&self) -> bool {
+        self.reader.status().close_reason.is_some()
+    }
+
+    /// Returns the live value of `key` as the follower sees it.
+    pub async fn get(&self, key: &[u8]) -> Result<Option<Entry>> {
+        let kv = self
+            .reader
+            .get_key_value(key)
+            .await
+            .map_err(|e| map_error(self.shard, e))?;
+        Ok(kv.and_then(|kv| live(kv, now_ms())))
+    }
+
+    /// Iterates the live entries in `range` as the follower sees them, in key order.
+    pub async fn scan(&self, range: (Bound<Bytes>, Bound<Bytes>)) -> Result<ShardScan> {
+        let iter = self
+            .reader
+            .scan_with_options(range, &scan_options())
+            .await
+            .map_err(|e| map_error(self.shard, e))?;
+        Ok(ShardScan::new(self.shard, iter))
+    }
+
+    /// Stops polling and deletes the follower's checkpoint.
+    pub async fn close(&self) -> Result<()> {
+        self.reader
+            .close()
+            .await
+            .map_err(|e| map_error(self.shard, e))
+    }
+}
+
 /// An ordered iterator over one shard's durable live entries.
 pub struct ShardScan {
     shard: ShardId,
@@ -261,6 +371,14 @@ pub struct ShardScan {
 }
 
 impl ShardScan {
+    fn new(shard: ShardId, iter: DbIterator) -> Self {
+        ShardScan {
+            shard,
+            iter,
+            now_ms: now_ms(),
+        }
+    }
+
     /// Returns the next live entry, skipping expired ones.
     pub async fn next(&mut self) -> Result<Option<Entry>> {
         loop {
@@ -281,6 +399,28 @@ impl ShardScan {
     }
 }
 
+/// Scans read only durable data, keep their blocks cached and read ahead 64 KiB.
+fn scan_options() -> ScanOptions {
+    ScanOptions {
+        durability_filter: DurabilityLevel::Remote,
+        cache_blocks: true,
+        read_ahead_bytes: 64 * 1024,
+        ..ScanOptions::default()
+    }
+}
+
+async fn wait_closed(mut status: tokio::sync::watch::Receiver<DbStatus>) -> Closed {
+    let reason = status
+        .wait_for(|s| s.close_reason.is_some())
+        .await
+        .ok()
+        .and_then(|s| s.close_reason);
+    match reason {
+        Some(CloseReason::Fenced) => Closed::Fenced,
+        _ => Closed::Other,
+    }
+}
+
 fn level(durability: Durability) -> DurabilityLevel {
     match durability {
         Durability::Durable => DurabilityLevel::Remote,
@@ -298,11 +438,12 @@ fn live(kv: slatedb::KeyValue, now_ms: i64) -> Option<Entry> {
         value: kv.value,
         version: kv.seq,
         expires_at_ms: kv.expire_ts,
+        written_at_ms: kv.create_ts,
     })
 }
 
 /// The wall clock in Unix milliseconds, the clock SlateDB stamps `expire_ts` with.
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)

@@ -6,8 +6,8 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::client;
 use common::cluster::{log_tail, shard_of, Cluster};
+use common::{client, metric, percentiles};
 use reqwest::StatusCode;
 use serde_json::Value;
 
@@ -66,20 +66,6 @@ async fn any_gateway_serves_any_key_and_views_agree() {
     assert!(metric(&metrics, "tessera_lease_keepalive_last_seconds") > 0.0);
     assert_eq!(metric(&metrics, "tessera_shards_unowned"), 0.0);
     assert!(metrics.contains("tessera_shard_unowned_seconds_total{shard=\"00000\"}"));
-}
-
-/// The value of the metric line that starts with `name` (labels included) followed by a space.
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("metric {name} missing in:\n{text}"))
-}
-
-/// (p50, p99, max) of `samples`, sorted in place.
-fn percentiles(samples: &mut [Duration]) -> (Duration, Duration, Duration) {
-    samples.sort_unstable();
-    let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
-    (at(0.5), at(0.99), at(1.0))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

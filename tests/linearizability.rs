@@ -11,6 +11,9 @@
 //! has an unknown outcome: a write or CAS may or may not have taken effect, at any point after
 //! its invocation; such reads are dropped.
 //!
+//! Eventual reads (`?consistency=eventual`) run alongside; they are not linearizable by design,
+//! but every value they return must be one some client wrote (no phantoms).
+//!
 //! Duration: `TESSERA_LINEARIZABILITY_SECS` (default 8) of load per run.
 
 mod common;
@@ -177,10 +180,16 @@ async fn strong_operations_are_linearizable_under_kill_and_pause() {
     let keys = ["lin-a", "lin-b", "lin-c"];
     let origin = Instant::now();
     let histories: Histories = Arc::default();
+    let eventual: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let clients: Vec<_> = (0..6)
         .map(|cl| {
-            let (urls, histories, stop) = (urls.clone(), histories.clone(), stop.clone());
+            let (urls, histories, eventual, stop) = (
+                urls.clone(),
+                histories.clone(),
+                eventual.clone(),
+                stop.clone(),
+            );
             tokio::spawn(async move {
                 let http = reqwest::Client::builder()
                     .timeout(Duration::from_secs(5))
@@ -190,11 +199,21 @@ async fn strong_operations_are_linearizable_under_kill_and_pause() {
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     n += 1;
                     let url = &urls[((cl as u64 + n) % 3) as usize];
-                    let key = keys[(n as usize * 7 + cl) % keys.len()];
+                    let key = keys[(n as usize / 4 + cl) % keys.len()];
                     let target = format!("{url}/v1/kv/{key}");
                     let value = format!("c{cl}-{n}");
                     let mut call = ns(origin);
-                    let op = match n % 3 {
+                    if n % 4 == 3 {
+                        let url = format!("{target}?consistency=eventual");
+                        if let Ok(r) = http.get(url).send().await {
+                            if r.status() == StatusCode::OK {
+                                let value = r.text().await.unwrap_or_default();
+                                eventual.lock().unwrap().push((key.into(), value));
+                            }
+                        }
+                        continue;
+                    }
+                    let op = match n % 4 {
                         0 => match http.get(&target).send().await {
                             Ok(r) if r.status() == StatusCode::OK => {
                                 let value = r.text().await.unwrap_or_default();
@@ -299,4 +318,22 @@ async fn strong_operations_are_linearizable_under_kill_and_pause() {
         }
     }
     assert!(total > 100, "enough operations were recorded: {total}");
+    // No phantoms: every eventual read returned a value that some client tried to write.
+    let eventual = eventual.lock().unwrap();
+    for (key, value) in eventual.iter() {
+        let written = histories[key].iter().any(|o| match &o.kind {
+            Kind::Write(v) | Kind::Cas { to: v, .. } => v == value,
+            Kind::Read(_) => false,
+        });
+        assert!(
+            written,
+            "eventual read of {key} returned {value}, which nobody wrote"
+        );
+    }
+    eprintln!("{} eventual reads, all of written values", eventual.len());
+    assert!(
+        eventual.len() > 20,
+        "enough eventual reads: {}",
+        eventual.len()
+    );
 }

@@ -118,10 +118,11 @@ impl Query {
             .transpose()
     }
 
-    /// Checks `consistency=strong|eventual` (a single gateway serves both as strong).
-    pub fn check_consistency(&self) -> Result<(), ApiError> {
+    /// `consistency=strong|eventual` (default strong).
+    pub fn consistency(&self) -> Result<tessera::Consistency, ApiError> {
         match self.text("consistency", "invalid_consistency")? {
-            None | Some("strong") | Some("eventual") => Ok(()),
+            None | Some("strong") => Ok(tessera::Consistency::Strong),
+            Some("eventual") => Ok(tessera::Consistency::Eventual),
             Some(other) => Err(ApiError::bad_request(
                 "invalid_consistency",
                 format!("consistency must be `strong` or `eventual`, got `{other}`"),
@@ -163,7 +164,8 @@ pub fn precondition(headers: &HeaderMap) -> Result<Precondition, ApiError> {
     }
 }
 
-fn parse_etag(value: &str) -> Result<u64, ApiError> {
+/// Parses an ETag `"N"` into the version N.
+pub fn parse_etag(value: &str) -> Result<u64, ApiError> {
     value
         .strip_prefix('"')
         .and_then(|v| v.strip_suffix('"'))

@@ -12,7 +12,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tessera::{ClusterConfig, LimitsConfig, NodeConfig, ObjectStoreConfig, StorageConfig};
+use tessera::{
+    ClusterConfig, LimitsConfig, NodeConfig, ObjectStoreConfig, ReadsConfig, StorageConfig,
+};
 
 /// Everything a gateway process needs.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -28,6 +30,8 @@ pub struct GatewayConfig {
     pub storage: StorageConfig,
     /// Request limits (see [`LimitsConfig`]).
     pub limits: LimitsConfig,
+    /// Hot-key cache and eventual reads (see [`ReadsConfig`]).
+    pub reads: ReadsConfig,
     /// Cluster mode through etcd (see [`ClusterConfig`]); off by default.
     pub cluster: ClusterConfig,
 }
@@ -102,6 +106,7 @@ impl GatewayConfig {
             object_store: self.object_store.clone(),
             storage: self.storage.clone(),
             limits: self.limits.clone(),
+            reads: self.reads.clone(),
             cluster: self.cluster.clone(),
         }
     }

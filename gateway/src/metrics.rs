@@ -10,8 +10,8 @@ use axum::http::header::CONTENT_LENGTH;
 use axum::middleware::Next;
 use axum::response::Response;
 use prometheus::{
-    Counter, CounterVec, Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
-    IntGauge, Opts, Registry, TextEncoder,
+    Counter, CounterVec, Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter,
+    IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
 };
 use tessera::Node;
 
@@ -33,6 +33,14 @@ pub struct Metrics {
     keepalive_last: Gauge,
     shards_unowned: IntGauge,
     unowned_seconds: CounterVec,
+    reads: IntCounterVec,
+    cache_hits: IntCounter,
+    cache_misses: IntCounter,
+    cache_evictions: IntCounter,
+    cache_bytes: IntGauge,
+    cache_entries: IntGauge,
+    followers_open: IntGauge,
+    eventual_lag: Histogram,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -165,6 +173,63 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
+            reads: register(
+                &r,
+                IntCounterVec::new(
+                    Opts::new("reads_total", "Point reads by what served them"),
+                    &["source"],
+                )
+                .expect("valid metric"),
+            ),
+            cache_hits: register(
+                &r,
+                IntCounter::new("cache_hits_total", "Hot-key cache lookups answered")
+                    .expect("valid metric"),
+            ),
+            cache_misses: register(
+                &r,
+                IntCounter::new("cache_misses_total", "Hot-key cache lookups missed")
+                    .expect("valid metric"),
+            ),
+            cache_evictions: register(
+                &r,
+                IntCounter::new(
+                    "cache_evictions_total",
+                    "Hot-key cache entries evicted by the byte bound",
+                )
+                .expect("valid metric"),
+            ),
+            cache_bytes: register(
+                &r,
+                IntGauge::new("cache_bytes", "Bytes held by the hot-key cache")
+                    .expect("valid metric"),
+            ),
+            cache_entries: register(
+                &r,
+                IntGauge::new("cache_entries", "Entries held by the hot-key cache")
+                    .expect("valid metric"),
+            ),
+            followers_open: register(
+                &r,
+                IntGauge::new(
+                    "followers_open",
+                    "Read-only followers open for eventual reads",
+                )
+                .expect("valid metric"),
+            ),
+            eventual_lag: register(
+                &r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "eventual_lag_seconds",
+                        "Time from a write's acceptance by its owner to a follower here serving it",
+                    )
+                    .buckets(vec![
+                        0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0,
+                    ]),
+                )
+                .expect("valid metric"),
+            ),
             registry: r,
         }
     }
@@ -191,6 +256,22 @@ impl Metrics {
         catch_up(&self.keepalives, count);
         catch_up_f64(&self.keepalive_seconds, sum.as_secs_f64());
         self.keepalive_last.set(last.as_secs_f64());
+        for (i, source) in ["strong", "cache", "eventual"].iter().enumerate() {
+            catch_up(
+                &self.reads.with_label_values(&[source]),
+                stats.reads[i].load(Relaxed),
+            );
+        }
+        let cache = node.hot_cache();
+        catch_up(&self.cache_hits, cache.stats().hits.load(Relaxed));
+        catch_up(&self.cache_misses, cache.stats().misses.load(Relaxed));
+        catch_up(&self.cache_evictions, cache.stats().evictions.load(Relaxed));
+        self.cache_bytes.set(cache.weighted_bytes() as i64);
+        self.cache_entries.set(cache.entries() as i64);
+        self.followers_open.set(node.followers_open() as i64);
+        for lag in stats.eventual_lag.drain() {
+            self.eventual_lag.observe(lag);
+        }
         if node.config().cluster.is_clustered() {
             let view = node.view();
             let total = node.config().storage.shard_count as usize;

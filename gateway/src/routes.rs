@@ -13,7 +13,9 @@ use axum::Json;
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::json;
-use tessera::{Error, Precondition, ScanRequest, WriteKind, WriteOp};
+use tessera::{
+    Consistency, Error, Precondition, Read, ReadSource, ScanRequest, WriteKind, WriteOp,
+};
 
 use crate::codec::{self, Query};
 use crate::error::ApiError;
@@ -22,8 +24,10 @@ use crate::AppState;
 
 type Shared = State<Arc<AppState>>;
 
-/// Response header naming what served a read.
+/// Response header naming what served a read: `strong`, `cache` or `eventual`.
 const READ_HEADER: &str = "x-tessera-read";
+/// Response header of eventual reads: the staleness bound in milliseconds.
+const STALENESS_HEADER: &str = "x-tessera-staleness-bound-ms";
 
 /// Runs `fut` until `req`'s deadline.
 async fn deadline<T>(
@@ -36,7 +40,7 @@ async fn deadline<T>(
     }
 }
 
-/// `GET /v1/kv/{key}`.
+/// `GET /v1/kv/{key}?consistency=strong|eventual`.
 pub async fn get_key(
     State(state): Shared,
     method: Method,
@@ -44,21 +48,45 @@ pub async fn get_key(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let key = codec::key_from_path(uri.path())?;
-    Query::parse(uri.query(), &["consistency"])?.check_consistency()?;
+    let consistency = Query::parse(uri.query(), &["consistency"])?.consistency()?;
     let req = Forwardable::new(&state, method, &uri, headers, Bytes::new());
-    dispatch(&state, state.node.shard_of(&key), &req, || async {
-        let entry = deadline(&req, state.node.get(&key)).await?;
-        let mut resp = entry.value.into_response();
-        let headers = resp.headers_mut();
-        headers.insert(header::ETAG, header_value(&codec::etag(entry.version)));
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/octet-stream"),
-        );
-        headers.insert(READ_HEADER, HeaderValue::from_static("strong"));
-        Ok(resp)
+    if consistency == Consistency::Eventual {
+        let read = deadline(&req, state.node.get_eventual(&key)).await?;
+        return render_read(&state, read);
+    }
+    let shard = state.node.shard_of(&key);
+    let resp = dispatch(&state, shard, &req, || async {
+        render_read(&state, deadline(&req, state.node.get(&key)).await?)
     })
-    .await
+    .await?;
+    // Answers forwarded from the owner count as served here too (monotonic eventual reads).
+    if let Some(v) = resp
+        .headers()
+        .get(header::ETAG)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| codec::parse_etag(v).ok())
+    {
+        state.node.note_served(shard, v);
+    }
+    Ok(resp)
+}
+
+/// A point read's answer: the value with its ETag and what served it, or `404`.
+fn render_read(state: &AppState, read: Read) -> Result<Response, ApiError> {
+    let entry = read.entry.ok_or(Error::NotFound)?;
+    let mut resp = entry.value.into_response();
+    let headers = resp.headers_mut();
+    headers.insert(header::ETAG, header_value(&codec::etag(entry.version)));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    headers.insert(READ_HEADER, HeaderValue::from_static(read.source.as_str()));
+    if read.source == ReadSource::Eventual {
+        let bound = state.node.config().staleness_bound().as_millis();
+        headers.insert(STALENESS_HEADER, HeaderValue::from(bound as u64));
+    }
+    Ok(resp)
 }
 
 /// `PUT /v1/kv/{key}`.
@@ -137,7 +165,7 @@ pub async fn scan(
         allowed.push("shards");
     }
     let q = Query::parse(uri.query(), &allowed)?;
-    q.check_consistency()?;
+    let consistency = q.consistency()?;
     let bytes = |name: &str| q.bytes(name).map(Bytes::copy_from_slice);
     let req = ScanRequest {
         prefix: bytes("prefix"),
@@ -152,7 +180,12 @@ pub async fn scan(
             .map(|s| s.parse().map(tessera::ShardId))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|_| ApiError::bad_request("invalid_query", "bad shard list"))?;
-        deadline(&fwd, state.node.scan_shards(req, &shards)).await?
+        deadline(&fwd, state.node.scan_shards(req, &shards, consistency)).await?
+    } else if consistency == Consistency::Eventual {
+        let all: Vec<_> = (0..state.config.storage.shard_count)
+            .map(tessera::ShardId)
+            .collect();
+        deadline(&fwd, state.node.scan_shards(req, &all, consistency)).await?
     } else {
         scan_cluster(&state, &fwd, req).await?
     };
@@ -198,9 +231,10 @@ async fn scan_cluster(
                 if local.is_empty() {
                     return Ok(None);
                 }
-                deadline(fwd, state.node.scan_shards(req.clone(), &local))
-                    .await
-                    .map(Some)
+                let scan = state
+                    .node
+                    .scan_shards(req.clone(), &local, Consistency::Strong);
+                deadline(fwd, scan).await.map(Some)
             };
             let remote_pages = futures::future::try_join_all(remote.iter().map(|(url, shards)| {
                 let list: Vec<String> = shards.iter().map(|s| s.to_string()).collect();
@@ -270,6 +304,7 @@ async fn decode_page(resp: Response) -> Result<tessera::ScanPage, ApiError> {
             value: codec::unb64("value", item["value"].as_str().ok_or_else(bad)?)?,
             version: item["version"].as_u64().ok_or_else(bad)?,
             expires_at_ms: None,
+            written_at_ms: 0,
         });
     }
     Ok(tessera::ScanPage {

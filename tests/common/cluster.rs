@@ -18,16 +18,24 @@ pub struct Cluster {
     pub dir: TempDir,
     pub gateways: Vec<Option<Gateway>>,
     name: String,
+    /// Extra gateway arguments.
+    extra: Vec<String>,
 }
 
 impl Cluster {
     pub async fn start(n: usize) -> Cluster {
+        Cluster::start_with(n, &[]).await
+    }
+
+    /// Starts `n` gateways that get `extra` arguments on top of the usual ones.
+    pub async fn start_with(n: usize, extra: &[&str]) -> Cluster {
         let mut c = Cluster {
             etcd: EtcdServer::start(),
             s3: S3Server::start(),
             dir: tempfile::tempdir().unwrap(),
             gateways: Vec::new(),
             name: "test".into(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         };
         for _ in 0..n {
             c.add().await;
@@ -44,6 +52,7 @@ impl Cluster {
             .arg("--node-id")
             .arg(format!("gw{i}"));
         o.shards = SHARDS;
+        o.extra.extend(self.extra.iter().cloned());
         o
     }
 

@@ -431,3 +431,17 @@ pub fn signal(child: &Child, sig: &str) {
         .expect("kill");
     assert!(status.success(), "kill -{sig} failed");
 }
+
+/// The value of the metric line that starts with `name` (labels included) followed by a space.
+pub fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("metric {name} missing in:\n{text}"))
+}
+
+/// (p50, p99, max) of `samples`, sorted in place.
+pub fn percentiles(samples: &mut [Duration]) -> (Duration, Duration, Duration) {
+    samples.sort_unstable();
+    let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
+    (at(0.5), at(0.99), at(1.0))
+}
