@@ -27,6 +27,8 @@
 //! - [`lease`]: the local lease deadline and its safety argument.
 //! - `etcd`: the etcd driver (membership, owner keys, keep-alive, watch).
 //! - `ownership`: cluster mode: join, acquire, release, rebalance.
+//! - [`claims`]: compaction claims of `tessera-compactor` processes (same protocol, own
+//!   member set).
 //! - [`store`]: one shard's SlateDB database; durability, versions and TTL decisions.
 //! - [`node`]: the shards a process serves and the key-value operations over them.
 //!
@@ -38,6 +40,7 @@
 //! - A batch is atomic within one shard. There is no cross-shard atomicity.
 //! - Expired values are never returned, though they occupy storage until compaction.
 
+pub mod claims;
 pub mod config;
 pub mod error;
 mod etcd;

@@ -348,6 +348,7 @@ impl Node {
                 &self.config.storage,
                 &self.config.object_store,
                 &self.cache,
+                self.config.embedded_compaction(),
             )
             .await?,
         );
@@ -766,6 +767,7 @@ impl Node {
                     &self.config.storage,
                     &self.config.object_store,
                     &self.cache,
+                    self.config.embedded_compaction(),
                 ) => r,
             };
             match opened {

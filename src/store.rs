@@ -24,9 +24,11 @@
 //!   they are never acknowledged.
 //! - **Caches.** One block cache is shared by every shard of the process
 //!   ([`BlockCache`]), keyed by shard number, so memory does not grow with the shard count.
-//! - **Compaction and GC.** Run in-process when `storage.embedded_compaction` is set (the
-//!   single-gateway mode). GC boundary files need `If-Match`, which the local filesystem store
-//!   lacks, so they are disabled there.
+//! - **Compaction and GC.** Run in-process only in the embedded single-gateway mode
+//!   ([`crate::NodeConfig::embedded_compaction`]). In cluster mode `compactor_options` and
+//!   `garbage_collector_options` are `None`: `tessera-compactor` runs both, and a writer with
+//!   its own compactor would be fenced by it. GC boundary files need `If-Match`, which the
+//!   local filesystem store lacks, so they are disabled there.
 
 use std::ops::Bound;
 use std::sync::Arc;
@@ -135,29 +137,29 @@ pub struct ShardStore {
 }
 
 impl ShardStore {
-    /// Opens (creating if needed) the database of `shard`, fencing any previous writer.
+    /// Opens (creating if needed) the database of `shard`, fencing any previous writer; runs
+    /// SlateDB's compactor and GC in-process if `embedded_compaction`.
     pub async fn open(
         shard: ShardId,
         store: &ClusterStore,
         storage: &StorageConfig,
         object_store: &ObjectStoreConfig,
         cache: &BlockCache,
+        embedded_compaction: bool,
     ) -> Result<Self> {
-        let path = store.path(&format!("shards/{shard}"));
-        let local = object_store.url.starts_with("file://") || !object_store.url.contains("://");
+        let path = store.shard_path(shard);
         let settings = Settings {
             flush_interval: Some(storage.flush_interval),
             manifest_poll_interval: storage.manifest_poll_interval,
             l0_sst_size_bytes: storage.l0_sst_size_bytes,
             max_unflushed_bytes: storage.max_unflushed_bytes,
             object_store_max_retries: Some(object_store.max_retries),
-            compactor_options: storage.embedded_compaction.then(CompactorOptions::default),
-            garbage_collector_options: storage.embedded_compaction.then(|| {
-                GarbageCollectorOptions {
-                    boundary_files_enabled: !local,
-                    object_store_max_retries: Some(object_store.max_retries),
-                    ..Default::default()
-                }
+            l0_max_ssts: storage.l0_max_ssts,
+            compactor_options: embedded_compaction.then(CompactorOptions::default),
+            garbage_collector_options: embedded_compaction.then(|| GarbageCollectorOptions {
+                boundary_files_enabled: !object_store.is_local(),
+                object_store_max_retries: Some(object_store.max_retries),
+                ..Default::default()
             }),
             ..Settings::default()
         };
