@@ -207,10 +207,17 @@ impl Daemon {
         *reported = now;
     }
 
+    /// Reads every held shard's manifest (concurrently, so the loop stays responsive) into the
+    /// metrics, with the jobs' counters.
     async fn refresh_stats(&mut self) {
         let shards: Vec<ShardId> = self.held.keys().copied().collect();
-        for shard in shards {
-            let stats = read_stats(&self.store, &self.cfg.object_store, shard).await;
+        let (store, object_store) = (&self.store, &self.cfg.object_store);
+        let readings =
+            futures::future::join_all(shards.iter().map(|&shard| async move {
+                (shard, read_stats(store, object_store, shard).await)
+            }))
+            .await;
+        for (shard, stats) in readings {
             let Some(h) = self.held.get_mut(&shard) else {
                 continue;
             };
