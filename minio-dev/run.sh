@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The local cluster without Docker: Debian's etcd, s3s-fs as the S3 server and three gateway
-# processes on 127.0.0.1. Same topology as compose.yaml.
+# The local cluster without Docker: Debian's etcd, s3s-fs as the S3 server, three gateway
+# processes and one compactor daemon on 127.0.0.1. Same topology as compose.yaml.
 #
 #   minio-dev/run.sh up       build, start everything, print the URLs
 #   minio-dev/run.sh status   show what runs
@@ -8,11 +8,12 @@
 #   minio-dev/run.sh clean    stop and delete the data
 #
 # Needs: etcd (apt-get install etcd-server), s3s-fs (cargo install s3s-fs@0.14.1 --features
-# binary --locked). Ports: etcd 2379, S3 9000, gateways 7071-7073.
+# binary --locked). Ports: etcd 2379, S3 9000, gateways 7071-7073, compactor metrics 9091.
 #
 # Overrides (tests/minio_dev.rs uses them to run this script on free ports): DEV_DIR (state,
 # default minio-dev/.run), GATEWAYS (3), ETCD_PORT (2379), ETCD_PEER_PORT (2380), S3_PORT (9000),
-# GW_PORT_BASE (7070: gateway i listens on base+i), GATEWAY_BIN (skips the release build).
+# GW_PORT_BASE (7070: gateway i listens on base+i), COMPACTOR_METRICS_PORT (9091), GATEWAY_BIN
+# and COMPACTOR_BIN (skip the release build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUN=${DEV_DIR:-minio-dev/.run}
@@ -21,6 +22,7 @@ ETCD_PORT=${ETCD_PORT:-2379}
 ETCD_PEER_PORT=${ETCD_PEER_PORT:-2380}
 S3_PORT=${S3_PORT:-9000}
 GW_PORT_BASE=${GW_PORT_BASE:-7070}
+COMPACTOR_METRICS_PORT=${COMPACTOR_METRICS_PORT:-9091}
 export PATH="$HOME/.cargo/bin:$PATH"
 
 start() { # name, command...
@@ -41,10 +43,11 @@ up() {
   command -v etcd >/dev/null || { echo "etcd missing: apt-get install etcd-server" >&2; exit 1; }
   command -v s3s-fs >/dev/null || { echo "s3s-fs missing: cargo install s3s-fs@0.14.1 --features binary --locked" >&2; exit 1; }
   mkdir -p "$RUN/etcd" "$RUN/s3/tessera"
-  local bin=${GATEWAY_BIN:-}
-  if [ -z "$bin" ]; then
-    cargo build --release -p gateway
-    bin=target/release/tessera-gateway
+  local bin=${GATEWAY_BIN:-} cbin=${COMPACTOR_BIN:-}
+  if [ -z "$bin" ] || [ -z "$cbin" ]; then
+    cargo build --release -p gateway -p compactor
+    bin=${bin:-target/release/tessera-gateway}
+    cbin=${cbin:-target/release/tessera-compactor}
   fi
   local etcd_url=http://127.0.0.1:$ETCD_PORT peer_url=http://127.0.0.1:$ETCD_PEER_PORT
   start etcd etcd --name dev --data-dir "$RUN/etcd" \
@@ -63,11 +66,18 @@ up() {
     wait_port "$((GW_PORT_BASE + i))"
     echo "gateway gw$i: http://127.0.0.1:$((GW_PORT_BASE + i))"
   done
+  # Gateways in cluster mode do not compact: the compactor daemon does (and runs GC).
+  AWS_ACCESS_KEY_ID=devkey AWS_SECRET_ACCESS_KEY=devsecret AWS_REGION=us-east-1 \
+    start compactor "$cbin" --store s3://tessera/dev --s3-endpoint "http://127.0.0.1:$S3_PORT" \
+    --etcd "$etcd_url" --cluster dev --node-id compactor1 \
+    --metrics-listen "127.0.0.1:$COMPACTOR_METRICS_PORT"
+  wait_port "$COMPACTOR_METRICS_PORT"
+  echo "compactor compactor1: http://127.0.0.1:$COMPACTOR_METRICS_PORT/metrics"
   echo "cluster map: curl http://127.0.0.1:$((GW_PORT_BASE + 1))/v1/cluster"
 }
 
 down() {
-  for f in "$RUN"/gw*.pid "$RUN"/s3.pid "$RUN"/etcd.pid; do
+  for f in "$RUN"/compactor.pid "$RUN"/gw*.pid "$RUN"/s3.pid "$RUN"/etcd.pid; do
     [ -f "$f" ] || continue
     pid=$(cat "$f"); kill -TERM "$pid" 2>/dev/null || true
     for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done

@@ -84,6 +84,29 @@ impl ClusterConfig {
     pub fn is_clustered(&self) -> bool {
         !self.etcd_endpoints.is_empty()
     }
+
+    /// Checks the lease and naming rules (shared by gateways and compactors).
+    pub fn validate(&self) -> Result<()> {
+        let c = self;
+        if c.lease_ttl.subsec_nanos() != 0 || c.lease_ttl < Duration::from_secs(1) {
+            return Err(Error::Config(
+                "cluster.lease_ttl must be a whole number of seconds, at least 1s".into(),
+            ));
+        }
+        if c.keepalive_interval.is_zero() || c.keepalive_interval * 2 + c.lease_margin > c.lease_ttl
+        {
+            return Err(Error::Config(format!(
+                "cluster.keepalive_interval ({:?}) * 2 + cluster.lease_margin ({:?}) must not exceed cluster.lease_ttl ({:?}): a lease must survive one lost keep-alive",
+                c.keepalive_interval, c.lease_margin, c.lease_ttl
+            )));
+        }
+        if c.name.is_empty() || c.name.contains('/') {
+            return Err(Error::Config(
+                "cluster.name must be non-empty and contain no `/`".into(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Object store selection and client behaviour.
@@ -113,6 +136,15 @@ pub struct ObjectStoreConfig {
     /// fsync every file written to a local filesystem store, so acknowledged writes survive a
     /// machine crash, not only a process crash. Default: true.
     pub fsync: bool,
+}
+
+impl ObjectStoreConfig {
+    /// True for a local-filesystem store, which has no `If-Match` (so SlateDB's GC boundary
+    /// files must be off there).
+    pub fn is_local(&self) -> bool {
+        let url = self.url.trim();
+        url.starts_with("file://") || !url.contains("://")
+    }
 }
 
 impl Default for ObjectStoreConfig {
@@ -152,9 +184,10 @@ pub struct StorageConfig {
     pub max_unflushed_bytes: usize,
     /// Bytes of the block cache shared by all shards of the process. Default: 256 MiB.
     pub block_cache_bytes: u64,
-    /// Run SlateDB's compactor inside this process (the embedded single-gateway mode).
-    /// Default: true.
-    pub embedded_compaction: bool,
+    /// L0 SSTs at which a shard stops flushing memtables until compaction catches up; writes
+    /// then wait once `max_unflushed_bytes` is reached (backpressure). SlateDB's
+    /// `l0_max_ssts`. Default: 8.
+    pub l0_max_ssts: usize,
     /// Shards opened concurrently at start-up. Default: 8.
     pub open_concurrency: usize,
 }
@@ -168,7 +201,7 @@ impl Default for StorageConfig {
             l0_sst_size_bytes: 16 * MIB,
             max_unflushed_bytes: 64 * MIB,
             block_cache_bytes: 256 * MIB as u64,
-            embedded_compaction: true,
+            l0_max_ssts: 8,
             open_concurrency: 8,
         }
     }
@@ -255,6 +288,16 @@ impl NodeConfig {
             + self.reads.follower_cache_ttl
     }
 
+    /// True when shards run SlateDB's compactor and garbage collector in this process: the
+    /// embedded single-gateway mode, so a first run needs nothing else. In cluster mode the
+    /// `tessera-compactor` processes own compaction and GC instead. A gateway must never run
+    /// them there: a standalone compactor claiming a shard would fence the gateway's whole
+    /// database (SlateDB's compactor epoch), and exactly one process kind must own the SST
+    /// lifecycle.
+    pub fn embedded_compaction(&self) -> bool {
+        !self.cluster.is_clustered()
+    }
+
     /// Checks every rule that a single field's type cannot express.
     pub fn validate(&self) -> Result<()> {
         let fail = |msg: String| Err(Error::Config(msg));
@@ -306,20 +349,10 @@ impl NodeConfig {
                     .into(),
             );
         }
-        let c = &self.cluster;
-        if c.lease_ttl.subsec_nanos() != 0 || c.lease_ttl < Duration::from_secs(1) {
-            return fail("cluster.lease_ttl must be a whole number of seconds, at least 1s".into());
+        if s.l0_max_ssts == 0 {
+            return fail("storage.l0_max_ssts must be positive".into());
         }
-        if c.keepalive_interval.is_zero() || c.keepalive_interval * 2 + c.lease_margin > c.lease_ttl
-        {
-            return fail(format!(
-                "cluster.keepalive_interval ({:?}) * 2 + cluster.lease_margin ({:?}) must not exceed cluster.lease_ttl ({:?}): a lease must survive one lost keep-alive",
-                c.keepalive_interval, c.lease_margin, c.lease_ttl
-            ));
-        }
-        if c.name.is_empty() || c.name.contains('/') {
-            return fail("cluster.name must be non-empty and contain no `/`".into());
-        }
+        self.cluster.validate()?;
         Ok(())
     }
 }

@@ -17,6 +17,10 @@
 //! - etcd-client does not renew leases: [`Etcd::keep_alive`] sends a keep-alive every interval
 //!   and records each acknowledged one in the [`LeaseClock`]; a `TTL 0` answer means the lease
 //!   is gone.
+//! - Compactors use the same keys and protocol one level down, under
+//!   `/tessera/{cluster}/compactor/` ([`Etcd::scoped`]): `compactor/members/{id}` and
+//!   `compactor/owners/{shard:05}` (a shard's compaction claim). Gateways and compactors are
+//!   separate member sets: neither places shards onto the other.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,6 +32,9 @@ use etcd_client::{
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use tokio_util::task::TaskTracker;
+
+use crate::config::ClusterConfig;
 use crate::error::{Error, Result};
 use crate::lease::{KeepAliveStats, LeaseClock};
 use crate::placement::{ClusterView, Member, Owner};
@@ -60,6 +67,14 @@ impl Etcd {
         })
     }
 
+    /// The same connection with its keys one level down, under `{prefix}{sub}/`.
+    pub fn scoped(&self, sub: &str) -> Etcd {
+        Etcd {
+            client: self.client.clone(),
+            prefix: format!("{}{sub}/", self.prefix),
+        }
+    }
+
     fn member_key(&self, id: &str) -> String {
         format!("{}members/{id}", self.prefix)
     }
@@ -70,7 +85,7 @@ impl Etcd {
 
     /// Grants a lease of `ttl`; returns its id and the granted TTL, and records the grant in
     /// `clock` (measured from before the request was sent).
-    pub async fn grant(&self, ttl: Duration, clock: &LeaseClock, margin: Duration) -> Result<i64> {
+    async fn grant(&self, ttl: Duration, clock: &LeaseClock, margin: Duration) -> Result<i64> {
         let sent = Instant::now();
         let resp = self
             .client
@@ -82,8 +97,33 @@ impl Etcd {
         Ok(resp.id())
     }
 
+    /// Grants a lease, registers `member` under it (if given: a batch job claims shards without
+    /// joining the member set) and keeps the lease alive on `tasks` until `cancel`. Returns the
+    /// lease id and its clock.
+    pub async fn start_lease(
+        &self,
+        member: Option<&Member>,
+        c: &ClusterConfig,
+        stats: Arc<KeepAliveStats>,
+        tasks: &TaskTracker,
+        cancel: CancellationToken,
+    ) -> Result<(i64, Arc<LeaseClock>)> {
+        let clock = Arc::new(LeaseClock::default());
+        let id = self.grant(c.lease_ttl, &clock, c.lease_margin).await?;
+        if let Some(member) = member {
+            self.register(member, id).await?;
+        }
+        let (etcd, keep) = (self.clone(), Arc::clone(&clock));
+        let (interval, margin) = (c.keepalive_interval, c.lease_margin);
+        tasks.spawn(async move {
+            etcd.keep_alive(id, keep, stats, interval, margin, cancel)
+                .await
+        });
+        Ok((id, clock))
+    }
+
     /// Registers `member` under `lease`.
-    pub async fn register(&self, member: &Member, lease: i64) -> Result<()> {
+    async fn register(&self, member: &Member, lease: i64) -> Result<()> {
         let value = serde_json::to_vec(member).map_err(|e| Error::Internal(e.to_string()))?;
         self.client
             .clone()

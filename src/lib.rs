@@ -27,6 +27,8 @@
 //! - [`lease`]: the local lease deadline and its safety argument.
 //! - `etcd`: the etcd driver (membership, owner keys, keep-alive, watch).
 //! - `ownership`: cluster mode: join, acquire, release, rebalance.
+//! - [`claims`]: compaction claims of `tessera-compactor` processes (same protocol, own
+//!   member set).
 //! - [`store`]: one shard's SlateDB database (and read-only followers); durability, versions
 //!   and TTL decisions.
 //! - [`cache`]: the hot-key cache and why a strong read from it is never stale.
@@ -42,6 +44,7 @@
 //! - Expired values are never returned, though they occupy storage until compaction.
 
 pub mod cache;
+pub mod claims;
 pub mod config;
 pub mod error;
 mod etcd;

@@ -45,16 +45,11 @@ pub async fn create_or_check(store: &ClusterStore, shard_count: u32) -> Result<C
         Err(object_store::Error::AlreadyExists { .. }) => {}
         Err(e) => return Err(e.into()),
     }
-    let bytes = store.store.get(&path).await?.bytes().await?;
-    let found: ClusterMeta = serde_json::from_slice(&bytes).map_err(|e| {
-        Error::ClusterMismatch(format!("`{path}` is not valid cluster metadata: {e}"))
-    })?;
-    if found.format_version != FORMAT_VERSION {
+    let Some(found) = load(store).await? else {
         return Err(Error::ClusterMismatch(format!(
-            "`{path}` has format version {}, this build understands {FORMAT_VERSION}",
-            found.format_version
+            "`{path}` vanished right after it was found to exist"
         )));
-    }
+    };
     if found.shard_count != shard_count {
         return Err(Error::ClusterMismatch(format!(
             "the cluster at `{path}` was created with {} shards but this process is configured \
@@ -64,6 +59,26 @@ pub async fn create_or_check(store: &ClusterStore, shard_count: u32) -> Result<C
         )));
     }
     Ok(found)
+}
+
+/// Reads the metadata object; `None` if the cluster was never created.
+pub async fn load(store: &ClusterStore) -> Result<Option<ClusterMeta>> {
+    let path = store.path("cluster.json");
+    let bytes = match store.store.get(&path).await {
+        Ok(r) => r.bytes().await?,
+        Err(object_store::Error::NotFound { .. }) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let found: ClusterMeta = serde_json::from_slice(&bytes).map_err(|e| {
+        Error::ClusterMismatch(format!("`{path}` is not valid cluster metadata: {e}"))
+    })?;
+    if found.format_version != FORMAT_VERSION {
+        return Err(Error::ClusterMismatch(format!(
+            "`{path}` has format version {}, this build understands {FORMAT_VERSION}",
+            found.format_version
+        )));
+    }
+    Ok(Some(found))
 }
 
 #[cfg(test)]
@@ -78,8 +93,10 @@ mod tests {
             ..Default::default()
         })
         .unwrap();
+        assert_eq!(load(&store).await.unwrap(), None);
         assert_eq!(create_or_check(&store, 8).await.unwrap().shard_count, 8);
         assert_eq!(create_or_check(&store, 8).await.unwrap().shard_count, 8);
+        assert_eq!(load(&store).await.unwrap().unwrap().shard_count, 8);
         let err = create_or_check(&store, 16).await.unwrap_err();
         assert!(err.to_string().contains("created with 8 shards"), "{err}");
     }

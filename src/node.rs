@@ -459,6 +459,7 @@ impl Node {
                 &self.config.storage,
                 &self.config.object_store,
                 &self.cache,
+                self.config.embedded_compaction(),
             )
             .await?,
         );
@@ -1042,6 +1043,7 @@ impl Node {
                     &self.config.storage,
                     &self.config.object_store,
                     &self.cache,
+                    self.config.embedded_compaction(),
                 ) => r,
             };
             match opened {

@@ -35,6 +35,11 @@ pub struct ClusterStore {
 }
 
 impl ClusterStore {
+    /// Returns the root of `shard`'s SlateDB database: `{prefix}/shards/{shard:05}`.
+    pub fn shard_path(&self, shard: crate::shard::ShardId) -> Path {
+        self.path(&format!("shards/{shard}"))
+    }
+
     /// Returns `{prefix}/{suffix}`.
     pub fn path(&self, suffix: &str) -> Path {
         let mut out = self.prefix.clone();

@@ -26,8 +26,8 @@ use std::time::Duration;
 use futures::{FutureExt, StreamExt};
 
 use crate::error::Result;
-use crate::lease::LeaseClock;
 use crate::node::{Node, ShardSlot, SlotState};
+use crate::placement::{plan, Holding};
 use crate::shard::ShardId;
 
 /// Shards acquired or released concurrently by one rebalance pass.
@@ -51,20 +51,18 @@ impl Node {
 
     /// Grants a fresh lease, registers this member under it and starts its keep-alive.
     async fn new_lease(self: &Arc<Self>) -> Result<()> {
-        let etcd = self.etcd.clone().expect("cluster mode");
-        let c = &self.config.cluster;
-        let clock = Arc::new(LeaseClock::default());
-        let id = etcd.grant(c.lease_ttl, &clock, c.lease_margin).await?;
-        etcd.register(&self.me, id).await?;
+        let etcd = self.etcd.as_ref().expect("cluster mode");
+        let (id, clock) = etcd
+            .start_lease(
+                Some(&self.me),
+                &self.config.cluster,
+                Arc::clone(&self.stats.keepalive),
+                &self.tasks,
+                self.cancel.clone(),
+            )
+            .await?;
         self.lease_id.store(id, Ordering::SeqCst);
-        *self.lease.write().unwrap_or_else(|e| e.into_inner()) = Arc::clone(&clock);
-        let (interval, margin, cancel) =
-            (c.keepalive_interval, c.lease_margin, self.cancel.clone());
-        let stats = Arc::clone(&self.stats.keepalive);
-        self.tasks.spawn(async move {
-            etcd.keep_alive(id, clock, stats, interval, margin, cancel)
-                .await
-        });
+        *self.lease.write().unwrap_or_else(|e| e.into_inner()) = clock;
         Ok(())
     }
 
@@ -137,38 +135,27 @@ impl Node {
         if !view.members.contains_key(&self.me.id) {
             return; // our registration is not visible yet (or we are leaving)
         }
-        let mut acquire = Vec::new();
-        let mut release = Vec::new();
-        for slot in &self.shards {
-            let desired = view.desired_owner(slot.id).map(|m| m.id.as_str());
-            let owner = view.owners.get(&slot.id.0);
-            match (slot.open_epoch(), owner) {
-                (None, None) if desired == Some(self.me.id.as_str()) => {
-                    if matches!(
-                        &*slot.state.borrow(),
-                        SlotState::NotOwned | SlotState::Fenced
-                    ) {
-                        acquire.push(Arc::clone(slot));
-                    }
-                }
-                (Some(epoch), Some(o))
-                    if o.id == self.me.id
-                        && o.epoch == epoch
-                        && desired.is_some_and(|d| d != self.me.id) =>
-                {
-                    release.push((Arc::clone(slot), epoch));
-                }
-                (Some(epoch), Some(o)) if o.id == self.me.id && o.epoch == epoch => {}
-                // The view predates our acquisition: nothing to conclude yet.
-                (Some(epoch), _) if view.revision < epoch => {}
-                (Some(epoch), _) => {
-                    // Our owner key is gone or belongs to someone else: stop serving at once.
-                    tracing::warn!(shard = %slot.id, epoch, "owner key lost; dropping shard");
-                    self.drop_slot(slot).await;
-                }
-                _ => {}
-            }
+        let holdings = self.shards.iter().map(|slot| {
+            let holding = match (slot.open_epoch(), &*slot.state.borrow()) {
+                (Some(epoch), _) => Holding::Held(epoch),
+                (None, SlotState::NotOwned | SlotState::Fenced) => Holding::Free,
+                (None, _) => Holding::Busy,
+            };
+            (slot.id, holding)
+        });
+        let planned = plan(&view, &self.me.id, holdings);
+        let slot = |shard: ShardId| Arc::clone(&self.shards[shard.0 as usize]);
+        for (shard, epoch) in planned.lost {
+            // Our owner key is gone or belongs to someone else: stop serving at once.
+            tracing::warn!(%shard, epoch, "owner key lost; dropping shard");
+            self.drop_slot(&slot(shard)).await;
         }
+        let acquire: Vec<_> = planned.acquire.into_iter().map(slot).collect();
+        let release: Vec<_> = planned
+            .release
+            .into_iter()
+            .map(|(s, e)| (slot(s), e))
+            .collect();
         let mut moves: Vec<futures::future::BoxFuture<'static, ()>> = Vec::new();
         for slot in acquire {
             let node = Arc::clone(self);

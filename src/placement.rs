@@ -52,6 +52,56 @@ impl ClusterView {
     }
 }
 
+/// What a member holds of one shard, as input to [`plan`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Holding {
+    /// Nothing, and free to acquire it.
+    Free,
+    /// Moving (opening, draining, stopping): leave it alone this pass.
+    Busy,
+    /// Held under this epoch.
+    Held(i64),
+}
+
+/// The moves one rebalance pass should make.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Moves {
+    /// Unowned shards whose rendezvous choice is this member.
+    pub acquire: Vec<ShardId>,
+    /// Held shards another live member should have: release them (planned move).
+    pub release: Vec<(ShardId, i64)>,
+    /// Held shards whose owner key is gone or belongs to someone else: stop at once.
+    pub lost: Vec<(ShardId, i64)>,
+}
+
+/// Decides, from `view`, what member `me` should do with each shard it reports a holding for.
+/// Gateways (shard ownership) and compactors (compaction claims) share this rule.
+pub fn plan(
+    view: &ClusterView,
+    me: &str,
+    holdings: impl IntoIterator<Item = (ShardId, Holding)>,
+) -> Moves {
+    let mut moves = Moves::default();
+    for (shard, holding) in holdings {
+        let desired = view.desired_owner(shard).map(|m| m.id.as_str());
+        let owner = view.owners.get(&shard.0);
+        match (holding, owner) {
+            (Holding::Free, None) if desired == Some(me) => moves.acquire.push(shard),
+            (Holding::Held(epoch), Some(o))
+                if o.id == me && o.epoch == epoch && desired.is_some_and(|d| d != me) =>
+            {
+                moves.release.push((shard, epoch));
+            }
+            (Holding::Held(epoch), Some(o)) if o.id == me && o.epoch == epoch => {}
+            // The view predates our acquisition: nothing to conclude yet.
+            (Holding::Held(epoch), _) if view.revision < epoch => {}
+            (Holding::Held(epoch), _) => moves.lost.push((shard, epoch)),
+            _ => {}
+        }
+    }
+    moves
+}
+
 /// Accumulates, per shard, the time it had no owner in one gateway's view of the cluster
 /// (failover and handoff gaps, for metrics).
 #[derive(Debug, Default)]
@@ -164,6 +214,44 @@ mod tests {
             totals,
             vec![Duration::from_millis(600), Duration::from_millis(300)]
         );
+    }
+
+    #[test]
+    fn plan_acquires_releases_and_drops() {
+        let m = members(2);
+        let mut view = ClusterView {
+            members: m.iter().map(|m| (m.id.clone(), m.clone())).collect(),
+            revision: 10,
+            ..ClusterView::default()
+        };
+        let mine = (0..64)
+            .map(ShardId)
+            .find(|s| view.desired_owner(*s).unwrap().id == "gw0");
+        let theirs = (0..64)
+            .map(ShardId)
+            .find(|s| view.desired_owner(*s).unwrap().id == "gw1");
+        let (mine, theirs) = (mine.unwrap(), theirs.unwrap());
+        let owner = |epoch| Owner {
+            id: "gw0".into(),
+            url: String::new(),
+            epoch,
+        };
+        view.owners.insert(theirs.0, owner(5));
+        let moves = plan(
+            &view,
+            "gw0",
+            [(mine, Holding::Free), (theirs, Holding::Held(5))],
+        );
+        assert_eq!(moves.acquire, vec![mine]);
+        assert_eq!(moves.release, vec![(theirs, 5)]);
+        // An owner key with another epoch means the holding is lost; a view older than the
+        // epoch proves nothing yet.
+        let moves = plan(&view, "gw0", [(theirs, Holding::Held(7))]);
+        assert_eq!(moves.lost, vec![(theirs, 7)]);
+        let moves = plan(&view, "gw0", [(mine, Holding::Held(11))]);
+        assert_eq!(moves, Moves::default());
+        let moves = plan(&view, "gw0", [(mine, Holding::Busy)]);
+        assert_eq!(moves, Moves::default());
     }
 
     #[test]

@@ -32,9 +32,11 @@
 //! - **Incarnations.** Every open [`ShardStore`] and [`ShardReader`] has a process-unique
 //!   [`ShardStore::incarnation`]; caches key entries by it, so nothing cached under one opening of
 //!   a shard is ever served under another.
-//! - **Compaction and GC.** Run in-process when `storage.embedded_compaction` is set (the
-//!   single-gateway mode). GC boundary files need `If-Match`, which the local filesystem store
-//!   lacks, so they are disabled there.
+//! - **Compaction and GC.** Run in-process only in the embedded single-gateway mode
+//!   ([`crate::NodeConfig::embedded_compaction`]). In cluster mode `compactor_options` and
+//!   `garbage_collector_options` are `None`: `tessera-compactor` runs both, and a writer with
+//!   its own compactor would be fenced by it. GC boundary files need `If-Match`, which the
+//!   local filesystem store lacks, so they are disabled there.
 
 use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -156,40 +158,35 @@ fn next_incarnation() -> u64 {
     INCARNATIONS.fetch_add(1, Ordering::Relaxed)
 }
 
-/// The path of `shard`'s database in the cluster's object store.
-fn shard_path(store: &ClusterStore, shard: ShardId) -> object_store::path::Path {
-    store.path(&format!("shards/{shard}"))
-}
-
 /// The block-cache id of a follower of `shard`: distinct from the writer's (`shard`).
 fn follower_cache_id(shard: ShardId) -> u64 {
     (1 << 32) | u64::from(shard.0)
 }
 
 impl ShardStore {
-    /// Opens (creating if needed) the database of `shard`, fencing any previous writer.
+    /// Opens (creating if needed) the database of `shard`, fencing any previous writer; runs
+    /// SlateDB's compactor and GC in-process if `embedded_compaction`.
     pub async fn open(
         shard: ShardId,
         store: &ClusterStore,
         storage: &StorageConfig,
         object_store: &ObjectStoreConfig,
         cache: &BlockCache,
+        embedded_compaction: bool,
     ) -> Result<Self> {
-        let path = shard_path(store, shard);
-        let local = object_store.url.starts_with("file://") || !object_store.url.contains("://");
+        let path = store.shard_path(shard);
         let settings = Settings {
             flush_interval: Some(storage.flush_interval),
             manifest_poll_interval: storage.manifest_poll_interval,
             l0_sst_size_bytes: storage.l0_sst_size_bytes,
             max_unflushed_bytes: storage.max_unflushed_bytes,
             object_store_max_retries: Some(object_store.max_retries),
-            compactor_options: storage.embedded_compaction.then(CompactorOptions::default),
-            garbage_collector_options: storage.embedded_compaction.then(|| {
-                GarbageCollectorOptions {
-                    boundary_files_enabled: !local,
-                    object_store_max_retries: Some(object_store.max_retries),
-                    ..Default::default()
-                }
+            l0_max_ssts: storage.l0_max_ssts,
+            compactor_options: embedded_compaction.then(CompactorOptions::default),
+            garbage_collector_options: embedded_compaction.then(|| GarbageCollectorOptions {
+                boundary_files_enabled: !object_store.is_local(),
+                object_store_max_retries: Some(object_store.max_retries),
+                ..Default::default()
             }),
             ..Settings::default()
         };
@@ -300,7 +297,7 @@ impl ShardReader {
             object_store_max_retries: Some(object_store.max_retries),
             ..DbReaderOptions::default()
         };
-        let reader = DbReader::builder(shard_path(store, shard), Arc::clone(&store.store))
+        let reader = DbReader::builder(store.shard_path(shard), Arc::clone(&store.store))
             .with_reader_mode(DbReaderMode::ManagedCheckpoint)
             .with_options(options)
             .with_db_cache(Arc::clone(&cache.0), follower_cache_id(shard))

@@ -1,5 +1,6 @@
 //! `minio-dev/run.sh`, the no-Docker local cluster, started for real on free ports: three
-//! gateways on etcd and s3s-fs serve each other's keys, and `clean` stops everything.
+//! gateways on etcd and s3s-fs serve each other's keys, a compactor daemon claims every shard,
+//! and `clean` stops everything.
 
 mod common;
 
@@ -7,7 +8,7 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::{client, free_port, gateway_bin, get_json};
+use common::{client, compactor_bin, free_port, gateway_bin, get_json, get_text};
 use reqwest::StatusCode;
 
 /// Runs `minio-dev/run.sh <action>` with the given overrides.
@@ -46,6 +47,7 @@ async fn run_sh_starts_a_working_three_gateway_cluster() {
     let dir = tempfile::tempdir().unwrap();
     let state: PathBuf = dir.path().join("run");
     let base = free_base();
+    let metrics_port = free_port();
     let env = vec![
         ("DEV_DIR", state.display().to_string()),
         ("ETCD_PORT", free_port().to_string()),
@@ -53,6 +55,8 @@ async fn run_sh_starts_a_working_three_gateway_cluster() {
         ("S3_PORT", free_port().to_string()),
         ("GW_PORT_BASE", base.to_string()),
         ("GATEWAY_BIN", gateway_bin().display().to_string()),
+        ("COMPACTOR_METRICS_PORT", metrics_port.to_string()),
+        ("COMPACTOR_BIN", compactor_bin().display().to_string()),
     ];
     let cleanup = Cleanup(env.clone());
     let up = tokio::task::block_in_place(|| run_sh("up", &env));
@@ -86,9 +90,21 @@ async fn run_sh_starts_a_working_three_gateway_cluster() {
     let view = get_json(&http, format!("{}/v1/cluster", gw(2))).await;
     assert_eq!(view["members"].as_array().unwrap().len(), 3, "{view}");
 
+    // The compactor daemon claims every shard (64 by default).
+    let metrics_url = format!("http://127.0.0.1:{metrics_port}/metrics");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let text = get_text(&http, &metrics_url).await;
+        if text.contains("tessera_compactor_shards_claimed 64") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{text}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+
     let status = run_sh("status", &env);
     let status = String::from_utf8_lossy(&status.stdout).to_string();
-    assert_eq!(status.matches(": running").count(), 5, "{status}");
+    assert_eq!(status.matches(": running").count(), 6, "{status}");
 
     drop(cleanup);
     assert!(!state.exists(), "clean removes the state directory");

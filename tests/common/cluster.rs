@@ -18,24 +18,24 @@ pub struct Cluster {
     pub dir: TempDir,
     pub gateways: Vec<Option<Gateway>>,
     name: String,
-    /// Extra gateway arguments.
+    /// Extra arguments of every gateway.
     extra: Vec<String>,
 }
 
 impl Cluster {
     pub async fn start(n: usize) -> Cluster {
-        Cluster::start_with(n, &[]).await
+        Self::start_with(n, Vec::new()).await
     }
 
-    /// Starts `n` gateways that get `extra` arguments on top of the usual ones.
-    pub async fn start_with(n: usize, extra: &[&str]) -> Cluster {
+    /// Starts `n` gateways, each with the extra arguments `extra`.
+    pub async fn start_with(n: usize, extra: Vec<String>) -> Cluster {
         let mut c = Cluster {
             etcd: EtcdServer::start(),
             s3: S3Server::start(),
             dir: tempfile::tempdir().unwrap(),
             gateways: Vec::new(),
             name: "test".into(),
-            extra: extra.iter().map(|s| s.to_string()).collect(),
+            extra,
         };
         for _ in 0..n {
             c.add().await;
@@ -51,8 +51,8 @@ impl Cluster {
             .arg(self.name.clone())
             .arg("--node-id")
             .arg(format!("gw{i}"));
-        o.shards = SHARDS;
         o.extra.extend(self.extra.iter().cloned());
+        o.shards = SHARDS;
         o
     }
 
@@ -179,4 +179,149 @@ pub fn log_tail(path: &Path) -> String {
         .rev()
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// A compactor daemon of a test cluster, with its metrics endpoint. Killed (SIGKILL) on drop.
+pub struct CompactorProc {
+    pub child: std::process::Child,
+    pub metrics_url: String,
+    pub log: std::path::PathBuf,
+}
+
+impl CompactorProc {
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// The metrics text.
+    pub async fn metrics(&self) -> String {
+        super::get_text(&client(), &self.metrics_url).await
+    }
+}
+
+impl Drop for CompactorProc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+impl Cluster {
+    /// `tessera-compactor` against this cluster, configured by the TOML text `config`.
+    pub fn compactor_command(&self, id: &str, config: &str, log: &Path) -> std::process::Command {
+        let cfg = self.dir.path().join(format!("{id}.toml"));
+        std::fs::write(&cfg, config).unwrap();
+        let mut cmd = std::process::Command::new(super::compactor_bin());
+        cmd.arg("--config")
+            .arg(cfg)
+            .args(["--store", &format!("s3://{}/cluster", super::S3_BUCKET)])
+            .args(["--s3-endpoint", &self.s3.endpoint()])
+            .args(["--etcd", &self.etcd.endpoint()])
+            .args(["--cluster", &self.name, "--node-id", id])
+            .args(["--log", "info,slatedb=warn"])
+            .env("AWS_ACCESS_KEY_ID", super::S3_ACCESS_KEY)
+            .env("AWS_SECRET_ACCESS_KEY", super::S3_SECRET_KEY)
+            .env("AWS_REGION", "us-east-1")
+            .env_remove("TESSERA_CONFIG")
+            .stdin(std::process::Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap());
+        cmd
+    }
+
+    /// Starts a compactor daemon and waits for its metrics endpoint.
+    pub fn start_compactor(&self, id: &str, config: &str) -> CompactorProc {
+        let log = self.dir.path().join(format!("{id}-{}.log", now_ms()));
+        let mut child = self
+            .compactor_command(id, config, &log)
+            .args(["--metrics-listen", "127.0.0.1:0"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn compactor");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            let mut lines = std::io::BufReader::new(stdout).lines();
+            if let Some(Ok(line)) = lines.next() {
+                let _ = tx.send(line);
+            }
+            for _ in lines {}
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(120))
+            .unwrap_or_else(|_| {
+                panic!("compactor did not start:\n{}", log_tail(&log));
+            });
+        let metrics_url = line.rsplit(' ').next().unwrap().to_string();
+        CompactorProc {
+            child,
+            metrics_url,
+            log,
+        }
+    }
+
+    /// The cluster's object store, read directly (test-side checks of manifests).
+    pub fn store(&self) -> tessera::objstore::ClusterStore {
+        // Test processes share these constant credentials; setting them is idempotent.
+        std::env::set_var("AWS_ACCESS_KEY_ID", super::S3_ACCESS_KEY);
+        std::env::set_var("AWS_SECRET_ACCESS_KEY", super::S3_SECRET_KEY);
+        std::env::set_var("AWS_REGION", "us-east-1");
+        tessera::objstore::open(&tessera::ObjectStoreConfig {
+            url: format!("s3://{}/cluster", super::S3_BUCKET),
+            endpoint: Some(self.s3.endpoint()),
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
+    /// L0 SST count of every shard, from its latest manifest.
+    pub async fn l0_counts(&self) -> Vec<usize> {
+        let store = self.store();
+        let mut out = Vec::new();
+        for shard in 0..SHARDS {
+            let admin = slatedb::admin::AdminBuilder::new(
+                store.shard_path(tessera::ShardId(shard)),
+                store.store.clone(),
+            )
+            .build();
+            let manifest = admin.read_manifest(None).await.unwrap();
+            out.push(manifest.map_or(0, |m| m.l0().len()));
+        }
+        out
+    }
+
+    /// Objects stored under the shards' prefix (WAL SSTs, SSTs, manifests, job files).
+    pub fn object_count(&self) -> usize {
+        fn count(dir: &Path) -> usize {
+            std::fs::read_dir(dir).map_or(0, |entries| {
+                entries
+                    .flatten()
+                    .map(|e| {
+                        let p = e.path();
+                        if p.is_dir() {
+                            count(&p)
+                        } else {
+                            1
+                        }
+                    })
+                    .sum()
+            })
+        }
+        count(&self.s3.bucket_dir().join("cluster").join("shards"))
+    }
+}
+
+/// Every sample of metric `name` (labels text → value).
+pub fn samples(text: &str, name: &str) -> BTreeMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let rest = l.strip_prefix(name)?;
+            let (labels, value) = rest.rsplit_once(' ')?;
+            if !(labels.is_empty() || labels.starts_with('{')) {
+                return None;
+            }
+            Some((labels.to_string(), value.parse().ok()?))
+        })
+        .collect()
 }

@@ -1,0 +1,244 @@
+//! The daemon: joins the compactors' member set, claims the shards rendezvous hashing gives it,
+//! compacts and garbage-collects them, and follows the member set as compactors come and go.
+//!
+//! One loop, woken by view changes and every [`TICK`]:
+//! 1. Lease lost (etcd said TTL 0): every claim went with it; stop every job, grant a new lease.
+//! 2. A job whose claim no longer holds (lease deadline passed, claim key gone) stops at once.
+//!    A job that stopped on its own (fenced by another compactor, object-store failure) is
+//!    counted as failed and its claim released, so the shard is claimed and started afresh.
+//! 3. Unless a membership change is younger than `rebalance_delay`: release the shards another
+//!    live compactor should have (stop the job first, then delete the claim) and claim the
+//!    unclaimed shards this compactor should have.
+//! 4. Every `poll_interval`: read each held shard's manifest into the metrics.
+//!
+//! Shutdown stops every job, then releases its claim, then deregisters and revokes the lease.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tessera::claims::{Claim, Claims};
+use tessera::objstore::ClusterStore;
+use tessera::placement::Holding;
+use tessera::{Member, ShardId};
+
+use crate::config::CompactorConfig;
+use crate::engine::{read_stats, Counters, ShardJob};
+use crate::error::Result;
+use crate::metrics::Metrics;
+
+/// How often the loop runs without a view change.
+const TICK: Duration = Duration::from_millis(250);
+
+/// A shard this daemon holds.
+struct Held {
+    claim: Claim,
+    job: ShardJob,
+    /// The job's counters already added to the metrics.
+    reported: Counters,
+    /// Sorted runs seen so far (a new one is a committed compaction); `None` before the first
+    /// manifest reading.
+    runs: Option<BTreeSet<u32>>,
+}
+
+/// Runs the daemon until `shutdown` resolves.
+pub async fn run(
+    cfg: CompactorConfig,
+    store: ClusterStore,
+    shard_count: u32,
+    me: Member,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
+    let claims = Claims::join(&cfg.cluster, me, true).await?;
+    tracing::info!(member = %claims.me().id, shards = shard_count, "compactor joined");
+    let mut daemon = Daemon {
+        cfg,
+        store,
+        shard_count,
+        claims,
+        metrics,
+        held: BTreeMap::new(),
+    };
+    let mut changes = daemon.claims.subscribe();
+    let mut members = BTreeMap::new();
+    let mut quiet_until = Instant::now();
+    let mut next_stats = Instant::now();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = changes.changed() => {}
+            _ = tokio::time::sleep(TICK) => {}
+        }
+        let view_members = changes.borrow_and_update().members.clone();
+        if view_members != members {
+            members = view_members;
+            quiet_until = Instant::now() + daemon.cfg.cluster.rebalance_delay;
+        }
+        daemon.step(Instant::now() >= quiet_until).await;
+        if Instant::now() >= next_stats {
+            daemon.refresh_stats().await;
+            next_stats = Instant::now() + daemon.cfg.compaction.poll_interval;
+        }
+    }
+    tracing::info!(shards = daemon.held.len(), "stopping: releasing claims");
+    let held = std::mem::take(&mut daemon.held);
+    for (_, h) in held {
+        let claim = h.claim;
+        daemon.stop(h).await;
+        daemon.claims.release(claim).await;
+    }
+    daemon.claims.close().await;
+    Ok(())
+}
+
+struct Daemon {
+    cfg: CompactorConfig,
+    store: ClusterStore,
+    shard_count: u32,
+    claims: Arc<Claims>,
+    metrics: Arc<Metrics>,
+    held: BTreeMap<ShardId, Held>,
+}
+
+impl Daemon {
+    async fn step(&mut self, rebalance: bool) {
+        if self.claims.lease_lost() {
+            tracing::warn!("lease lost: stopping every shard and rejoining");
+            for (_, h) in std::mem::take(&mut self.held) {
+                self.stop(h).await;
+            }
+            if let Err(e) = self.claims.renew().await {
+                tracing::warn!(error = %e, "rejoin failed; retrying");
+            }
+            return;
+        }
+        // Work only while the claim holds (lease deadline and claim key).
+        let gone: Vec<ShardId> = self
+            .held
+            .iter()
+            .filter(|(_, h)| !self.claims.holds(&h.claim) || h.job.finished())
+            .map(|(s, _)| *s)
+            .collect();
+        for shard in gone {
+            let Some(h) = self.held.remove(&shard) else {
+                continue;
+            };
+            let (claim, finished) = (h.claim, h.job.finished());
+            if finished {
+                self.stop(h).await;
+                // Free the shard so the next pass claims it and starts afresh.
+                self.claims.release(claim).await;
+            } else {
+                tracing::warn!(%shard, epoch = claim.epoch, "compaction claim lost; stopping");
+                self.stop(h).await;
+            }
+        }
+        if !rebalance {
+            return;
+        }
+        let holdings = (0..self.shard_count).map(ShardId).map(|s| {
+            let holding = match self.held.get(&s) {
+                Some(h) => Holding::Held(h.claim.epoch),
+                None => Holding::Free,
+            };
+            (s, holding)
+        });
+        let moves = self.claims.plan(holdings);
+        for (shard, _) in moves.lost.into_iter().chain(moves.release) {
+            if let Some(h) = self.held.remove(&shard) {
+                let claim = h.claim;
+                // ORDERING: stop compacting before deleting the claim, so the next holder
+                // never overlaps with us.
+                self.stop(h).await;
+                self.claims.release(claim).await;
+                tracing::info!(%shard, "released shard");
+            }
+        }
+        for shard in moves.acquire {
+            match self.claims.claim(shard).await {
+                Ok(Some(claim)) => {
+                    let job = ShardJob::start(
+                        &self.store,
+                        &self.cfg.object_store,
+                        &self.cfg.compaction,
+                        shard,
+                        true,
+                    );
+                    tracing::info!(%shard, epoch = claim.epoch, "claimed shard");
+                    self.held.insert(
+                        shard,
+                        Held {
+                            claim,
+                            job,
+                            reported: Counters::default(),
+                            runs: None,
+                        },
+                    );
+                }
+                Ok(None) => {} // claimed by someone else; the watch will tell us
+                Err(e) => tracing::warn!(%shard, error = %e, "claim failed"),
+            }
+        }
+        self.metrics.set_claimed(self.held.len());
+    }
+
+    /// Stops `h`'s job and records its final counters (and its failure, if it failed).
+    async fn stop(&self, mut h: Held) {
+        let shard = h.job.shard();
+        let (counters, outcome) = h.job.stop().await;
+        self.report(shard, &mut h.reported, counters, 0);
+        if let Err(e) = outcome {
+            tracing::warn!(%shard, error = %e, "compactor stopped with an error");
+            self.metrics.failed(shard);
+        }
+        self.metrics.forget(shard);
+    }
+
+    fn report(&self, shard: ShardId, reported: &mut Counters, now: Counters, compactions: u64) {
+        let delta = Counters {
+            bytes_written: now.bytes_written.saturating_sub(reported.bytes_written),
+            ssts_written: now.ssts_written.saturating_sub(reported.ssts_written),
+            gc_deleted: now.gc_deleted.saturating_sub(reported.gc_deleted),
+        };
+        self.metrics.add(shard, delta, compactions);
+        *reported = now;
+    }
+
+    /// Reads every held shard's manifest (concurrently, so the loop stays responsive) into the
+    /// metrics, with the jobs' counters.
+    async fn refresh_stats(&mut self) {
+        let shards: Vec<ShardId> = self.held.keys().copied().collect();
+        let (store, object_store) = (&self.store, &self.cfg.object_store);
+        let readings =
+            futures::future::join_all(shards.iter().map(|&shard| async move {
+                (shard, read_stats(store, object_store, shard).await)
+            }))
+            .await;
+        for (shard, stats) in readings {
+            let Some(h) = self.held.get_mut(&shard) else {
+                continue;
+            };
+            let now = h.job.counters();
+            let mut compactions = 0;
+            match stats {
+                Ok(stats) => {
+                    let runs: BTreeSet<u32> = stats.run_ids.iter().copied().collect();
+                    if let Some(seen) = &h.runs {
+                        compactions = runs.difference(seen).count() as u64;
+                    }
+                    h.runs = Some(runs);
+                    self.metrics.observe(shard, &stats);
+                }
+                Err(e) => tracing::warn!(%shard, error = %e, "reading the manifest failed"),
+            }
+            let mut reported = h.reported;
+            self.report(shard, &mut reported, now, compactions);
+            if let Some(h) = self.held.get_mut(&shard) {
+                h.reported = reported;
+            }
+        }
+    }
+}

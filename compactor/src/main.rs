@@ -1,0 +1,233 @@
+//! `tessera-compactor`: parse flags → load config → init logging → run the daemon or one
+//! batch pass.
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use compactor::config::LogFormat;
+use compactor::metrics::Metrics;
+use compactor::progress::Progress;
+use compactor::{daemon, once, CompactorConfig};
+use tessera::Member;
+use tokio_util::sync::CancellationToken;
+
+/// Tessera compactor: compacts and garbage-collects the shards of a cluster-mode store, as a
+/// daemon (default) or as one batch pass (--once).
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// Run one pass over every shard and exit: 0 if every shard ends below the L0 threshold,
+    /// 1 otherwise (a summary is printed).
+    #[arg(long)]
+    once: bool,
+    /// TOML config file (see compactor/compactor.example.toml).
+    #[arg(long, env = "TESSERA_CONFIG")]
+    config: Option<PathBuf>,
+    /// Object store URL (object_store.url): the gateways' store.
+    #[arg(long, env = "TESSERA_STORE")]
+    store: Option<String>,
+    /// S3 endpoint for S3-compatible servers (object_store.endpoint).
+    #[arg(long, env = "TESSERA_S3_ENDPOINT")]
+    s3_endpoint: Option<String>,
+    /// etcd endpoints, comma-separated (cluster.etcd_endpoints); required.
+    #[arg(long, env = "TESSERA_ETCD", value_delimiter = ',')]
+    etcd: Option<Vec<String>>,
+    /// Cluster name (cluster.name).
+    #[arg(long, env = "TESSERA_CLUSTER")]
+    cluster: Option<String>,
+    /// Member id (cluster.node_id); default: {hostname}-{pid}.
+    #[arg(long, env = "TESSERA_NODE_ID")]
+    node_id: Option<String>,
+    /// etcd lease TTL (cluster.lease_ttl), whole seconds.
+    #[arg(long, env = "TESSERA_LEASE_TTL", value_parser = humantime::parse_duration)]
+    lease_ttl: Option<Duration>,
+    /// L0 SSTs at which a shard is compacted (compaction.l0_threshold).
+    #[arg(long, env = "TESSERA_L0_THRESHOLD")]
+    l0_threshold: Option<usize>,
+    /// Manifest/job polling per shard (compaction.poll_interval).
+    #[arg(long, env = "TESSERA_POLL_INTERVAL", value_parser = humantime::parse_duration)]
+    poll_interval: Option<Duration>,
+    /// --once gives up after this long (compaction.once_timeout).
+    #[arg(long, env = "TESSERA_TIMEOUT", value_parser = humantime::parse_duration)]
+    timeout: Option<Duration>,
+    /// Prometheus endpoint address (metrics.listen), daemon only.
+    #[arg(long, env = "TESSERA_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
+    /// Log filter (log.level).
+    #[arg(long, env = "TESSERA_LOG")]
+    log: Option<String>,
+    /// Log format (log.format): text or json.
+    #[arg(long, env = "TESSERA_LOG_FORMAT")]
+    log_format: Option<String>,
+}
+
+impl Args {
+    fn into_config(self) -> Result<(CompactorConfig, bool), String> {
+        let mut c = match &self.config {
+            Some(path) => CompactorConfig::from_file(path)?,
+            None => CompactorConfig::default(),
+        };
+        if let Some(v) = self.store {
+            c.object_store.url = v;
+        }
+        if let Some(v) = self.s3_endpoint {
+            c.object_store.endpoint = Some(v);
+        }
+        if let Some(v) = self.etcd {
+            c.cluster.etcd_endpoints = v;
+        }
+        if let Some(v) = self.cluster {
+            c.cluster.name = v;
+        }
+        if let Some(v) = self.node_id {
+            c.cluster.node_id = Some(v);
+        }
+        if let Some(v) = self.lease_ttl {
+            c.cluster.lease_ttl = v;
+        }
+        if let Some(v) = self.l0_threshold {
+            c.compaction.l0_threshold = v;
+        }
+        if let Some(v) = self.poll_interval {
+            c.compaction.poll_interval = v;
+        }
+        if let Some(v) = self.timeout {
+            c.compaction.once_timeout = v;
+        }
+        if let Some(v) = self.metrics_listen {
+            c.metrics.listen = Some(v);
+        }
+        if let Some(v) = self.log {
+            c.log.level = v;
+        }
+        if let Some(v) = self.log_format {
+            c.log.format = match v.as_str() {
+                "text" => LogFormat::Text,
+                "json" => LogFormat::Json,
+                other => return Err(format!("--log-format must be text or json, got `{other}`")),
+            };
+        }
+        c.validate()?;
+        Ok((c, self.once))
+    }
+}
+
+fn init_logging(c: &CompactorConfig) -> Result<(), String> {
+    let filter = tracing_subscriber::EnvFilter::try_new(&c.log.level)
+        .map_err(|e| format!("invalid log.level `{}`: {e}", c.log.level))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match c.log.format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    Ok(())
+}
+
+/// A future resolving on SIGINT or SIGTERM; handlers are installed before it returns.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
+        }
+        tracing::info!("shutdown signal received");
+    })
+}
+
+/// This compactor as a member: its configured id, or `{hostname}-{pid}`.
+fn member(c: &CompactorConfig, metrics_url: Option<String>) -> Member {
+    let id = c.cluster.node_id.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "compactor".into());
+        format!("{host}-{}", std::process::id())
+    });
+    Member {
+        id,
+        url: metrics_url.unwrap_or_default(),
+    }
+}
+
+async fn run(config: CompactorConfig, once: bool) -> Result<ExitCode, String> {
+    let signal = shutdown_signal().map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    if once {
+        let (store, shards) = compactor::open_cluster(&config)
+            .await
+            .map_err(|e| e.to_string())?;
+        let progress = Progress::new(std::io::stdout().is_terminal());
+        let me = member(&config, None);
+        let summary = tokio::select! {
+            r = once::run(&config, &store, shards, me, &progress) => r.map_err(|e| e.to_string())?,
+            _ = signal => return Err("interrupted".into()),
+        };
+        progress.finish();
+        println!("{summary}");
+        return Ok(if summary.succeeded() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        });
+    }
+    let metrics = Arc::new(Metrics::new());
+    let cancel = CancellationToken::new();
+    let metrics_url = match config.metrics.listen {
+        Some(addr) => {
+            let bound = compactor::metrics::serve(addr, Arc::clone(&metrics), cancel.clone())
+                .await
+                .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+            println!("Tessera compactor metrics on http://{bound}/metrics");
+            Some(format!("http://{bound}"))
+        }
+        None => None,
+    };
+    tokio::pin!(signal);
+    // The gateways create the cluster; a daemon started first waits for it.
+    let (store, shards) = loop {
+        match compactor::open_cluster(&config).await {
+            Ok(found) => break found,
+            Err(e) => tracing::warn!(error = %e, "waiting for the cluster"),
+        }
+        tokio::select! {
+            _ = &mut signal => return Ok(ExitCode::SUCCESS),
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    };
+    let me = member(&config, metrics_url);
+    let result = daemon::run(config, store, shards, me, metrics, signal).await;
+    cancel.cancel();
+    result.map_err(|e| e.to_string())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let (config, once) = match Args::parse().into_config() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("tessera-compactor: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(e) = init_logging(&config) {
+        eprintln!("tessera-compactor: {e}");
+        return ExitCode::from(2);
+    }
+    match run(config, once).await {
+        Ok(code) => code,
+        Err(e) => {
+            tracing::error!(error = %e, "compactor failed");
+            eprintln!("tessera-compactor: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,155 @@
+//! Prometheus metrics of a compactor, served as text at `GET /metrics` when
+//! `metrics.listen` is set. Per shard (label `shard`, five digits): the manifest's L0 SST count
+//! and sorted runs while this compactor holds the shard; bytes and SSTs written by compactions,
+//! compactions done (new sorted runs committed), failed compactor runs, and objects deleted by
+//! the garbage collector.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::routing::get;
+use prometheus::{Encoder, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use tessera::ShardId;
+use tokio_util::sync::CancellationToken;
+
+use crate::engine::{Counters, ShardStats};
+
+/// The compactor's metrics.
+pub struct Metrics {
+    registry: Registry,
+    claimed: IntGauge,
+    l0: IntGaugeVec,
+    sorted_runs: IntGaugeVec,
+    bytes_written: IntCounterVec,
+    ssts_written: IntCounterVec,
+    compactions: IntCounterVec,
+    failures: IntCounterVec,
+    gc_deleted: IntCounterVec,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let registry =
+            Registry::new_custom(Some("tessera_compactor".into()), None).expect("valid prefix");
+        let gauge = |name: &str, help: &str| {
+            let g = IntGaugeVec::new(Opts::new(name, help), &["shard"]).expect("valid metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
+            g
+        };
+        let counter = |name: &str, help: &str| {
+            let c = IntCounterVec::new(Opts::new(name, help), &["shard"]).expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
+            c
+        };
+        let claimed = IntGauge::new("shards_claimed", "Shards this compactor holds a claim on")
+            .expect("valid metric");
+        registry
+            .register(Box::new(claimed.clone()))
+            .expect("unique metric");
+        Metrics {
+            claimed,
+            l0: gauge("l0_ssts", "L0 SSTs in the shard's manifest"),
+            sorted_runs: gauge("sorted_runs", "Sorted runs in the shard's manifest"),
+            bytes_written: counter("bytes_written_total", "Bytes written by compactions"),
+            ssts_written: counter("ssts_written_total", "SSTs written by compactions"),
+            compactions: counter(
+                "compactions_total",
+                "Compactions committed (new sorted runs)",
+            ),
+            failures: counter(
+                "failures_total",
+                "Compactor or GC runs that stopped with an error (fenced, object store)",
+            ),
+            gc_deleted: counter("gc_deleted_objects_total", "Objects deleted by GC"),
+            registry,
+        }
+    }
+
+    /// Records the number of shards held.
+    pub fn set_claimed(&self, n: usize) {
+        self.claimed.set(n as i64);
+    }
+
+    /// Records a manifest reading of a held shard.
+    pub fn observe(&self, shard: ShardId, stats: &ShardStats) {
+        let s = shard.to_string();
+        self.l0.with_label_values(&[&s]).set(stats.l0 as i64);
+        self.sorted_runs
+            .with_label_values(&[&s])
+            .set(stats.sorted_runs as i64);
+    }
+
+    /// Forgets the gauges of a shard this compactor no longer holds (its new holder reports it).
+    pub fn forget(&self, shard: ShardId) {
+        let s = shard.to_string();
+        let _ = self.l0.remove_label_values(&[&s]);
+        let _ = self.sorted_runs.remove_label_values(&[&s]);
+    }
+
+    /// Adds work done on `shard`.
+    pub fn add(&self, shard: ShardId, delta: Counters, compactions: u64) {
+        let s = [shard.to_string()];
+        let s = [s[0].as_str()];
+        self.bytes_written
+            .with_label_values(&s)
+            .inc_by(delta.bytes_written);
+        self.ssts_written
+            .with_label_values(&s)
+            .inc_by(delta.ssts_written);
+        self.gc_deleted
+            .with_label_values(&s)
+            .inc_by(delta.gc_deleted);
+        self.compactions.with_label_values(&s).inc_by(compactions);
+    }
+
+    /// Counts a failed compactor run on `shard`.
+    pub fn failed(&self, shard: ShardId) {
+        self.failures.with_label_values(&[&shard.to_string()]).inc();
+    }
+
+    /// The metrics in Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        // Encoding into a Vec cannot fail.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    }
+}
+
+/// Serves `GET /metrics` on `addr` until `cancel`; returns the bound address.
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    cancel: CancellationToken,
+) -> std::io::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            get(|State(m): State<Arc<Metrics>>| async move { m.render() }),
+        )
+        .with_state(metrics);
+    tokio::spawn(async move {
+        let shutdown = async move { cancel.cancelled().await };
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            tracing::warn!(error = %e, "metrics endpoint stopped");
+        }
+    });
+    Ok(bound)
+}

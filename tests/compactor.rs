@@ -1,0 +1,395 @@
+//! Offloaded compaction with real processes: etcd, s3s-fs, cluster-mode gateways (which do not
+//! compact) and `tessera-compactor` daemons and batch runs. Small SSTs make L0 fill in seconds.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::client;
+use common::cluster::{log_tail, samples, Cluster, CompactorProc, SHARDS};
+use reqwest::StatusCode;
+
+/// Gateway storage settings: 32 KiB memtables, so a few hundred KiB of writes make several L0
+/// SSTs per shard; `l0_max_ssts` is where memtable flushes stop (backpressure).
+fn gateway_args(dir: &std::path::Path, l0_max_ssts: usize, extra: &str) -> Vec<String> {
+    let path = dir.join(format!("gateway-{l0_max_ssts}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            "[storage]\nl0_sst_size_bytes = 32768\nmax_unflushed_bytes = 262144\n\
+             l0_max_ssts = {l0_max_ssts}\n{extra}"
+        ),
+    )
+    .unwrap();
+    vec!["--config".into(), path.display().to_string()]
+}
+
+/// Compactor settings for tests: fast polling, a killed worker's job retried after 3 s, GC of
+/// objects older than 3 s (above the gateways' 1 s manifest poll, so no gateway still reads an
+/// SST the GC deletes).
+fn compactor_config(l0_threshold: usize) -> String {
+    format!(
+        "[compaction]\nl0_threshold = {l0_threshold}\npoll_interval = \"200ms\"\n\
+         job_timeout = \"3s\"\ngc_interval = \"1s\"\ngc_min_age = \"3s\"\nonce_timeout = \"120s\"\n"
+    )
+}
+
+/// A 2 KiB value derived from the key.
+fn value(key: &str) -> String {
+    key.repeat(2048 / key.len() + 1)[..2048].to_string()
+}
+
+/// Writes `n` keys `{prefix}{i}` through `urls` (round robin), 16 at a time; returns them.
+async fn write_keys(urls: &[String], prefix: &str, n: usize) -> BTreeMap<String, String> {
+    let http = client();
+    let keys: Vec<String> = (0..n).map(|i| format!("{prefix}{i}")).collect();
+    let results =
+        futures::future::join_all(keys.chunks(n.div_ceil(16)).enumerate().map(|(t, chunk)| {
+            let (http, url) = (http.clone(), urls[t % urls.len()].clone());
+            let chunk = chunk.to_vec();
+            async move {
+                for k in &chunk {
+                    let r = http
+                        .put(format!("{url}/v1/kv/{k}"))
+                        .body(value(k))
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(r.status(), StatusCode::OK, "{}", r.text().await.unwrap());
+                }
+                chunk
+            }
+        }))
+        .await;
+    results
+        .into_iter()
+        .flatten()
+        .map(|k| (k.clone(), value(&k)))
+        .collect()
+}
+
+/// Writes keys `{prefix}{i}` through `url` from 8 tasks until `stop`; returns the acknowledged
+/// ones (a 503 or a timeout means the outcome is unknown, so those are not expected back).
+fn background_writer(
+    url: String,
+    prefix: &'static str,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<BTreeMap<String, String>> {
+    tokio::spawn(async move {
+        let http = client();
+        let tasks = (0..8).map(|t| {
+            let (http, url, stop) = (http.clone(), url.clone(), Arc::clone(&stop));
+            async move {
+                let mut acked = Vec::new();
+                let mut i = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let k = format!("{prefix}{t}-{i}");
+                    i += 1;
+                    if let Ok(r) = http
+                        .put(format!("{url}/v1/kv/{k}"))
+                        .body(value(&k))
+                        .send()
+                        .await
+                    {
+                        if r.status() == StatusCode::OK {
+                            acked.push(k);
+                        }
+                    }
+                }
+                acked
+            }
+        });
+        futures::future::join_all(tasks)
+            .await
+            .into_iter()
+            .flatten()
+            .map(|k| (k.clone(), value(&k)))
+            .collect()
+    })
+}
+
+/// Reads every key of `want` through `url` and checks its value.
+async fn read_back(url: &str, want: &BTreeMap<String, String>) {
+    let http = client();
+    for (k, v) in want {
+        let r = http.get(format!("{url}/v1/kv/{k}")).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "key {k} lost");
+        assert!(r.text().await.unwrap() == *v, "key {k} has a wrong value");
+    }
+}
+
+/// Polls until every shard's L0 is below `threshold`; returns the counts.
+async fn await_l0_below(c: &Cluster, threshold: usize, timeout: Duration) -> Vec<usize> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let l0 = c.l0_counts().await;
+        if l0.iter().all(|&n| n < threshold) {
+            return l0;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "L0 not below {threshold}: {l0:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// Shards whose L0 gauge `p` reports (the shards it holds and has read).
+async fn reported_shards(p: &CompactorProc) -> BTreeSet<String> {
+    samples(&p.metrics().await, "tessera_compactor_l0_ssts")
+        .into_keys()
+        .collect()
+}
+
+fn sum(text: &str, name: &str) -> f64 {
+    samples(text, name).values().sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn once_compacts_every_shard_and_gc_shrinks_storage() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Cluster::start_with(2, gateway_args(dir.path(), 64, "")).await;
+    c.await_stable(&[0, 1], Duration::from_secs(30)).await;
+    let urls = vec![c.gw(0).url.clone(), c.gw(1).url.clone()];
+    let data = write_keys(&urls, "k", 2400).await;
+
+    // Gateways in cluster mode do not compact: L0 accumulates.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let before = loop {
+        let l0 = c.l0_counts().await;
+        if l0.iter().all(|&n| n >= 4) {
+            break l0;
+        }
+        assert!(Instant::now() < deadline, "L0 did not accumulate: {l0:?}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    tokio::time::sleep(Duration::from_secs(4)).await; // WAL objects older than gc_min_age
+    let objects_before = c.object_count();
+
+    let log = dir.path().join("once.log");
+    let started = Instant::now();
+    let out = c
+        .compactor_command("batch", &compactor_config(4), &log)
+        .arg("--once")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "--once failed:\n{stdout}\n{}",
+        log_tail(&log)
+    );
+    println!("--once took {:?}:\n{stdout}", started.elapsed());
+    assert!(
+        stdout.contains(&format!("{SHARDS} shards: {SHARDS} compacted")),
+        "{stdout}"
+    );
+    assert!(stdout.contains(" 0 failed"), "{stdout}");
+    let after = c.l0_counts().await;
+    assert!(
+        after.iter().all(|&n| n < 4),
+        "before {before:?} after {after:?}"
+    );
+    read_back(&urls[1], &data).await;
+
+    // A second pass finds nothing to compact; its GC also removes the SSTs the first pass
+    // replaced, now older than gc_min_age.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let out = c
+        .compactor_command("batch", &compactor_config(4), &log)
+        .arg("--once")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains(&format!("{SHARDS} already below threshold")),
+        "{stdout}"
+    );
+    let objects_after = c.object_count();
+    println!("objects: {objects_before} before, {objects_after} after GC");
+    assert!(
+        objects_after < objects_before,
+        "GC removed nothing: {objects_before} -> {objects_after}"
+    );
+    read_back(&urls[0], &data).await;
+    for i in 0..2 {
+        assert!(
+            !c.gw(i).log_text().contains("Fenced"),
+            "a gateway was fenced"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_daemons_split_shards_and_survive_kill9() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Cluster::start_with(2, gateway_args(dir.path(), 64, "")).await;
+    c.await_stable(&[0, 1], Duration::from_secs(30)).await;
+    let mut c0 = c.start_compactor("c0", &compactor_config(4));
+    let c1 = c.start_compactor("c1", &compactor_config(4));
+
+    // Claims are disjoint and cover every shard.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (a, b) = (reported_shards(&c0).await, reported_shards(&c1).await);
+        if a.len() + b.len() == SHARDS as usize && a.is_disjoint(&b) && !a.is_empty() {
+            assert!(!b.is_empty());
+            break;
+        }
+        assert!(a.is_disjoint(&b), "overlapping claims: {a:?} {b:?}");
+        assert!(Instant::now() < deadline, "claims incomplete: {a:?} {b:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = background_writer(c.gw(0).url.clone(), "w", Arc::clone(&stop));
+    // Kill c0 while it is compacting.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while sum(&c0.metrics().await, "tessera_compactor_bytes_written_total") == 0.0 {
+        assert!(
+            Instant::now() < deadline,
+            "c0 never compacted:\n{}",
+            log_tail(&c0.log)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let killed = Instant::now();
+    c0.kill9();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while reported_shards(&c1).await.len() < SHARDS as usize {
+        assert!(
+            Instant::now() < deadline,
+            "c1 did not take over c0's shards"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!("c1 holds every shard {:?} after the kill", killed.elapsed());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, Ordering::Relaxed);
+    let acked = writer.await.unwrap();
+    assert!(
+        acked.len() > 100,
+        "only {} writes acknowledged",
+        acked.len()
+    );
+
+    // c1 compacts c0's former shards too (the killed job is retried after job_timeout).
+    let l0 = await_l0_below(&c, 4, Duration::from_secs(90)).await;
+    println!("L0 after takeover: {l0:?}; {} writes", acked.len());
+    assert!(sum(&c1.metrics().await, "tessera_compactor_failures_total") == 0.0);
+    read_back(&c.gw(1).url, &acked).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_failover_during_compaction_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Cluster::start_with(3, gateway_args(dir.path(), 64, "")).await;
+    c.await_stable(&[0, 1, 2], Duration::from_secs(30)).await;
+    let comp = c.start_compactor("c0", &compactor_config(4));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = background_writer(c.gw(0).url.clone(), "f", Arc::clone(&stop));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while sum(
+        &comp.metrics().await,
+        "tessera_compactor_bytes_written_total",
+    ) == 0.0
+    {
+        assert!(Instant::now() < deadline, "no compaction started");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    c.gateways[2].as_mut().unwrap().kill9();
+    c.gateways[2] = None;
+    c.await_stable(&[0, 1], Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, Ordering::Relaxed);
+    let acked = writer.await.unwrap();
+    await_l0_below(&c, 4, Duration::from_secs(90)).await;
+    read_back(&c.gw(1).url, &acked).await;
+    println!(
+        "{} acknowledged writes read back after the failover",
+        acked.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_compactor_writes_wait_then_503_and_none_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    // L0 stops at 2 SSTs per shard; requests give up after 3 s.
+    let c = Cluster::start_with(
+        1,
+        gateway_args(dir.path(), 2, "[server]\nrequest_timeout = \"3s\"\n"),
+    )
+    .await;
+    c.await_stable(&[0], Duration::from_secs(30)).await;
+    let url = c.gw(0).url.clone();
+    let http = client();
+    let mut acked = BTreeMap::new();
+    let mut codes = BTreeMap::<String, usize>::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    // Write until several writes were refused.
+    let mut i = 0;
+    while codes.values().sum::<usize>() < 8 {
+        assert!(Instant::now() < deadline, "writes never stalled");
+        let batch: Vec<String> = (i..i + 16).map(|j| format!("b{j}")).collect();
+        i += 16;
+        let results = futures::future::join_all(batch.iter().map(|k| {
+            let http = http.clone();
+            let url = format!("{url}/v1/kv/{k}");
+            async move {
+                let r = http.put(url).body(value(k)).send().await.unwrap();
+                let status = r.status();
+                (status, r.json::<serde_json::Value>().await.ok())
+            }
+        }))
+        .await;
+        for (k, (status, body)) in batch.iter().zip(results) {
+            if status == StatusCode::OK {
+                acked.insert(k.clone(), value(k));
+            } else {
+                assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body:?}");
+                let code = body.unwrap()["error"]["code"].as_str().unwrap().to_string();
+                *codes.entry(code).or_default() += 1;
+            }
+        }
+    }
+    println!("stalled after {} acked writes: {codes:?}", acked.len());
+    assert_eq!(
+        codes.keys().collect::<Vec<_>>(),
+        ["deadline_exceeded"],
+        "{codes:?}"
+    );
+    assert!(c.l0_counts().await.iter().any(|&n| n >= 2));
+
+    // A compactor drains L0 and writes flow again.
+    let _comp = c.start_compactor("c0", &compactor_config(2));
+    let resumed = Instant::now();
+    for j in 0..64 {
+        let k = format!("after{j}");
+        // Same value on every try, so a retry after an unknown outcome is harmless.
+        loop {
+            let r = http
+                .put(format!("{url}/v1/kv/{k}"))
+                .body(value(&k))
+                .send()
+                .await
+                .unwrap();
+            if r.status() == StatusCode::OK {
+                break;
+            }
+            assert!(
+                resumed.elapsed() < Duration::from_secs(90),
+                "writes did not resume"
+            );
+        }
+        acked.insert(k.clone(), value(&k));
+    }
+    println!(
+        "writes resumed; 64 more took {:?} after the compactor started",
+        resumed.elapsed()
+    );
+    read_back(&url, &acked).await;
+}
