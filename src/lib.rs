@@ -33,6 +33,7 @@
 //!   and TTL decisions.
 //! - [`cache`]: the hot-key cache and why a strong read from it is never stale.
 //! - [`follower`]: followers of other gateways' shards, for eventual reads.
+//! - [`process`]: logging set-up and the shutdown signal, shared by the binaries.
 //! - [`node`]: the shards a process serves and the key-value operations over them.
 //!
 //! ## Guarantees
@@ -55,6 +56,7 @@ pub mod node;
 pub mod objstore;
 mod ownership;
 pub mod placement;
+pub mod process;
 pub mod shard;
 pub mod store;
 

@@ -236,8 +236,8 @@ async fn two_daemons_split_shards_and_survive_kill9() {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let (a, b) = (reported_shards(&c0).await, reported_shards(&c1).await);
-        if a.len() + b.len() == SHARDS as usize && a.is_disjoint(&b) && !a.is_empty() {
-            assert!(!b.is_empty());
+        // c0 may claim everything before c1 joins; wait for the rebalance to split them.
+        if a.len() + b.len() == SHARDS as usize && !a.is_empty() && !b.is_empty() {
             break;
         }
         assert!(a.is_disjoint(&b), "overlapping claims: {a:?} {b:?}");

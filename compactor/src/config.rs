@@ -10,6 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use tessera::process::LogConfig;
 use tessera::{ClusterConfig, ObjectStoreConfig};
 
 /// Everything a compactor process needs.
@@ -86,35 +87,6 @@ pub struct MetricsConfig {
     /// Address of the `GET /metrics` HTTP endpoint; port 0 picks a free port. Default: unset
     /// (no endpoint).
     pub listen: Option<SocketAddr>,
-}
-
-/// Logging.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct LogConfig {
-    /// A `tracing` filter. Default: `info,slatedb=warn`.
-    pub level: String,
-    /// `text` or `json`. Default: `text`.
-    pub format: LogFormat,
-}
-
-impl Default for LogConfig {
-    fn default() -> Self {
-        Self {
-            level: "info,slatedb=warn".into(),
-            format: LogFormat::Text,
-        }
-    }
-}
-
-/// Log line format.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
 }
 
 impl CompactorConfig {

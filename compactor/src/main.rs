@@ -9,10 +9,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use compactor::config::LogFormat;
+
 use compactor::metrics::Metrics;
 use compactor::progress::Progress;
 use compactor::{daemon, once, CompactorConfig};
+use tessera::process::shutdown_signal;
 use tessera::Member;
 use tokio_util::sync::CancellationToken;
 
@@ -106,42 +107,11 @@ impl Args {
             c.log.level = v;
         }
         if let Some(v) = self.log_format {
-            c.log.format = match v.as_str() {
-                "text" => LogFormat::Text,
-                "json" => LogFormat::Json,
-                other => return Err(format!("--log-format must be text or json, got `{other}`")),
-            };
+            c.log.format = v.parse()?;
         }
         c.validate()?;
         Ok((c, self.once))
     }
-}
-
-fn init_logging(c: &CompactorConfig) -> Result<(), String> {
-    let filter = tracing_subscriber::EnvFilter::try_new(&c.log.level)
-        .map_err(|e| format!("invalid log.level `{}`: {e}", c.log.level))?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match c.log.format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-    Ok(())
-}
-
-/// A future resolving on SIGINT or SIGTERM; handlers are installed before it returns.
-fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    Ok(async move {
-        tokio::select! {
-            _ = term.recv() => {},
-            _ = int.recv() => {},
-        }
-        tracing::info!("shutdown signal received");
-    })
 }
 
 /// This compactor as a member: its configured id, or `{hostname}-{pid}`.
@@ -218,7 +188,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Err(e) = init_logging(&config) {
+    if let Err(e) = config.log.init() {
         eprintln!("tessera-compactor: {e}");
         return ExitCode::from(2);
     }

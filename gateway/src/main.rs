@@ -6,8 +6,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use gateway::config::LogFormat;
 use gateway::GatewayConfig;
+use tessera::process::shutdown_signal;
 
 /// Tessera gateway: serves the key-value HTTP API over shards stored in object storage.
 ///
@@ -103,44 +103,11 @@ impl Args {
             c.log.level = v;
         }
         if let Some(v) = self.log_format {
-            c.log.format = match v.as_str() {
-                "text" => LogFormat::Text,
-                "json" => LogFormat::Json,
-                other => return Err(format!("--log-format must be text or json, got `{other}`")),
-            };
+            c.log.format = v.parse()?;
         }
         c.validate()?;
         Ok(c)
     }
-}
-
-fn init_logging(c: &GatewayConfig) -> Result<(), String> {
-    let filter = tracing_subscriber::EnvFilter::try_new(&c.log.level)
-        .map_err(|e| format!("invalid log.level `{}`: {e}", c.log.level))?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match c.log.format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-    Ok(())
-}
-
-/// Returns a future that resolves on SIGINT or SIGTERM. The handlers are installed before this
-/// returns, so a signal that arrives while the gateway is still starting is not lost (nor does
-/// it kill the process with the default action).
-fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    Ok(async move {
-        tokio::select! {
-            _ = term.recv() => {},
-            _ = int.recv() => {},
-        }
-        tracing::info!("shutdown signal received; draining");
-    })
 }
 
 #[tokio::main]
@@ -152,7 +119,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Err(e) = init_logging(&config) {
+    if let Err(e) = config.log.init() {
         eprintln!("tessera-gateway: {e}");
         return ExitCode::from(2);
     }
