@@ -33,6 +33,7 @@ pub struct Metrics {
     keepalive_last: Gauge,
     shards_unowned: IntGauge,
     unowned_seconds: CounterVec,
+    object_store_requests: IntCounterVec,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -165,6 +166,18 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
+            object_store_requests: register(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "object_store_requests_total",
+                        "Object-store requests made by this gateway, by kind \
+                         (get, head, put, delete, list, copy)",
+                    ),
+                    &["op"],
+                )
+                .expect("valid metric"),
+            ),
             registry: r,
         }
     }
@@ -191,6 +204,9 @@ impl Metrics {
         catch_up(&self.keepalives, count);
         catch_up_f64(&self.keepalive_seconds, sum.as_secs_f64());
         self.keepalive_last.set(last.as_secs_f64());
+        for (op, n) in node.object_store_requests().snapshot() {
+            catch_up(&self.object_store_requests.with_label_values(&[op]), n);
+        }
         if node.config().cluster.is_clustered() {
             let view = node.view();
             let total = node.config().storage.shard_count as usize;

@@ -24,29 +24,31 @@ pub const S3_BUCKET: &str = "tessera";
 /// Path of the `tessera-gateway` binary, built once per test process.
 pub fn gateway_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args([
-                "build",
-                "--quiet",
-                "-p",
-                "gateway",
-                "--bin",
-                "tessera-gateway",
-            ])
-            .current_dir(root)
-            .status()
-            .expect("run cargo build for the gateway");
-        assert!(status.success(), "building tessera-gateway failed");
-        let target = std::env::var("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|_| root.join("target"));
-        let bin = target.join("debug").join("tessera-gateway");
-        assert!(bin.exists(), "{} missing after build", bin.display());
-        bin
-    })
+    BIN.get_or_init(|| build_bin("gateway", "tessera-gateway"))
+}
+
+/// Path of the `tessera` CLI binary, built once per test process.
+pub fn cli_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| build_bin("tessera-cli", "tessera"))
+}
+
+/// Builds binary `bin` of workspace package `package` (debug) and returns its path.
+fn build_bin(package: &str, bin: &str) -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "--quiet", "-p", package, "--bin", bin])
+        .current_dir(root)
+        .status()
+        .expect("run cargo build");
+    assert!(status.success(), "building {bin} failed");
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root.join("target"));
+    let path = target.join("debug").join(bin);
+    assert!(path.exists(), "{} missing after build", path.display());
+    path
 }
 
 /// A free loopback port.
