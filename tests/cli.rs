@@ -83,6 +83,11 @@ fn tessera(endpoints: &str, args: &[&str], stdin: &[u8]) -> Run {
     }
 }
 
+/// Runs `tessera ARGS` with `args` split on whitespace.
+fn words(endpoints: &str, args: &str) -> Run {
+    tessera(endpoints, &args.split_whitespace().collect::<Vec<_>>(), b"")
+}
+
 #[test]
 fn key_value_commands_and_exit_codes() {
     let (gw, dir) = gateway();
@@ -228,16 +233,7 @@ fn scan_follows_pages() {
     t(&["put", "q/other", "z"]).ok();
 
     // 25 keys in pages of 4: seven requests, every key once, in order.
-    let j = t(&[
-        "--output",
-        "json",
-        "scan",
-        "--prefix",
-        "p/",
-        "--page-size",
-        "4",
-    ])
-    .json();
+    let j = words(ep, "--output json scan --prefix p/ --page-size 4").json();
     assert_eq!(j["count"], 25);
     let keys: Vec<&str> = j["items"]
         .as_array()
@@ -249,17 +245,10 @@ fn scan_follows_pages() {
     assert_eq!(keys, want);
 
     // --limit caps the total across pages.
-    let j = t(&[
-        "--output",
-        "json",
-        "scan",
-        "--prefix",
-        "p/",
-        "--page-size",
-        "3",
-        "--limit",
-        "10",
-    ])
+    let j = words(
+        ep,
+        "--output json scan --prefix p/ --page-size 3 --limit 10",
+    )
     .json();
     assert_eq!(j["count"], 10);
     assert_eq!(j["items"][9]["key"], "p/09");
@@ -334,27 +323,23 @@ fn check_report(r: &Value, target: &str, workload: &str) {
     assert!(p[0] > 0.0 && p.windows(2).all(|w| w[0] <= w[1]), "{l}");
 }
 
+/// Runs `tessera bench ARGS` (whitespace-separated) against `endpoints`.
+fn bench(endpoints: &str, args: &str) -> Run {
+    let args: Vec<&str> = std::iter::once("bench")
+        .chain(args.split_whitespace())
+        .collect();
+    tessera(endpoints, &args, b"")
+}
+
 #[test]
 fn bench_against_tessera() {
     let (gw, _dir) = gateway();
-    let args = [
-        "bench",
-        "--workload",
-        "ycsb-a",
-        "--preload",
-        "--keys",
-        "200",
-        "--concurrency",
-        "8",
-        "--duration",
-        "2s",
-        "--warmup",
-        "500ms",
-        "--distribution",
-        "zipf",
-        "--json",
-    ];
-    let r = tessera(&gw.url, &args, b"").json();
+    let r = bench(
+        &gw.url,
+        "--workload ycsb-a --preload --keys 200 --concurrency 8 --duration 2s --warmup 500ms \
+         --distribution zipf --json",
+    )
+    .json();
     check_report(&r, "tessera", "ycsb-a");
     assert_eq!(r["zipf_theta"], 0.99);
     // Half the operations are durable writes: each costs object-store requests.
@@ -362,87 +347,44 @@ fn bench_against_tessera() {
     assert!(os["requests_per_1k_ops"].as_f64().unwrap() > 0.0, "{os}");
     assert!(os["requests"]["put"].as_u64().unwrap() > 0, "{os}");
 
-    let args = [
-        "bench",
-        "--workload",
-        "cas",
-        "--keys",
-        "5",
-        "--concurrency",
-        "4",
-        "--ops",
-        "200",
-        "--warmup",
-        "0s",
-        "--json",
-    ];
-    let r = tessera(&gw.url, &args, b"").json();
+    let r = bench(
+        &gw.url,
+        "--workload cas --keys 5 --concurrency 4 --ops 200 --warmup 0s --json",
+    )
+    .json();
     check_report(&r, "tessera", "cas");
     assert_eq!(r["ops"], 200);
     assert!(r["cas_conflicts"].as_u64().is_some());
 
     // A read workload without keys reports every read as not_found.
-    let args = [
-        "bench",
-        "--workload",
-        "get",
-        "--key-prefix",
-        "none/",
-        "--ops",
-        "20",
-        "--warmup",
-        "0s",
-        "--json",
-    ];
-    let r = tessera(&gw.url, &args, b"").json();
+    let r = bench(
+        &gw.url,
+        "--workload get --key-prefix none/ --ops 20 --warmup 0s --json",
+    )
+    .json();
     assert_eq!(r["errors_by_kind"]["not_found"], 20, "{r}");
 }
 
 #[test]
 fn bench_against_etcd() {
     let etcd = EtcdServer::start();
-    let ep = etcd.endpoint();
+    let no_tessera = "http://127.0.0.1:1";
     for workload in ["get-eventual", "cas"] {
-        let args = [
-            "bench",
-            "--target",
-            "etcd",
-            "--etcd-endpoints",
-            &ep,
-            "--workload",
-            workload,
-            "--preload",
-            "--keys",
-            "100",
-            "--concurrency",
-            "8",
-            "--duration",
-            "1s",
-            "--warmup",
-            "200ms",
-            "--json",
-        ];
-        let r = tessera("http://127.0.0.1:1", &args, b"").json();
+        let args = format!(
+            "--target etcd --etcd-endpoints {} --workload {workload} --preload --keys 100 \
+             --concurrency 8 --duration 1s --warmup 200ms --json",
+            etcd.endpoint()
+        );
+        let r = bench(no_tessera, &args).json();
         check_report(&r, "etcd", workload);
         assert_eq!(r["object_store"], Value::Null);
     }
     // etcd unreachable: the run ends and says so, no hang.
-    let dead = dead_endpoint();
-    let args = [
-        "bench",
-        "--target",
-        "etcd",
-        "--etcd-endpoints",
-        &dead,
-        "--ops",
-        "3",
-        "--warmup",
-        "0s",
-        "--request-timeout",
-        "2s",
-        "--json",
-    ];
-    let r = tessera("http://127.0.0.1:1", &args, b"");
+    let args = format!(
+        "--target etcd --etcd-endpoints {} --ops 3 --warmup 0s --request-timeout 2s --json",
+        dead_endpoint()
+    );
+    let r = bench(no_tessera, &args);
     assert!(
         r.code != 0 || r.json()["errors"] == 3,
         "an unreachable etcd must fail the run or count errors"
