@@ -139,6 +139,7 @@ for target in tessera etcd; do
 done
 
 RESULTS=$RUN/results.jsonl
+load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 started=$(date +%s)
 for w in $WORKLOADS; do
   for c in $CONCURRENCY; do
@@ -151,6 +152,7 @@ for w in $WORKLOADS; do
   done
 done
 elapsed=$(( $(date +%s) - started ))
+load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 
 echo "==> writing $OUT"
 commit=$(git rev-parse --short HEAD)
@@ -176,6 +178,7 @@ deployment; the ratios are the point.
 |---|---|
 | machine | $(nproc) cores, $cpu, $ram RAM |
 | OS | $(uname -sr) |
+| load average (1/5/15 min) | $load_before before the runs, $load_after after (anything above ~2 on 2 cores means other work shared the machine) |
 | commit | \`$commit\` |
 | date | $(date -u +"%Y-%m-%d %H:%M UTC") |
 | command | \`$cmd\` (took $((elapsed / 60)) min $((elapsed % 60)) s for the runs) |
