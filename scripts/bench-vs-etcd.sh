@@ -43,6 +43,8 @@ for tool in etcd s3s-fs jq curl; do
   command -v "$tool" >/dev/null || { echo "$tool is missing (see the header of $0)" >&2; exit 1; }
 done
 
+# Other work on the machine skews every figure: record the load before starting anything.
+load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 RUN=$(mktemp -d -t tessera-bench.XXXXXX)
 PIDS=()
 cleanup() {
@@ -139,7 +141,6 @@ for target in tessera etcd; do
 done
 
 RESULTS=$RUN/results.jsonl
-load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 started=$(date +%s)
 for w in $WORKLOADS; do
   for c in $CONCURRENCY; do
@@ -178,7 +179,7 @@ deployment; the ratios are the point.
 |---|---|
 | machine | $(nproc) cores, $cpu, $ram RAM |
 | OS | $(uname -sr) |
-| load average (1/5/15 min) | $load_before before the runs, $load_after after (anything above ~2 on 2 cores means other work shared the machine) |
+| load average (1/5/15 min) | $load_before when the script started, before it started anything (above ~0.5 means other work was running); $load_after after the runs (includes the benchmark itself) |
 | commit | \`$commit\` |
 | date | $(date -u +"%Y-%m-%d %H:%M UTC") |
 | command | \`$cmd\` (took $((elapsed / 60)) min $((elapsed % 60)) s for the runs) |
