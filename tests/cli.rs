@@ -379,14 +379,11 @@ fn bench_against_etcd() {
         check_report(&r, "etcd", workload);
         assert_eq!(r["object_store"], Value::Null);
     }
-    // etcd unreachable: the run ends and says so, no hang.
+    // An unreachable target fails the run at once.
     let args = format!(
-        "--target etcd --etcd-endpoints {} --ops 3 --warmup 0s --request-timeout 2s --json",
+        "--target etcd --etcd-endpoints {} --ops 3 --request-timeout 2s",
         dead_endpoint()
     );
-    let r = bench(no_tessera, &args);
-    assert!(
-        r.code != 0 || r.json()["errors"] == 3,
-        "an unreachable etcd must fail the run or count errors"
-    );
+    bench(no_tessera, &args).fails(UNAVAILABLE, "etcd does not answer");
+    bench(no_tessera, "--ops 3").fails(UNAVAILABLE, "connect");
 }

@@ -314,6 +314,13 @@ impl Api {
         self.json(at, resp).await
     }
 
+    /// `GET /healthz` on endpoint `at`.
+    pub async fn health_at(&self, at: usize) -> Result<(), ClientError> {
+        self.send(at, Method::GET, "/healthz", &[], None)
+            .await
+            .map(drop)
+    }
+
     /// `GET /metrics` on endpoint `at`, as text.
     pub async fn metrics_at(&self, at: usize) -> Result<String, ClientError> {
         let resp = self.send(at, Method::GET, "/metrics", &[], None).await?;

@@ -156,6 +156,9 @@ pub enum Failure {
     /// Bad arguments or unusable input.
     #[error("usage: {0}")]
     Usage(String),
+    /// A system under test cannot be reached (bench).
+    #[error("unavailable: {0}")]
+    Unavailable(String),
     /// Anything else (I/O on output, an etcd error in bench, ...).
     #[error("{0}")]
     Other(String),
@@ -179,7 +182,8 @@ impl Failure {
                 ClientError::Unavailable { .. }
                 | ClientError::Connect { .. }
                 | ClientError::Timeout { .. },
-            ) => code::UNAVAILABLE,
+            )
+            | Failure::Unavailable(_) => code::UNAVAILABLE,
             Failure::Client(_) | Failure::Other(_) => code::OTHER,
             Failure::Usage(_) => code::USAGE,
         }

@@ -195,6 +195,7 @@ pub async fn run(args: BenchArgs, endpoints: &[String], output: Output) -> Resul
                 .map_err(Failure::Other)?
         }
     };
+    target.check().await.map_err(Failure::Unavailable)?;
     let target = Arc::new(target);
     let value = Bytes::from(vec![b'v'; args.value_size]);
     if args.preload {

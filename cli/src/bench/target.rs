@@ -58,6 +58,26 @@ impl Target {
         Ok(Target::Etcd(clients))
     }
 
+    /// Checks that every Tessera endpoint answers `/healthz`, or that etcd serves a read, so
+    /// an unreachable target fails the run at once instead of filling it with errors.
+    pub async fn check(&self) -> Result<(), String> {
+        match self {
+            Target::Tessera(api) => {
+                for at in 0..api.endpoints().len() {
+                    api.health_at(at).await.map_err(|e| e.to_string())?;
+                }
+                Ok(())
+            }
+            Target::Etcd(kv) => {
+                let mut kv = kv[0].clone();
+                kv.get("tessera-bench-check", None)
+                    .await
+                    .map(drop)
+                    .map_err(|e| format!("etcd does not answer: {e}"))
+            }
+        }
+    }
+
     /// A human name: `tessera` or `etcd`.
     pub fn name(&self) -> &'static str {
         match self {
