@@ -547,6 +547,11 @@ impl Node {
         &self.stats
     }
 
+    /// Object-store requests made by this node so far, by kind.
+    pub fn object_store_requests(&self) -> &objstore::RequestCounts {
+        &self.store.requests
+    }
+
     /// Returns the shard of `key`.
     pub fn shard_of(&self, key: &[u8]) -> ShardId {
         shard_for_key(key, self.config.storage.shard_count)

@@ -41,6 +41,7 @@ pub struct Metrics {
     cache_entries: IntGauge,
     followers_open: IntGauge,
     eventual_lag: Histogram,
+    object_store_requests: IntCounterVec,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -230,6 +231,18 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
+            object_store_requests: register(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "object_store_requests_total",
+                        "Object-store requests made by this gateway, by kind \
+                         (get, head, put, delete, list, copy)",
+                    ),
+                    &["op"],
+                )
+                .expect("valid metric"),
+            ),
             registry: r,
         }
     }
@@ -271,6 +284,9 @@ impl Metrics {
         self.followers_open.set(node.followers_open() as i64);
         for lag in stats.eventual_lag.drain() {
             self.eventual_lag.observe(lag);
+        }
+        for (op, n) in node.object_store_requests().snapshot() {
+            catch_up(&self.object_store_requests.with_label_values(&[op]), n);
         }
         if node.config().cluster.is_clustered() {
             let view = node.view();

@@ -33,6 +33,12 @@ pub fn compactor_bin() -> &'static Path {
     BIN.get_or_init(|| build_bin("compactor", "tessera-compactor"))
 }
 
+/// Path of the `tessera` CLI binary, built once per test process.
+pub fn cli_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| build_bin("tessera-cli", "tessera"))
+}
+
 /// Builds binary `bin` of workspace package `package` (debug) and returns its path.
 fn build_bin(package: &str, bin: &str) -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));

@@ -1,0 +1,238 @@
+#!/usr/bin/env bash
+# Tessera and etcd side by side on this machine, with the same load generator (`tessera bench`).
+#
+# Starts, on loopback ports and in a temporary directory:
+#   - a 3-member etcd cluster (Debian's etcd-server): the system under comparison;
+#   - a Tessera cluster: 3 gateways (release build), s3s-fs as the S3 server, and a separate
+#     single-member etcd used only for Tessera's coordination (leases, shard ownership);
+# then runs every workload at every concurrency against both (Tessera then etcd, per row) and
+# writes docs/benchmarks.md. Everything it starts is stopped on exit.
+#
+#   scripts/bench-vs-etcd.sh
+#
+# Settings (environment):
+#   BENCH_SECS (10)  measured seconds per run     WARMUP_SECS (2)  unmeasured seconds before it
+#   CONCURRENCY ("1 16 64 256")                   WORKLOADS ("put get get-eventual ycsb-a ycsb-b cas")
+#   KEYS (10000)     VALUE_SIZE (100)             DISTRIBUTION (uniform)   SHARDS (64)
+#   PORT_BASE (42000: every port is PORT_BASE + a small offset)   OUT (docs/benchmarks.md)
+# With the defaults a run takes about 12 minutes (48 runs of 12 s, plus startup and preload).
+#
+# Needs: etcd (apt-get install etcd-server), s3s-fs (cargo install s3s-fs@0.14.1 --features
+# binary --locked), jq, curl.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$HOME/.cargo/bin:$PATH"
+
+SETTINGS="BENCH_SECS WARMUP_SECS CONCURRENCY WORKLOADS KEYS VALUE_SIZE DISTRIBUTION SHARDS"
+# The command as given, with the settings that were overridden, for the record.
+cmd="scripts/bench-vs-etcd.sh"
+for v in $SETTINGS; do [ -z "${!v+x}" ] || cmd="$v=\"${!v}\" $cmd"; done
+
+BENCH_SECS=${BENCH_SECS:-10}
+WARMUP_SECS=${WARMUP_SECS:-2}
+CONCURRENCY=${CONCURRENCY:-"1 16 64 256"}
+WORKLOADS=${WORKLOADS:-"put get get-eventual ycsb-a ycsb-b cas"}
+KEYS=${KEYS:-10000}
+VALUE_SIZE=${VALUE_SIZE:-100}
+DISTRIBUTION=${DISTRIBUTION:-uniform}
+SHARDS=${SHARDS:-64}
+PORT_BASE=${PORT_BASE:-42000}
+OUT=${OUT:-docs/benchmarks.md}
+
+for tool in etcd s3s-fs jq curl; do
+  command -v "$tool" >/dev/null || { echo "$tool is missing (see the header of $0)" >&2; exit 1; }
+done
+
+# Other work on the machine skews every figure: record the load before starting anything.
+load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+RUN=$(mktemp -d -t tessera-bench.XXXXXX)
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do
+    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+  done
+  rm -rf "$RUN"
+}
+trap cleanup EXIT INT TERM
+
+start() { # name, command...
+  local name=$1; shift
+  "$@" >"$RUN/$name.out" 2>"$RUN/$name.log" &
+  PIDS+=($!)
+}
+
+wait_port() { # port
+  for _ in $(seq 1 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done
+  echo "port $1 did not open" >&2; return 1
+}
+
+echo "==> building (release)"
+cargo build --release --quiet -p gateway -p tessera-cli
+GATEWAY=target/release/tessera-gateway
+TESSERA=target/release/tessera
+
+# Ports: etcd under test 1..3 (peers 11..13), coordination etcd 20 (peer 21), S3 30,
+# gateways 41..43.
+port() { echo $((PORT_BASE + $1)); }
+
+echo "==> starting a 3-member etcd (the system under comparison)"
+ETCD_CLUSTER="" ETCD_ENDPOINTS=""
+for i in 1 2 3; do
+  ETCD_CLUSTER+="${ETCD_CLUSTER:+,}e$i=http://127.0.0.1:$(port $((10 + i)))"
+  ETCD_ENDPOINTS+="${ETCD_ENDPOINTS:+,}http://127.0.0.1:$(port "$i")"
+done
+for i in 1 2 3; do
+  client=http://127.0.0.1:$(port "$i") peer=http://127.0.0.1:$(port $((10 + i)))
+  start "etcd$i" etcd --name "e$i" --data-dir "$RUN/etcd$i" \
+    --listen-client-urls "$client" --advertise-client-urls "$client" \
+    --listen-peer-urls "$peer" --initial-advertise-peer-urls "$peer" \
+    --initial-cluster "$ETCD_CLUSTER" --initial-cluster-state new \
+    --initial-cluster-token tessera-bench
+done
+
+echo "==> starting Tessera: coordination etcd, s3s-fs, 3 gateways ($SHARDS shards)"
+coord=http://127.0.0.1:$(port 20) coord_peer=http://127.0.0.1:$(port 21)
+start coord-etcd etcd --name coord --data-dir "$RUN/coord-etcd" \
+  --listen-client-urls "$coord" --advertise-client-urls "$coord" \
+  --listen-peer-urls "$coord_peer" --initial-advertise-peer-urls "$coord_peer" \
+  --initial-cluster "coord=$coord_peer"
+mkdir -p "$RUN/s3/tessera"
+start s3 s3s-fs --host 127.0.0.1 --port "$(port 30)" --access-key devkey --secret-key devsecret "$RUN/s3"
+for p in 1 2 3 20 30; do wait_port "$(port $p)"; done
+GW_ENDPOINTS=""
+for i in 1 2 3; do
+  GW_ENDPOINTS+="${GW_ENDPOINTS:+,}http://127.0.0.1:$(port $((40 + i)))"
+  AWS_ACCESS_KEY_ID=devkey AWS_SECRET_ACCESS_KEY=devsecret AWS_REGION=us-east-1 \
+    start "gw$i" "$GATEWAY" --listen "127.0.0.1:$(port $((40 + i)))" --shards "$SHARDS" \
+    --store s3://tessera/bench --s3-endpoint "http://127.0.0.1:$(port 30)" \
+    --etcd "$coord" --cluster bench --node-id "gw$i" --log warn
+done
+for i in 1 2 3; do wait_port "$(port $((40 + i)))"; done
+
+echo "==> waiting until every shard has an owner and the members agree"
+for _ in $(seq 1 300); do
+  owned=0
+  for i in 1 2 3; do
+    view=$("$TESSERA" --endpoints "http://127.0.0.1:$(port $((40 + i)))" --output json cluster 2>/dev/null) || view='{}'
+    n=$(jq '[(.shards // [])[] | select(.owner != null)] | length' <<<"$view")
+    m=$(jq '(.members // []) | length' <<<"$view")
+    [ "$n" = "$SHARDS" ] && [ "$m" = 3 ] && owned=$((owned + 1))
+  done
+  [ "$owned" = 3 ] && break
+  sleep 0.2
+done
+if [ "$owned" != 3 ]; then
+  echo "the Tessera cluster did not settle; gateway logs:" >&2
+  tail -n 20 "$RUN"/gw*.log >&2
+  exit 1
+fi
+
+bench() { # target, extra args...
+  local target=$1; shift
+  "$TESSERA" --endpoints "$GW_ENDPOINTS" bench --target "$target" --etcd-endpoints "$ETCD_ENDPOINTS" \
+    --keys "$KEYS" --value-size "$VALUE_SIZE" --distribution "$DISTRIBUTION" --json "$@"
+}
+
+echo "==> preloading $KEYS keys into each system"
+for target in tessera etcd; do
+  bench "$target" --workload put --preload --concurrency 64 --ops 1 --warmup 0s >/dev/null
+done
+
+RESULTS=$RUN/results.jsonl
+started=$(date +%s)
+for w in $WORKLOADS; do
+  for c in $CONCURRENCY; do
+    for target in tessera etcd; do
+      bench "$target" --workload "$w" --concurrency "$c" \
+        --duration "${BENCH_SECS}s" --warmup "${WARMUP_SECS}s" >>"$RESULTS"
+      jq -r '"\(.workload) c=\(.concurrency) \(.target): \(.ops_per_sec | floor) ops/s, p99 \(.latency_ms.p99) ms, errors \(.errors)"' \
+        <<<"$(tail -n 1 "$RESULTS")"
+    done
+  done
+done
+elapsed=$(( $(date +%s) - started ))
+load_after=$(cut -d' ' -f1-3 /proc/loadavg)
+
+echo "==> writing $OUT"
+commit=$(git rev-parse --short HEAD)
+git diff --quiet HEAD -- src gateway cli scripts Cargo.toml Cargo.lock || commit="$commit (with uncommitted changes)"
+cpu=$(lscpu | sed -n 's/^Model name: *//p' | head -n 1)
+ram=$(free -g | awk '/^Mem:/ {print $2 " GiB"}')
+
+{
+  cat <<EOF
+# Benchmarks: Tessera and etcd on one machine
+
+Produced by \`scripts/bench-vs-etcd.sh\`; the figures below are from one run of it and can be
+reproduced with the command shown. Numbers from single runs are noisy (a few percent, more at
+concurrency 1 and 256).
+
+**Client and servers share the same machine**: the load generator, the three etcd members, the
+three Tessera gateways, Tessera's coordination etcd and the S3 server all run on the
+$(nproc) cores listed here, so every figure includes the load generator's own CPU use and the
+systems compete with each other's idle work. Absolute numbers say little about a real
+deployment; the ratios are the point.
+
+| | |
+|---|---|
+| machine | $(nproc) cores, $cpu, $ram RAM |
+| OS | $(uname -sr) |
+| load average (1/5/15 min) | $load_before when the script started, before it started anything (above ~0.5 means other work was running); $load_after after the runs (includes the benchmark itself) |
+| commit | \`$commit\` |
+| date | $(date -u +"%Y-%m-%d %H:%M UTC") |
+| command | \`$cmd\` (took $((elapsed / 60)) min $((elapsed % 60)) s for the runs) |
+| runs | ${BENCH_SECS} s measured after ${WARMUP_SECS} s warm-up, per workload, concurrency and system; Tessera first, then etcd |
+| keys | $KEYS keys (preloaded), $VALUE_SIZE-byte values, $DISTRIBUTION key choice |
+| etcd | $(etcd --version | head -n 1 | sed 's/etcd Version: //') (Debian), 3 members on loopback, default settings (fsync on every commit) |
+| Tessera | 3 gateways (release build), $SHARDS shards, default settings (flush interval 10 ms); S3 server s3s-fs 0.14.1 on loopback; coordination through a separate single-member etcd |
+| client | \`tessera bench\`: closed loop, each task one operation at a time; Tessera over pooled HTTP/1.1 keep-alive connections, task i using gateway i mod 3 (so at concurrency 1 one gateway serves, forwarding to the owners); etcd through etcd-client (gRPC), one channel per 16 tasks balanced over the 3 members |
+
+What the workloads do (\`tessera bench --help\`):
+
+- **put**: durable put (Tessera answers once the write is in the object store; etcd once a
+  quorum has it in its fsynced WAL).
+- **get**: strong get (Tessera linearizable read; etcd linearizable Range).
+- **get-eventual**: Tessera \`consistency=eventual\`; etcd serializable Range (served by one member).
+- **ycsb-a** / **ycsb-b**: 50/50 and 95/5 mixes of strong gets and puts.
+- **cas**: read the version, then write only if unchanged (Tessera \`If-Match\`; etcd Txn on
+  \`mod_revision\`); one operation = read + conditional write. Conflicts (another task won)
+  are not errors; they are listed.
+
+Caveat on durability: s3s-fs writes objects to files without fsync, while etcd fsyncs its WAL,
+so Tessera's "durable" here means "in the S3 server's files", not "on disk". Against a real
+object store each write also pays the store's latency.
+
+Columns: ops/s (throughput), p50/p99 latency in ms, **ratio** = Tessera ops/s ÷ etcd ops/s,
+**obj req/1k** = object-store requests made by all gateways per 1,000 operations (warm-up
+included; PUTs in brackets), errors = failed operations (Tessera / etcd).
+EOF
+  for w in $WORKLOADS; do
+    printf '\n## %s\n\n' "$w"
+    if [ "$w" = cas ]; then
+      echo "| concurrency | Tessera ops/s | p50 | p99 | etcd ops/s | p50 | p99 | ratio | obj req/1k (PUTs) | errors | conflicts (T / E) |"
+      echo "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    else
+      echo "| concurrency | Tessera ops/s | p50 | p99 | etcd ops/s | p50 | p99 | ratio | obj req/1k (PUTs) | errors |"
+      echo "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    fi
+    jq -rs --arg w "$w" '
+      def f(x): (x * 10 | round) / 10;
+      def ms(x): if x < 10 then (x * 100 | round) / 100 else f(x) end;
+      map(select(.workload == $w)) | group_by(.concurrency)[] |
+      (map(select(.target == "tessera"))[0]) as $t | (map(select(.target == "etcd"))[0]) as $e |
+      [ $t.concurrency, ($t.ops_per_sec | round), ms($t.latency_ms.p50), ms($t.latency_ms.p99),
+        ($e.ops_per_sec | round), ms($e.latency_ms.p50), ms($e.latency_ms.p99),
+        (if $e.ops_per_sec > 0 then "\(($t.ops_per_sec / $e.ops_per_sec * 100 | round) / 100)×" else "-" end),
+        (if $t.object_store then "\(f($t.object_store.requests_per_1k_ops)) (\(f($t.object_store.puts_per_1k_ops)))" else "-" end),
+        "\($t.errors) / \($e.errors)" ]
+      + (if $w == "cas" then ["\($t.cas_conflicts) / \($e.cas_conflicts)"] else [] end)
+      | "| " + (map(tostring) | join(" | ")) + " |"' "$RESULTS"
+  done
+  errs=$(jq -s '[.[] | select(.errors > 0) | "\(.workload) c=\(.concurrency) \(.target): \(.errors_by_kind)"] | join("; ")' -r "$RESULTS")
+  if [ -n "$errs" ]; then
+    printf '\nErrors by kind: %s\n' "$errs"
+  fi
+} >"$OUT"
+echo "==> done in $(( $(date +%s) - started )) s; wrote $OUT"
