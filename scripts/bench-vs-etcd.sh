@@ -3,8 +3,8 @@
 #
 # Starts, on loopback ports and in a temporary directory:
 #   - a 3-member etcd cluster (Debian's etcd-server): the system under comparison;
-#   - a Tessera cluster: 3 gateways (release build), s3s-fs as the S3 server, and a separate
-#     single-member etcd used only for Tessera's coordination (leases, shard ownership);
+#   - a Tessera cluster: 3 gateways and a compactor daemon (release builds), s3s-fs as the S3
+#     server, and a separate single-member etcd used only for Tessera's coordination;
 # then runs every workload at every concurrency against both (Tessera then etcd, per row) and
 # writes docs/benchmarks.md. Everything it starts is stopped on exit.
 #
@@ -14,7 +14,10 @@
 #   BENCH_SECS (10)  measured seconds per run     WARMUP_SECS (2)  unmeasured seconds before it
 #   CONCURRENCY ("1 16 64 256")                   WORKLOADS ("put get get-eventual ycsb-a ycsb-b cas")
 #   KEYS (10000)     VALUE_SIZE (100)             DISTRIBUTION (uniform)   SHARDS (64)
+#   ROUTE (owner: the client sends each request to its shard's owner from the /v1/cluster map,
+#          as a smart client does; any: spread over the gateways, which forward)
 #   PORT_BASE (42000: every port is PORT_BASE + a small offset)   OUT (docs/benchmarks.md)
+#   BIN_DIR (unset: build and use target/release; else use the binaries there, e.g. an A/B run)
 # With the defaults a run takes about 12 minutes (48 runs of 12 s, plus startup and preload).
 #
 # Needs: etcd (apt-get install etcd-server), s3s-fs (cargo install s3s-fs@0.14.1 --features
@@ -23,7 +26,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 
-SETTINGS="BENCH_SECS WARMUP_SECS CONCURRENCY WORKLOADS KEYS VALUE_SIZE DISTRIBUTION SHARDS"
+SETTINGS="BENCH_SECS WARMUP_SECS CONCURRENCY WORKLOADS KEYS VALUE_SIZE DISTRIBUTION SHARDS ROUTE"
 # The command as given, with the settings that were overridden, for the record.
 cmd="scripts/bench-vs-etcd.sh"
 for v in $SETTINGS; do [ -z "${!v+x}" ] || cmd="$v=\"${!v}\" $cmd"; done
@@ -36,6 +39,7 @@ KEYS=${KEYS:-10000}
 VALUE_SIZE=${VALUE_SIZE:-100}
 DISTRIBUTION=${DISTRIBUTION:-uniform}
 SHARDS=${SHARDS:-64}
+ROUTE=${ROUTE:-owner}
 PORT_BASE=${PORT_BASE:-42000}
 OUT=${OUT:-docs/benchmarks.md}
 
@@ -45,38 +49,11 @@ done
 
 # Other work on the machine skews every figure: record the load before starting anything.
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
-RUN=$(mktemp -d -t tessera-bench.XXXXXX)
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do
-    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null || true
-  done
-  rm -rf "$RUN"
-}
-trap cleanup EXIT INT TERM
-
-start() { # name, command...
-  local name=$1; shift
-  "$@" >"$RUN/$name.out" 2>"$RUN/$name.log" &
-  PIDS+=($!)
-}
-
-wait_port() { # port
-  for _ in $(seq 1 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done
-  echo "port $1 did not open" >&2; return 1
-}
-
-echo "==> building (release)"
-cargo build --release --quiet -p gateway -p tessera-cli
-GATEWAY=target/release/tessera-gateway
-TESSERA=target/release/tessera
+# shellcheck source=lib/cluster.sh
+source scripts/lib/cluster.sh
 
 # Ports: etcd under test 1..3 (peers 11..13), coordination etcd 20 (peer 21), S3 30,
 # gateways 41..43.
-port() { echo $((PORT_BASE + $1)); }
-
 echo "==> starting a 3-member etcd (the system under comparison)"
 ETCD_CLUSTER="" ETCD_ENDPOINTS=""
 for i in 1 2 3; do
@@ -92,47 +69,14 @@ for i in 1 2 3; do
     --initial-cluster-token tessera-bench
 done
 
-echo "==> starting Tessera: coordination etcd, s3s-fs, 3 gateways ($SHARDS shards)"
-coord=http://127.0.0.1:$(port 20) coord_peer=http://127.0.0.1:$(port 21)
-start coord-etcd etcd --name coord --data-dir "$RUN/coord-etcd" \
-  --listen-client-urls "$coord" --advertise-client-urls "$coord" \
-  --listen-peer-urls "$coord_peer" --initial-advertise-peer-urls "$coord_peer" \
-  --initial-cluster "coord=$coord_peer"
-mkdir -p "$RUN/s3/tessera"
-start s3 s3s-fs --host 127.0.0.1 --port "$(port 30)" --access-key devkey --secret-key devsecret "$RUN/s3"
-for p in 1 2 3 20 30; do wait_port "$(port $p)"; done
-GW_ENDPOINTS=""
-for i in 1 2 3; do
-  GW_ENDPOINTS+="${GW_ENDPOINTS:+,}http://127.0.0.1:$(port $((40 + i)))"
-  AWS_ACCESS_KEY_ID=devkey AWS_SECRET_ACCESS_KEY=devsecret AWS_REGION=us-east-1 \
-    start "gw$i" "$GATEWAY" --listen "127.0.0.1:$(port $((40 + i)))" --shards "$SHARDS" \
-    --store s3://tessera/bench --s3-endpoint "http://127.0.0.1:$(port 30)" \
-    --etcd "$coord" --cluster bench --node-id "gw$i" --log warn
-done
-for i in 1 2 3; do wait_port "$(port $((40 + i)))"; done
-
-echo "==> waiting until every shard has an owner and the members agree"
-for _ in $(seq 1 300); do
-  owned=0
-  for i in 1 2 3; do
-    view=$("$TESSERA" --endpoints "http://127.0.0.1:$(port $((40 + i)))" --output json cluster 2>/dev/null) || view='{}'
-    n=$(jq '[(.shards // [])[] | select(.owner != null)] | length' <<<"$view")
-    m=$(jq '(.members // []) | length' <<<"$view")
-    [ "$n" = "$SHARDS" ] && [ "$m" = 3 ] && owned=$((owned + 1))
-  done
-  [ "$owned" = 3 ] && break
-  sleep 0.2
-done
-if [ "$owned" != 3 ]; then
-  echo "the Tessera cluster did not settle; gateway logs:" >&2
-  tail -n 20 "$RUN"/gw*.log >&2
-  exit 1
-fi
+for p in 1 2 3; do wait_port "$(port $p)"; done
+echo "==> starting Tessera: coordination etcd, s3s-fs, 3 gateways ($SHARDS shards), a compactor"
+start_tessera 3 "$SHARDS"
 
 bench() { # target, extra args...
   local target=$1; shift
   "$TESSERA" --endpoints "$GW_ENDPOINTS" bench --target "$target" --etcd-endpoints "$ETCD_ENDPOINTS" \
-    --keys "$KEYS" --value-size "$VALUE_SIZE" --distribution "$DISTRIBUTION" --json "$@"
+    --keys "$KEYS" --value-size "$VALUE_SIZE" --distribution "$DISTRIBUTION" --route "$ROUTE" --json "$@"
 }
 
 echo "==> preloading $KEYS keys into each system"
@@ -186,8 +130,8 @@ deployment; the ratios are the point.
 | runs | ${BENCH_SECS} s measured after ${WARMUP_SECS} s warm-up, per workload, concurrency and system; Tessera first, then etcd |
 | keys | $KEYS keys (preloaded), $VALUE_SIZE-byte values, $DISTRIBUTION key choice |
 | etcd | $(etcd --version | head -n 1 | sed 's/etcd Version: //') (Debian), 3 members on loopback, default settings (fsync on every commit) |
-| Tessera | 3 gateways (release build), $SHARDS shards, default settings (flush interval 10 ms); S3 server s3s-fs 0.14.1 on loopback; coordination through a separate single-member etcd |
-| client | \`tessera bench\`: closed loop, each task one operation at a time; Tessera over pooled HTTP/1.1 keep-alive connections, task i using gateway i mod 3 (so at concurrency 1 one gateway serves, forwarding to the owners); etcd through etcd-client (gRPC), one channel per 16 tasks balanced over the 3 members |
+| Tessera | 3 gateways and 1 compactor daemon (release builds), $SHARDS shards, default settings; S3 server s3s-fs 0.14.1 on loopback; coordination through a separate single-member etcd |
+| client | \`tessera bench\`: closed loop, each task one operation at a time; Tessera over pooled HTTP/1.1 keep-alive connections, \`--route $ROUTE\` ($( [ "$ROUTE" = owner ] && echo "each strong read and write sent straight to its shard's owner from the \`/v1/cluster\` map, as a smart client does; eventual reads to gateway i mod 3" || echo "task i using gateway i mod 3, which forwards to the owner")); etcd through etcd-client (gRPC), one channel per 16 tasks balanced over the 3 members (etcd followers forward writes and linearizable reads to the leader) |
 
 What the workloads do (\`tessera bench --help\`):
 

@@ -169,8 +169,9 @@ pub struct StorageConfig {
     /// Number of shards. Fixed when the cluster is first created (recorded in the cluster
     /// metadata object); a process configured differently refuses to start. Default: 64.
     pub shard_count: u32,
-    /// WAL flush period: the latency/cost knob. A durable write waits for the next flush, so its
-    /// latency is about this plus one object-store PUT; every shard with writes issues about
+    /// Shortest time between two WAL flushes of a shard (group commit): the latency/cost knob.
+    /// A write to an idle shard is flushed at once (latency: one object-store PUT); under load
+    /// writes wait up to this long and share one PUT, so a busy shard issues at most
     /// `1 / flush_interval` PUTs per second. Default: 10ms.
     #[serde(with = "humantime_serde")]
     pub flush_interval: Duration,

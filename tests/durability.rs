@@ -70,6 +70,16 @@ fn spawn_writers(
         .collect()
 }
 
+/// Keys with an acknowledged write so far.
+fn acked_so_far(history: &History) -> usize {
+    history
+        .lock()
+        .unwrap()
+        .values()
+        .filter(|h| h.last_acked.is_some())
+        .count()
+}
+
 /// Checks every key against its history through `gw`.
 async fn verify(gw: &Gateway, history: &History) -> usize {
     let http = client();
@@ -121,8 +131,11 @@ async fn crash_kill9(store: Store, dir: &std::path::Path) {
     let history: History = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
     let writers = spawn_writers(gw.url.clone(), 16, Arc::clone(&stop), Arc::clone(&history));
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    // kill -9 while the writers are mid-stream.
+    // Let the writers get going (however slow the machine), then kill -9 mid-stream.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while acked_so_far(&history) < 60 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     gw.kill9();
     let mut acked = 0;
     for w in writers {

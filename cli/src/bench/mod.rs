@@ -29,7 +29,7 @@ use serde::Serialize;
 
 use crate::client::Api;
 use crate::{Failure, Output};
-use target::{CasOutcome, Target};
+use target::{CasOutcome, ShardMap, Target};
 
 /// `tessera bench` options.
 #[derive(Args, Debug, Clone)]
@@ -76,6 +76,11 @@ pub struct BenchArgs {
     /// Per-request timeout.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     request_timeout: Duration,
+    /// Tessera: send each request to any gateway (`any`: worker i uses endpoint i mod n, which
+    /// forwards to the owner) or, like a smart client, straight to its shard's owner from
+    /// the `/v1/cluster` map (`owner`; eventual reads still go to any gateway).
+    #[arg(long, value_enum, default_value_t = Route::Any)]
+    route: Route,
     /// Print one JSON object instead of the text report (same as --output json).
     #[arg(long)]
     json: bool,
@@ -107,6 +112,16 @@ pub enum TargetKind {
     Tessera,
     /// etcd through its gRPC client.
     Etcd,
+}
+
+/// How Tessera requests pick a gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Route {
+    /// Spread over the endpoints; gateways forward to the owner.
+    Any,
+    /// Straight to the shard's owner.
+    Owner,
 }
 
 /// Key choice.
@@ -153,6 +168,7 @@ struct Report {
     value_size: usize,
     distribution: KeyDistribution,
     zipf_theta: Option<f64>,
+    route: Option<Route>,
     warmup_secs: f64,
     elapsed_secs: f64,
     ops: u64,
@@ -184,9 +200,15 @@ pub async fn run(args: BenchArgs, endpoints: &[String], output: Output) -> Resul
     }
     let concurrency = args.concurrency as usize;
     let target = match args.target {
-        TargetKind::Tessera => Target::Tessera(
-            Api::new(endpoints, args.request_timeout, concurrency).map_err(Failure::Usage)?,
-        ),
+        TargetKind::Tessera => {
+            let api =
+                Api::new(endpoints, args.request_timeout, concurrency).map_err(Failure::Usage)?;
+            let map = match args.route {
+                Route::Any => None,
+                Route::Owner => Some(ShardMap::fetch(&api).await.map_err(Failure::Unavailable)?),
+            };
+            Target::Tessera(api, map)
+        }
         TargetKind::Etcd => {
             // One HTTP/2 channel per 16 tasks (at most 16), each balanced over the endpoints.
             let connections = concurrency.div_ceil(16).min(16);
@@ -233,6 +255,7 @@ pub async fn run(args: BenchArgs, endpoints: &[String], output: Output) -> Resul
         value_size: args.value_size,
         distribution: args.distribution,
         zipf_theta: (args.distribution == KeyDistribution::Zipf).then_some(args.zipf_theta),
+        route: (args.target == TargetKind::Tessera).then_some(args.route),
         warmup_secs: args.warmup.as_secs_f64(),
         elapsed_secs: elapsed,
         ops,
@@ -257,27 +280,49 @@ pub async fn run(args: BenchArgs, endpoints: &[String], output: Output) -> Resul
     print(&report, args.json || output == Output::Json)
 }
 
-/// Writes every key once, with up to 64 writes in flight.
+/// Writes every key once, with up to 64 requests in flight: on Tessera in batches of up to
+/// 500 keys of one shard (grouped with the `/v1/cluster` shard map), on etcd one put each.
 async fn preload(target: &Arc<Target>, args: &BenchArgs, value: Bytes) -> Result<(), Failure> {
-    let next = Arc::new(AtomicU64::new(0));
     let workers = (args.concurrency as usize).clamp(16, 64);
     let bar = progress(Some(args.keys), "preload");
+    let keys = (0..args.keys).map(|i| key(&args.key_prefix, i));
+    let jobs: Vec<Vec<Vec<u8>>> = match &**target {
+        Target::Tessera(api, _) => {
+            let map = ShardMap::fetch(api).await.map_err(Failure::Unavailable)?;
+            let mut by_shard: BTreeMap<u32, Vec<Vec<u8>>> = BTreeMap::new();
+            for k in keys {
+                by_shard.entry(map.shard_of(&k)).or_default().push(k);
+            }
+            by_shard
+                .into_values()
+                .flat_map(|ks| ks.chunks(500).map(<[_]>::to_vec).collect::<Vec<_>>())
+                .collect()
+        }
+        Target::Etcd(_) => keys.map(|k| vec![k]).collect(),
+    };
+    let jobs = Arc::new(jobs);
+    let next = Arc::new(AtomicU64::new(0));
     let tasks: Vec<_> = (0..workers)
         .map(|w| {
-            let (target, next, value, bar) =
-                (target.clone(), next.clone(), value.clone(), bar.clone());
-            let (keys, prefix) = (args.keys, args.key_prefix.clone());
+            let (target, next, value, bar, jobs) = (
+                target.clone(),
+                next.clone(),
+                value.clone(),
+                bar.clone(),
+                jobs.clone(),
+            );
             tokio::spawn(async move {
                 loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= keys {
+                    let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                    let Some(job) = jobs.get(i) else {
                         return Ok(());
-                    }
-                    target
-                        .put(w, &key(&prefix, i), value.clone())
-                        .await
-                        .map_err(|kind| format!("preload put failed: {kind}"))?;
-                    bar.inc(1);
+                    };
+                    let done = match &*target {
+                        Target::Tessera(..) => target.put_batch(w, job, &value).await,
+                        Target::Etcd(_) => target.put(w, &job[0], value.clone()).await,
+                    };
+                    done.map_err(|kind| format!("preload failed: {kind}"))?;
+                    bar.inc(job.len() as u64);
                 }
             })
         })
@@ -470,7 +515,7 @@ fn progress(len: Option<u64>, what: &str) -> ProgressBar {
 /// Sums `tessera_object_store_requests_total{op=...}` over every gateway; `None` for etcd or
 /// when a gateway does not answer or does not export the metric.
 async fn scrape(target: &Target) -> Option<BTreeMap<String, u64>> {
-    let Target::Tessera(api) = target else {
+    let Target::Tessera(api, _) = target else {
         return None;
     };
     let mut sum = BTreeMap::new();

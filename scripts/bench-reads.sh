@@ -1,0 +1,153 @@
+#!/usr/bin/env bash
+# Reads on a skewed key space: strong reads (owner's hot-key cache), eventual reads
+# (followers), hit ratio, per-gateway CPU, and eventual-read lag. Writes docs/bench-reads.md.
+#
+#   scripts/bench-reads.sh
+#
+# Starts (loopback, temp dir; all stopped on exit) a coordination etcd, s3s-fs, 3 gateways and
+# a compactor; preloads KEYS keys (batched per shard); then, at CONCURRENCY:
+#   get uniform | get zipf | get-eventual uniform | get-eventual zipf
+# (strong reads go straight to the owner, `--route owner`; eventual reads to any gateway),
+# then eventual reads of keys being rewritten, for the lag histogram.
+#
+# Settings: KEYS (1000000) VALUE_SIZE (100) ZIPF_THETA (0.99) CONCURRENCY (64) BENCH_SECS (10)
+#   SHARDS (64) PORT_BASE (44000) OUT (docs/bench-reads.md) BIN_DIR (see scripts/lib/cluster.sh)
+# Needs: etcd, s3s-fs, jq.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$HOME/.cargo/bin:$PATH"
+SETTINGS="KEYS VALUE_SIZE ZIPF_THETA CONCURRENCY BENCH_SECS SHARDS"
+cmd="scripts/bench-reads.sh"
+for v in $SETTINGS; do [ -z "${!v+x}" ] || cmd="$v=\"${!v}\" $cmd"; done
+KEYS=${KEYS:-1000000}
+VALUE_SIZE=${VALUE_SIZE:-100}
+ZIPF_THETA=${ZIPF_THETA:-0.99}
+CONCURRENCY=${CONCURRENCY:-64}
+BENCH_SECS=${BENCH_SECS:-10}
+SHARDS=${SHARDS:-64}
+PORT_BASE=${PORT_BASE:-44000}
+OUT=${OUT:-docs/bench-reads.md}
+for tool in etcd s3s-fs jq; do command -v "$tool" >/dev/null || { echo "$tool is missing" >&2; exit 1; }; done
+load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+# shellcheck source=lib/cluster.sh
+source scripts/lib/cluster.sh
+
+echo "==> starting Tessera: 3 gateways ($SHARDS shards), a compactor"
+start_tessera 3 "$SHARDS"
+GWS=(gw1 gw2 gw3)
+
+bench() {
+  "$TESSERA" --endpoints "$GW_ENDPOINTS" bench --keys "$KEYS" --value-size "$VALUE_SIZE" \
+    --zipf-theta "$ZIPF_THETA" --json "$@"
+}
+
+# Sum of a metric (all label sets matching the filter) over every gateway.
+metric_sum() { # name-with-optional-labels
+  local total=0 v
+  for i in 1 2 3; do
+    v=$(curl -s "http://127.0.0.1:$(port $((40 + i)))/metrics" | awk -v m="$1" 'index($0, m" ") == 1 || index($0, m"{") == 1 { s += $NF } END { printf "%d", s }')
+    total=$(awk -v a="$total" -v b="$v" 'BEGIN { printf "%d", a + b }')
+  done
+  echo "$total"
+}
+
+echo "==> preloading $KEYS keys"
+started=$(date +%s)
+bench --workload put --preload --ops 1 --warmup 0s --concurrency 64 >/dev/null
+preload_secs=$(( $(date +%s) - started ))
+
+ROWS=$RUN/rows.md
+: >"$ROWS"
+run() { # label, bench args...
+  local label=$1; shift
+  local h0 m0 c0=() t0 t1
+  h0=$(metric_sum tessera_cache_hits_total); m0=$(metric_sum tessera_cache_misses_total)
+  for g in "${GWS[@]}"; do c0+=("$(cpu_ticks "$(pid_of "$g")")"); done
+  t0=$(date +%s.%N)
+  local r
+  r=$(bench --concurrency "$CONCURRENCY" --duration "${BENCH_SECS}s" --warmup 2s "$@")
+  t1=$(date +%s.%N)
+  local h1 m1 cpu="" i=0 hz
+  h1=$(metric_sum tessera_cache_hits_total); m1=$(metric_sum tessera_cache_misses_total)
+  hz=$(getconf CLK_TCK)
+  for g in "${GWS[@]}"; do
+    cpu+="${cpu:+ / }$(awk -v a="${c0[$i]}" -v b="$(cpu_ticks "$(pid_of "$g")")" -v hz="$hz" -v t0="$t0" -v t1="$t1" 'BEGIN { printf "%d%%", (b - a) / hz / (t1 - t0) * 100 }')"
+    i=$((i + 1))
+  done
+  local hit
+  hit=$(awk -v h=$((h1 - h0)) -v m=$((m1 - m0)) 'BEGIN { if (h + m > 0) printf "%.1f%%", 100 * h / (h + m); else print "-" }')
+  jq -r --arg l "$label" --arg hit "$hit" --arg cpu "$cpu" \
+    '"| \($l) | \(.ops_per_sec | round) | \(.latency_ms.p50) | \(.latency_ms.p99) | \($hit) | \($cpu) | \(.errors) |"' <<<"$r" | tee -a "$ROWS"
+}
+
+echo "==> reads at concurrency $CONCURRENCY"
+run "strong get, uniform" --workload get --route owner
+run "strong get, zipf $ZIPF_THETA" --workload get --route owner --distribution zipf
+run "eventual get, uniform" --workload get-eventual --route any
+run "eventual get, zipf $ZIPF_THETA" --workload get-eventual --route any --distribution zipf
+
+echo "==> eventual-read lag: eventual reads of 1000 keys while they are rewritten"
+lag0=$(for i in 1 2 3; do curl -s "http://127.0.0.1:$(port $((40 + i)))/metrics" | grep '^tessera_eventual_lag_seconds_bucket'; done)
+"$TESSERA" --endpoints "$GW_ENDPOINTS" bench --workload put --keys 1000 --key-prefix lag/ \
+  --concurrency 4 --duration "$((BENCH_SECS + 2))s" --warmup 0s --route owner --json >/dev/null &
+writer=$!
+"$TESSERA" --endpoints "$GW_ENDPOINTS" bench --workload get-eventual --keys 1000 --key-prefix lag/ \
+  --concurrency 8 --duration "${BENCH_SECS}s" --warmup 2s --json >/dev/null || true
+wait "$writer"
+lag1=$(for i in 1 2 3; do curl -s "http://127.0.0.1:$(port $((40 + i)))/metrics" | grep '^tessera_eventual_lag_seconds_bucket'; done)
+# Quantiles from the bucket counts gained during the run (upper bucket bound: an upper estimate).
+lag=$(awk '
+  function le(line) { match(line, /le="[^"]*"/); return substr(line, RSTART + 4, RLENGTH - 5) }
+  NR == FNR { before[le($1)] += $2; next }
+  { after[le($1)] += $2 }
+  END {
+    n = 0
+    for (b in after) { d[b] = after[b] - before[b]; if (b == "+Inf") total = d[b]; else bounds[n++] = b + 0 }
+    if (total == 0) { print "no samples"; exit }
+    asort(bounds)
+    split("0.5 0.99", qs, " ")
+    out = ""
+    for (qi = 1; qi <= 2; qi++) {
+      for (i = 1; i <= n; i++) { if (d[bounds[i] ""] >= qs[qi] * total) { out = out sprintf("p%s ≤ %g s; ", qs[qi] * 100, bounds[i]); break } }
+    }
+    printf "%s%d samples", out, total
+  }' <(echo "$lag0") <(echo "$lag1"))
+echo "lag: $lag"
+
+commit=$(git rev-parse --short HEAD)
+git diff --quiet HEAD -- src gateway cli scripts Cargo.toml Cargo.lock || commit="$commit (with uncommitted changes)"
+{
+  cat <<EOT
+# Reads: hot-key cache, eventual reads, lag
+
+Produced by \`scripts/bench-reads.sh\`. Client and servers (3 gateways, a compactor, etcd,
+s3s-fs and the load generator) share one $(nproc)-core machine, so per-gateway CPU is a share
+of the same two cores the client also uses.
+
+| | |
+|---|---|
+| machine | $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p' | head -n 1), load average before start $load_before |
+| commit | \`$commit\` |
+| date | $(date -u +"%Y-%m-%d %H:%M UTC") |
+| command | \`$cmd\` |
+| data | $KEYS keys of $VALUE_SIZE bytes (preloaded in $preload_secs s, batched per shard), $SHARDS shards |
+| runs | $BENCH_SECS s after 2 s warm-up, concurrency $CONCURRENCY, closed loop; strong reads straight to the owner, eventual reads spread over the 3 gateways |
+
+| workload | ops/s | p50 ms | p99 ms | cache hit ratio | gateway CPU (gw1 / gw2 / gw3) | errors |
+|---|---:|---:|---:|---:|---|---:|
+EOT
+  cat "$ROWS"
+  cat <<EOT
+
+Hit ratio: hot-key cache hits ÷ lookups on all gateways during the run (the owners' entries
+for strong reads; for eventual reads, entries of the followers' answers, which live at most
+\`reads.follower_cache_ttl\`). The preload writes every key through the owners, and each
+write is recorded in the owner's cache, so strong reads start warm as far as the 128 MiB bound
+allows.
+
+Eventual-read lag (from a write's acceptance by its owner to a follower on another gateway
+first serving it; \`tessera_eventual_lag_seconds\`, 1,000 keys rewritten by 4 writers while 8
+readers read them eventually): $lag.
+EOT
+} >"$OUT"
+echo "==> wrote $OUT"

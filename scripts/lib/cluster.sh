@@ -1,0 +1,91 @@
+# Shared by the benchmark scripts (source it): a run directory cleaned up on exit, process
+# start/stop, release binaries, and a local Tessera cluster on loopback ports.
+#
+# Needs PORT_BASE set before sourcing. Defines: RUN, start, wait_port, port, GATEWAY,
+# COMPACTOR, TESSERA, start_tessera, pid_of, cpu_ticks.
+# BIN_DIR: unset = build and use target/release; set = use the binaries there (A/B runs).
+
+RUN=$(mktemp -d -t tessera-bench.XXXXXX)
+PIDS=()
+declare -A PID_OF=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do
+    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+  done
+  rm -rf "$RUN"
+}
+trap cleanup EXIT INT TERM
+
+start() { # name, command...
+  local name=$1; shift
+  "$@" >"$RUN/$name.out" 2>"$RUN/$name.log" &
+  PIDS+=($!)
+  PID_OF[$name]=$!
+}
+
+pid_of() { echo "${PID_OF[$1]}"; }
+
+# CPU time (user + system, in clock ticks) a process has used so far.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+wait_port() { # port
+  for _ in $(seq 1 600); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done
+  echo "port $1 did not open" >&2; return 1
+}
+
+port() { echo $((PORT_BASE + $1)); }
+
+if [ -z "${BIN_DIR:-}" ]; then
+  echo "==> building (release)"
+  cargo build --release --quiet -p gateway -p compactor -p tessera-cli
+fi
+BIN_DIR=${BIN_DIR:-target/release}
+GATEWAY=$BIN_DIR/tessera-gateway
+COMPACTOR=$BIN_DIR/tessera-compactor
+TESSERA=$BIN_DIR/tessera
+
+# start_tessera N SHARDS [gateway args...]: a coordination etcd (port 20, peer 21), s3s-fs
+# (port 30), N gateways (ports 41..) in cluster mode and one compactor daemon; returns once
+# every gateway sees every shard owned by one of the N members. Sets GW_ENDPOINTS.
+start_tessera() {
+  local n=$1 shards=$2; shift 2
+  local coord=http://127.0.0.1:$(port 20) coord_peer=http://127.0.0.1:$(port 21)
+  start coord-etcd etcd --name coord --data-dir "$RUN/coord-etcd" \
+    --listen-client-urls "$coord" --advertise-client-urls "$coord" \
+    --listen-peer-urls "$coord_peer" --initial-advertise-peer-urls "$coord_peer" \
+    --initial-cluster "coord=$coord_peer"
+  mkdir -p "$RUN/s3/tessera"
+  start s3 s3s-fs --host 127.0.0.1 --port "$(port 30)" --access-key devkey --secret-key devsecret "$RUN/s3"
+  wait_port "$(port 20)"; wait_port "$(port 30)"
+  export AWS_ACCESS_KEY_ID=devkey AWS_SECRET_ACCESS_KEY=devsecret AWS_REGION=us-east-1
+  local s3=(--store s3://tessera/bench --s3-endpoint "http://127.0.0.1:$(port 30)" --etcd "$coord" --cluster bench)
+  GW_ENDPOINTS=""
+  for i in $(seq 1 "$n"); do
+    GW_ENDPOINTS+="${GW_ENDPOINTS:+,}http://127.0.0.1:$(port $((40 + i)))"
+    start "gw$i" "$GATEWAY" --listen "127.0.0.1:$(port $((40 + i)))" --shards "$shards" \
+      "${s3[@]}" --node-id "gw$i" --log warn "$@"
+  done
+  for i in $(seq 1 "$n"); do wait_port "$(port $((40 + i)))"; done
+  # In cluster mode gateways do not compact; a compactor daemon does (as in production).
+  start compactor "$COMPACTOR" "${s3[@]}" --node-id c1 --log warn
+  echo "==> waiting until every shard has an owner and the members agree"
+  local owned=0
+  for _ in $(seq 1 300); do
+    owned=0
+    for i in $(seq 1 "$n"); do
+      view=$("$TESSERA" --endpoints "http://127.0.0.1:$(port $((40 + i)))" --output json cluster 2>/dev/null) || view='{}'
+      s=$(jq '[(.shards // [])[] | select(.owner != null)] | length' <<<"$view")
+      m=$(jq '(.members // []) | length' <<<"$view")
+      [ "$s" = "$shards" ] && [ "$m" = "$n" ] && owned=$((owned + 1))
+    done
+    [ "$owned" = "$n" ] && break
+    sleep 0.2
+  done
+  if [ "$owned" != "$n" ]; then
+    echo "the Tessera cluster did not settle; gateway logs:" >&2
+    tail -n 20 "$RUN"/gw*.log >&2
+    exit 1
+  fi
+}
