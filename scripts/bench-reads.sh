@@ -96,22 +96,22 @@ writer=$!
 wait "$writer"
 lag1=$(for i in 1 2 3; do curl -s "http://127.0.0.1:$(port $((40 + i)))/metrics" | grep '^tessera_eventual_lag_seconds_bucket'; done)
 # Quantiles from the bucket counts gained during the run (upper bucket bound: an upper estimate).
+# Buckets are cumulative: the q-quantile is at most the first bound whose count gained
+# during the run reaches q of all samples.
 lag=$(awk '
   function le(line) { match(line, /le="[^"]*"/); return substr(line, RSTART + 4, RLENGTH - 5) }
   NR == FNR { before[le($1)] += $2; next }
   { after[le($1)] += $2 }
+  END { for (b in after) print b, after[b] - before[b] }' <(echo "$lag0") <(echo "$lag1") |
+  sort -g | awk '
+  { bound[NR] = $1; count[NR] = $2; if ($1 == "+Inf") total = $2 }
   END {
-    n = 0
-    for (b in after) { d[b] = after[b] - before[b]; if (b == "+Inf") total = d[b]; else bounds[n++] = b + 0 }
     if (total == 0) { print "no samples"; exit }
-    asort(bounds)
-    split("0.5 0.99", qs, " ")
     out = ""
-    for (qi = 1; qi <= 2; qi++) {
-      for (i = 1; i <= n; i++) { if (d[bounds[i] ""] >= qs[qi] * total) { out = out sprintf("p%s ≤ %g s; ", qs[qi] * 100, bounds[i]); break } }
-    }
+    for (i = 1; i <= NR; i++) if (!p50 && count[i] >= 0.5 * total) { p50 = 1; out = out "p50 ≤ " bound[i] " s, " }
+    for (i = 1; i <= NR; i++) if (!p99 && count[i] >= 0.99 * total) { p99 = 1; out = out "p99 ≤ " bound[i] " s, " }
     printf "%s%d samples", out, total
-  }' <(echo "$lag0") <(echo "$lag1"))
+  }')
 echo "lag: $lag"
 
 commit=$(git rev-parse --short HEAD)

@@ -137,12 +137,14 @@ impl HotCache {
 
     /// Records what a read found, unless `unchanged()` (checked atomically with respect to
     /// [`HotCache::record_write`] of the same key) says a write may have overtaken the read,
-    /// or the cache already holds a newer version.
+    /// or the cache already holds a newer version. The same version is stored again, which
+    /// renews its fill time (follower entries serve only while young).
     pub fn fill(&self, scope: u64, key: Bytes, found: Cached, unchanged: impl FnOnce() -> bool) {
         self.cache
             .entry(CacheKey { scope, key })
             .and_compute_with(|current| {
-                let newer = current.is_some_and(|c| c.value().cached.version() >= found.version());
+                // An equal version is re-filled: that renews a follower entry's age.
+                let newer = current.is_some_and(|c| c.value().cached.version() > found.version());
                 if newer || !unchanged() {
                     Op::Nop
                 } else {
@@ -239,6 +241,18 @@ mod tests {
         assert_eq!(version(&c, 1), Some(4));
         c.drop_scope(1);
         assert_eq!(version(&c, 1), None);
+    }
+
+    #[test]
+    fn refilling_the_same_version_renews_a_follower_entry() {
+        let c = HotCache::new(1 << 20);
+        let age = Some(Duration::from_millis(20));
+        c.fill(1, Bytes::from_static(b"k"), value(4, "four"), || true);
+        assert!(c.get(1, b"k", age).is_some());
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(c.get(1, b"k", age).is_none(), "too old");
+        c.fill(1, Bytes::from_static(b"k"), value(4, "four"), || true);
+        assert!(c.get(1, b"k", age).is_some(), "renewed");
     }
 
     #[test]
