@@ -51,6 +51,8 @@ keep-alive connections, $BENCH_SECS s after 2 s warm-up, three runs each, altern
 
 Cached Tessera get = **$ratio** of the bare handler. The gap is what a read pays beyond HTTP:
 key decoding and validation, shard routing, the lease check, the cache lookup (moka), metrics
-and the response headers.
+and the response headers. Caveat: the load generator shares the two cores, and at these
+rates it is likely the limit for both servers, so a ratio near 100% means the gateway's
+extra work is not what bounds throughput here, not that it is free.
 EOT
 echo "==> wrote $OUT"
