@@ -450,19 +450,22 @@ impl Node {
         Ok(())
     }
 
+    /// Opens `shard`'s database with this node's settings, fencing any previous writer.
+    async fn open_store(&self, shard: ShardId) -> Result<ShardStore> {
+        ShardStore::open(
+            shard,
+            &self.store,
+            &self.config.storage,
+            &self.config.object_store,
+            &self.cache,
+            self.config.embedded_compaction(),
+        )
+        .await
+    }
+
     /// Opens `slot`'s database (fencing any previous writer) and serves it under `epoch`.
     pub(crate) async fn install(self: &Arc<Self>, slot: &Arc<ShardSlot>, epoch: i64) -> Result<()> {
-        let store = Arc::new(
-            ShardStore::open(
-                slot.id,
-                &self.store,
-                &self.config.storage,
-                &self.config.object_store,
-                &self.cache,
-                self.config.embedded_compaction(),
-            )
-            .await?,
-        );
+        let store = Arc::new(self.open_store(slot.id).await?);
         slot.set(SlotState::Open {
             store: Arc::clone(&store),
             epoch,
@@ -1042,14 +1045,7 @@ impl Node {
             }
             let opened = tokio::select! {
                 _ = self.cancel.cancelled() => return,
-                r = ShardStore::open(
-                    slot.id,
-                    &self.store,
-                    &self.config.storage,
-                    &self.config.object_store,
-                    &self.cache,
-                    self.config.embedded_compaction(),
-                ) => r,
+                r = self.open_store(slot.id) => r,
             };
             match opened {
                 Ok(store) => {
