@@ -21,34 +21,40 @@ pub const S3_ACCESS_KEY: &str = "devkey";
 pub const S3_SECRET_KEY: &str = "devsecret";
 pub const S3_BUCKET: &str = "tessera";
 
-/// Path of the `tessera-gateway` binary, built once per test process.
+/// Path of the `tessera-gateway` binary.
 pub fn gateway_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| build_bin("gateway", "tessera-gateway"))
+    BIN.get_or_init(|| workspace_bin("tessera-gateway"))
 }
 
-/// Path of the `tessera-compactor` binary, built once per test process.
+/// Path of the `tessera-compactor` binary.
 pub fn compactor_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| build_bin("compactor", "tessera-compactor"))
+    BIN.get_or_init(|| workspace_bin("tessera-compactor"))
 }
 
-/// Path of the `tessera` CLI binary, built once per test process.
+/// Path of the `tessera` CLI binary.
 pub fn cli_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| build_bin("tessera-cli", "tessera"))
+    BIN.get_or_init(|| workspace_bin("tessera"))
 }
 
-/// Builds binary `bin` of workspace package `package` (debug) and returns its path.
-fn build_bin(package: &str, bin: &str) -> PathBuf {
+/// Builds every binary of the workspace (debug, once per test process) and returns the path
+/// of `bin`. One `--workspace` build rather than `-p <package>` per binary: features are then
+/// unified as in `cargo test --workspace`, so the dependencies already compiled for the tests
+/// are reused instead of being compiled a second time (disk space on CI machines is limited).
+fn workspace_bin(bin: &str) -> PathBuf {
+    static BUILT: OnceLock<()> = OnceLock::new();
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args(["build", "--quiet", "-p", package, "--bin", bin])
-        .current_dir(root)
-        .status()
-        .expect("run cargo build");
-    assert!(status.success(), "building {bin} failed");
+    BUILT.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "--quiet", "--workspace", "--bins"])
+            .current_dir(root)
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "building the workspace binaries failed");
+    });
     let target = std::env::var("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|_| root.join("target"));
