@@ -93,22 +93,7 @@ done
 
 echo "==> building (release)"
 cargo build --release --quiet -p gateway -p compactor -p tessera-cli
-# s3s-fs 0.14.1 answers a LIST by walking the whole bucket and filtering by prefix, so each
-# LIST costs O(objects in the bucket); with 1024 shards polling their manifests it cannot keep
-# up (requests time out). A copy patched to walk only the prefix's directory
-# (scripts/s3s-fs-list-prefix.patch; answers unchanged) is built once into target/.
-S3S_DIR=target/s3s-fs-scale
-S3S=$S3S_DIR/bin/s3s-fs
-if [ ! -x "$S3S" ] || [ scripts/s3s-fs-list-prefix.patch -nt "$S3S" ]; then
-  src=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/s3s-fs-0.14.1 2>/dev/null | head -n 1)
-  [ -n "$src" ] || { echo "s3s-fs 0.14.1 sources missing: cargo install s3s-fs@0.14.1 --features binary --locked" >&2; exit 1; }
-  echo "==> building a patched s3s-fs into $S3S_DIR (once; about 4 CPU-minutes)"
-  rm -rf "$S3S_DIR/src"; mkdir -p "$S3S_DIR"; cp -r "$src" "$S3S_DIR/src"
-  patch -s -d "$S3S_DIR/src" -p1 <scripts/s3s-fs-list-prefix.patch
-  printf '\n[workspace]\n' >>"$S3S_DIR/src/Cargo.toml"  # not a member of our workspace
-  cargo install --quiet --path "$S3S_DIR/src" --features binary --locked --root "$S3S_DIR" \
-    --target-dir "$S3S_DIR/build"
-fi
+source scripts/lib/s3s-fs.sh
 GATEWAY=target/release/tessera-gateway
 COMPACTOR=target/release/tessera-compactor
 TESSERA=target/release/tessera
@@ -131,7 +116,7 @@ start s3-count awk -v f="$RUN/s3-requests" '/resolved route/ {
       line = "{\"total\": " t; for (o in n) line = line ", \"" o "\": " n[o]; print line "}" > f; fflush(f)
     } }' "$RUN/s3.fifo"
 RUST_LOG=s3s::ops=debug start s3 sh -c 'exec "$@" >"$0"' "$RUN/s3.fifo" \
-  "$S3S" --host 127.0.0.1 --port "$(port 2)" --access-key devkey --secret-key devsecret "$RUN/s3"
+  "$S3S_FS" --host 127.0.0.1 --port "$(port 2)" --access-key devkey --secret-key devsecret "$RUN/s3"
 S3_PID=${PIDS[-1]}
 wait_port "$(port 0)"; wait_port "$(port 2)"
 # The last complete line (the very last one may be half-written).

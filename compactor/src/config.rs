@@ -40,8 +40,9 @@ pub struct CompactionConfig {
     /// fewer. Must be in 2..=8 and at most the gateways' `storage.l0_max_ssts` (L0 stops
     /// growing there, so a higher threshold would never be reached). Default: 4.
     pub l0_threshold: usize,
-    /// How often a shard's compactor polls its manifest and job state (one GET per claimed
-    /// shard per interval each): how fast new L0 SSTs are noticed. Default: 1s.
+    /// How often a shard's compactor polls its manifest and job state: how fast new L0 SSTs
+    /// are noticed. Each poll costs a few GETs (object and its boundary) per claimed shard:
+    /// measured 1.8 requests/s per idle shard at 5 s, 8.8 at 1 s. Default: 5s (SlateDB's).
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
     /// Compactions running at once per shard. Default: 1.
@@ -69,7 +70,7 @@ impl Default for CompactionConfig {
     fn default() -> Self {
         Self {
             l0_threshold: 4,
-            poll_interval: Duration::from_secs(1),
+            poll_interval: Duration::from_secs(5),
             max_concurrent_compactions: 1,
             job_timeout: Duration::from_secs(30),
             gc_interval: Duration::from_secs(60),

@@ -172,6 +172,7 @@ async fn run(config: CompactorConfig, once: bool) -> Result<ExitCode, String> {
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
     };
+    metrics.count_object_store(Arc::clone(&store.requests));
     let me = member(&config, metrics_url);
     let result = daemon::run(config, store, shards, me, metrics, signal).await;
     cancel.cancel();

@@ -2,14 +2,16 @@
 //! `metrics.listen` is set. Per shard (label `shard`, five digits): the manifest's L0 SST count
 //! and sorted runs while this compactor holds the shard; bytes and SSTs written by compactions,
 //! compactions done (new sorted runs committed), failed compactor runs, and objects deleted by
-//! the garbage collector.
+//! the garbage collector. Process-wide: object-store requests by kind, as the gateways report
+//! theirs, so the idle cost of compaction can be measured.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use axum::extract::State;
 use axum::routing::get;
 use prometheus::{Encoder, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use tessera::objstore::RequestCounts;
 use tessera::ShardId;
 use tokio_util::sync::CancellationToken;
 
@@ -26,6 +28,9 @@ pub struct Metrics {
     compactions: IntCounterVec,
     failures: IntCounterVec,
     gc_deleted: IntCounterVec,
+    object_store_requests: IntCounterVec,
+    /// The counts behind `object_store_requests`, once the object store is open.
+    requests: OnceLock<Arc<RequestCounts>>,
 }
 
 impl Default for Metrics {
@@ -58,8 +63,22 @@ impl Metrics {
         registry
             .register(Box::new(claimed.clone()))
             .expect("unique metric");
+        let object_store_requests = IntCounterVec::new(
+            Opts::new(
+                "object_store_requests_total",
+                "Object-store requests made by this compactor, by kind \
+                 (get, head, put, delete, list, copy)",
+            ),
+            &["op"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(object_store_requests.clone()))
+            .expect("unique metric");
         Metrics {
             claimed,
+            object_store_requests,
+            requests: OnceLock::new(),
             l0: gauge("l0_ssts", "L0 SSTs in the shard's manifest"),
             sorted_runs: gauge("sorted_runs", "Sorted runs in the shard's manifest"),
             bytes_written: counter("bytes_written_total", "Bytes written by compactions"),
@@ -75,6 +94,11 @@ impl Metrics {
             gc_deleted: counter("gc_deleted_objects_total", "Objects deleted by GC"),
             registry,
         }
+    }
+
+    /// Reports the requests counted in `requests` (the opened object store's) from now on.
+    pub fn count_object_store(&self, requests: Arc<RequestCounts>) {
+        let _ = self.requests.set(requests);
     }
 
     /// Records the number of shards held.
@@ -121,6 +145,13 @@ impl Metrics {
 
     /// The metrics in Prometheus text format.
     pub fn render(&self) -> String {
+        if let Some(requests) = self.requests.get() {
+            for (op, n) in requests.snapshot() {
+                // Only this sync moves the counter, and the source only grows.
+                let c = self.object_store_requests.with_label_values(&[op]);
+                c.inc_by(n.saturating_sub(c.get()));
+            }
+        }
         let mut out = Vec::new();
         // Encoding into a Vec cannot fail.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
