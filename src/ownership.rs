@@ -108,14 +108,15 @@ impl Node {
             // Quiet period after a membership change: let a burst (a flapping member, several
             // joins) settle before moving shards. Owner-key changes alone (a release, an
             // expiry) are acted on at once: they are the critical path of every handoff.
-            if self.view.borrow().members != members {
-                loop {
-                    tokio::select! {
-                        _ = self.cancel.cancelled() => return,
-                        r = tokio::time::timeout(delay, changes.changed()) => if r.is_err() { break },
-                    }
-                }
+            // Only the member set must hold still: other writes under the cluster prefix (a
+            // peer acquiring its shards, compactor claims) never end the wait otherwise, and a
+            // steady stream of them left this gateway owning nothing.
+            while self.view.borrow().members != members {
                 members = self.view.borrow().members.clone();
+                tokio::select! {
+                    _ = self.cancel.cancelled() => return,
+                    _ = tokio::time::sleep(delay) => {}
+                }
             }
             if self.lease().is_lost() {
                 self.recover_lost_lease().await;

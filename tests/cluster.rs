@@ -4,6 +4,8 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::cluster::{log_tail, shard_of, Cluster};
@@ -66,6 +68,49 @@ async fn any_gateway_serves_any_key_and_views_agree() {
     assert!(metric(&metrics, "tessera_lease_keepalive_last_seconds") > 0.0);
     assert_eq!(metric(&metrics, "tessera_shards_unowned"), 0.0);
     assert!(metrics.contains("tessera_shard_unowned_seconds_total{shard=\"00000\"}"));
+}
+
+/// Writes under the cluster's etcd prefix that are not membership changes (peers acquiring
+/// shards, compactor claims) must not hold back rebalancing: the quiet period after a join
+/// waits for the member set alone. A steady stream of such writes once left joining gateways
+/// owning nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unrelated_etcd_writes_do_not_starve_rebalancing() {
+    let mut c = Cluster::start(0).await;
+    let mut etcd = etcd_client::Client::connect([c.etcd.endpoint()], None)
+        .await
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let churn = {
+        let stop = Arc::clone(&stop);
+        tokio::spawn(async move {
+            let mut writes = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                etcd.put("/tessera/test/churn", writes.to_string(), None)
+                    .await
+                    .unwrap();
+                writes += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            writes
+        })
+    };
+    for _ in 0..3 {
+        c.add().await;
+    }
+    let started = Instant::now();
+    c.await_stable(&[0, 1, 2], Duration::from_secs(30)).await;
+    let settled = started.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let writes = churn.await.unwrap();
+    println!(
+        "every shard owned {settled:?} after the last join, through {writes} unrelated writes"
+    );
+    // Far more writes than quiet periods of rebalance_delay (300 ms) would have allowed.
+    assert!(
+        writes as f64 > settled.as_secs_f64() * 10.0,
+        "too few writes: {writes}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -223,7 +268,7 @@ async fn zombie_owner_never_acknowledges_nor_serves_stale_reads() {
 async fn scale_out_and_in_under_load_without_failed_requests() {
     let mut c = Cluster::start(3).await;
     c.await_stable(&[0, 1, 2], Duration::from_secs(30)).await;
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
     let urls: Vec<String> = (0..3).map(|i| c.gw(i).url.clone()).collect();
     let load: Vec<_> = (0..4)
         .map(|w| {
@@ -232,7 +277,7 @@ async fn scale_out_and_in_under_load_without_failed_requests() {
                 let http = client();
                 let (mut ok, mut failed, mut latencies) = (0u32, Vec::new(), Vec::new());
                 let mut i = 0u64;
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                while !stop.load(Ordering::Relaxed) {
                     let sent = Instant::now();
                     let url = &urls[(i % 3) as usize];
                     let key = format!("load{w}-{}", i % 50);
@@ -289,7 +334,7 @@ async fn scale_out_and_in_under_load_without_failed_requests() {
         started.elapsed()
     );
     tokio::time::sleep(phase).await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
     let (mut ok, mut failed, mut latencies) = (0, Vec::new(), Vec::new());
     for l in load {
         let (o, f, lat) = l.await.unwrap();
