@@ -284,6 +284,40 @@ async fn two_daemons_split_shards_and_survive_kill9() {
     read_back(&c.gw(1).url, &acked).await;
 }
 
+/// A compactor that starts before any shard database exists (the gateway waits 6 s before its
+/// first rebalance) fails on every shard until the gateway creates them, and retries each with
+/// a doubling backoff, not on every pass: a tight claim-fail-release loop once flooded etcd with
+/// claim writes, which kept the gateways from ever settling.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compactor_backs_off_shards_not_created_yet() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Cluster::start_with(
+        1,
+        gateway_args(dir.path(), 64, "[cluster]\nrebalance_delay = \"6s\"\n"),
+    )
+    .await;
+    let p = c.start_compactor("c0", &compactor_config(4));
+    c.await_stable(&[0], Duration::from_secs(60)).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while reported_shards(&p).await.len() < SHARDS as usize {
+        assert!(
+            Instant::now() < deadline,
+            "compactor never compacted every shard:\n{}",
+            log_tail(&p.log)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Backoff from 200 ms: attempts at ~0, 0.2, 0.6, 1.4, 3.0, 6.2 s. Without it, every 250 ms
+    // pass retried every shard (~24 failures per shard in 6 s).
+    let failures = sum(&p.metrics().await, "tessera_compactor_failures_total");
+    println!("{failures} failed compactor starts over {SHARDS} shards");
+    assert!(
+        failures <= 8.0 * SHARDS as f64,
+        "{failures} failures: no backoff\n{}",
+        log_tail(&p.log)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_failover_during_compaction_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();

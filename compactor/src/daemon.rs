@@ -4,8 +4,11 @@
 //! One loop, woken by view changes and every [`TICK`]:
 //! 1. Lease lost (etcd said TTL 0): every claim went with it; stop every job, grant a new lease.
 //! 2. A job whose claim no longer holds (lease deadline passed, claim key gone) stops at once.
-//!    A job that stopped on its own (fenced by another compactor, object-store failure) is
-//!    counted as failed and its claim released, so the shard is claimed and started afresh.
+//!    A job that stopped on its own (fenced by another compactor, object-store failure, a
+//!    shard no gateway has created yet) is counted as failed and its claim released; the shard
+//!    is claimed and started afresh after a backoff (`poll_interval`, doubling per consecutive
+//!    failure up to [`MAX_BACKOFF`]), so a shard that cannot be compacted costs no steady
+//!    stream of claims, jobs and etcd writes.
 //! 3. Unless a membership change is younger than `rebalance_delay`: release the shards another
 //!    live compactor should have (stop the job first, then delete the claim) and claim the
 //!    unclaimed shards this compactor should have.
@@ -30,6 +33,9 @@ use crate::metrics::Metrics;
 
 /// How often the loop runs without a view change.
 const TICK: Duration = Duration::from_millis(250);
+
+/// Longest wait before a shard whose job failed is claimed again.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
 /// A shard this daemon holds.
 struct Held {
@@ -60,6 +66,7 @@ pub async fn run(
         claims,
         metrics,
         held: BTreeMap::new(),
+        backoff: BTreeMap::new(),
     };
     let mut changes = daemon.claims.subscribe();
     let mut members = BTreeMap::new();
@@ -101,6 +108,9 @@ struct Daemon {
     claims: Arc<Claims>,
     metrics: Arc<Metrics>,
     held: BTreeMap<ShardId, Held>,
+    /// Shards whose last job failed: consecutive failures, and when to claim again. Cleared by
+    /// the first reading of an existing manifest while the shard's next job runs.
+    backoff: BTreeMap<ShardId, (u32, Instant)>,
 }
 
 impl Daemon {
@@ -129,8 +139,17 @@ impl Daemon {
             let (claim, finished) = (h.claim, h.job.finished());
             if finished {
                 self.stop(h).await;
-                // Free the shard so the next pass claims it and starts afresh.
+                // Free the shard so a later pass claims it and starts afresh.
                 self.claims.release(claim).await;
+                let failures = self.backoff.get(&shard).map_or(0, |(n, _)| *n) + 1;
+                let wait = self
+                    .cfg
+                    .compaction
+                    .poll_interval
+                    .saturating_mul(1 << (failures - 1).min(16))
+                    .min(MAX_BACKOFF);
+                self.backoff
+                    .insert(shard, (failures, Instant::now() + wait));
             } else {
                 tracing::warn!(%shard, epoch = claim.epoch, "compaction claim lost; stopping");
                 self.stop(h).await;
@@ -139,10 +158,12 @@ impl Daemon {
         if !rebalance {
             return;
         }
+        let now = Instant::now();
         let holdings = (0..self.shard_count).map(ShardId).map(|s| {
-            let holding = match self.held.get(&s) {
-                Some(h) => Holding::Held(h.claim.epoch),
-                None => Holding::Free,
+            let holding = match (self.held.get(&s), self.backoff.get(&s)) {
+                (Some(h), _) => Holding::Held(h.claim.epoch),
+                (None, Some((_, retry_at))) if *retry_at > now => Holding::Busy,
+                (None, _) => Holding::Free,
             };
             (s, holding)
         });
@@ -231,6 +252,9 @@ impl Daemon {
                     }
                     h.runs = Some(runs);
                     self.metrics.observe(shard, &stats);
+                    if stats.exists {
+                        self.backoff.remove(&shard);
+                    }
                 }
                 Err(e) => tracing::warn!(%shard, error = %e, "reading the manifest failed"),
             }

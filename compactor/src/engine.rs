@@ -38,6 +38,8 @@ use crate::error::{CompactorError, Result};
 /// What a shard's latest manifest says about its LSM tree.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ShardStats {
+    /// False for a shard whose database no gateway has created yet.
+    pub exists: bool,
     /// L0 SSTs (flushed memtables not yet compacted).
     pub l0: usize,
     /// Sorted runs below L0.
@@ -62,6 +64,7 @@ pub async fn read_stats(
         })?
         .map_err(|source| CompactorError::Shard { shard, source })?;
     Ok(manifest.map_or_else(ShardStats::default, |m| ShardStats {
+        exists: true,
         l0: m.l0().len(),
         sorted_runs: m.compacted().len(),
         run_ids: m.compacted().iter().map(|r| r.id).collect(),
