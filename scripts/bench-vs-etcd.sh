@@ -18,6 +18,10 @@
 #          as a smart client does; any: spread over the gateways, which forward)
 #   PORT_BASE (42000: every port is PORT_BASE + a small offset)   OUT (docs/benchmarks.md)
 #   BIN_DIR (unset: build and use target/release; else use the binaries there, e.g. an A/B run)
+#   S3_TMPFS (1: the S3 server keeps its objects on tmpfs, /dev/shm; 0: in the run directory on
+#          disk). s3s-fs creates a file per object, and on ext4 the kernel's inode allocation
+#          for the WAL PUTs took most of a core, CPU a real object store spends on its own
+#          machines; etcd's members stay on disk either way.
 # With the defaults a run takes about 12 minutes (48 runs of 12 s, plus startup and preload).
 #
 # Needs: etcd (apt-get install etcd-server), s3s-fs (cargo install s3s-fs@0.14.1 --features
@@ -26,7 +30,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 
-SETTINGS="BENCH_SECS WARMUP_SECS CONCURRENCY WORKLOADS KEYS VALUE_SIZE DISTRIBUTION SHARDS ROUTE"
+SETTINGS="BENCH_SECS WARMUP_SECS CONCURRENCY WORKLOADS KEYS VALUE_SIZE DISTRIBUTION SHARDS ROUTE S3_TMPFS"
 # The command as given, with the settings that were overridden, for the record.
 cmd="scripts/bench-vs-etcd.sh"
 for v in $SETTINGS; do [ -z "${!v+x}" ] || cmd="$v=\"${!v}\" $cmd"; done
@@ -40,6 +44,7 @@ VALUE_SIZE=${VALUE_SIZE:-100}
 DISTRIBUTION=${DISTRIBUTION:-uniform}
 SHARDS=${SHARDS:-64}
 ROUTE=${ROUTE:-owner}
+S3_TMPFS=${S3_TMPFS:-1}
 PORT_BASE=${PORT_BASE:-42000}
 OUT=${OUT:-docs/benchmarks.md}
 
@@ -71,6 +76,10 @@ done
 
 for p in 1 2 3; do wait_port "$(port $p)"; done
 echo "==> starting Tessera: coordination etcd, s3s-fs, 3 gateways ($SHARDS shards), a compactor"
+if [ "$S3_TMPFS" = 1 ]; then
+  S3_DATA=$(mktemp -d -p /dev/shm tessera-bench-s3.XXXXXX)
+  trap 'cleanup; rm -rf "$S3_DATA"' EXIT INT TERM
+fi
 start_tessera 3 "$SHARDS"
 
 bench() { # target, extra args...
@@ -130,7 +139,7 @@ deployment; the ratios are the point.
 | runs | ${BENCH_SECS} s measured after ${WARMUP_SECS} s warm-up, per workload, concurrency and system; Tessera first, then etcd |
 | keys | $KEYS keys (preloaded), $VALUE_SIZE-byte values, $DISTRIBUTION key choice |
 | etcd | $(etcd --version | head -n 1 | sed 's/etcd Version: //') (Debian), 3 members on loopback, default settings (fsync on every commit) |
-| Tessera | 3 gateways and 1 compactor daemon (release builds), $SHARDS shards, default settings; S3 server s3s-fs 0.14.1 on loopback; coordination through a separate single-member etcd |
+| Tessera | 3 gateways and 1 compactor daemon (release builds), $SHARDS shards, default settings; S3 server s3s-fs 0.14.1 (LIST patched to walk only the prefix, \`scripts/lib/s3s-fs.sh\`) on loopback, objects $( [ "$S3_TMPFS" = 1 ] && echo "on tmpfs" || echo "on disk (ext4)"); coordination through a separate single-member etcd |
 | client | \`tessera bench\`: closed loop, each task one operation at a time; Tessera over pooled HTTP/1.1 keep-alive connections, \`--route $ROUTE\` ($( [ "$ROUTE" = owner ] && echo "each strong read and write sent straight to its shard's owner from the \`/v1/cluster\` map, as a smart client does; eventual reads to gateway i mod 3" || echo "task i using gateway i mod 3, which forwards to the owner")); etcd through etcd-client (gRPC), one channel per 16 tasks balanced over the 3 members (etcd followers forward writes and linearizable reads to the leader) |
 
 What the workloads do (\`tessera bench --help\`):
@@ -144,9 +153,10 @@ What the workloads do (\`tessera bench --help\`):
   \`mod_revision\`); one operation = read + conditional write. Conflicts (another task won)
   are not errors; they are listed.
 
-Caveat on durability: s3s-fs writes objects to files without fsync, while etcd fsyncs its WAL,
-so Tessera's "durable" here means "in the S3 server's files", not "on disk". Against a real
-object store each write also pays the store's latency.
+Caveat on durability: s3s-fs writes objects to files without fsync$( [ "$S3_TMPFS" = 1 ] && echo ", here on tmpfs (memory)"), while etcd
+fsyncs its WAL to disk, so Tessera's "durable" here means "in the S3 server's files", not "on
+disk". Against a real object store each write also pays the store's latency (typically
+10–30 ms per PUT on S3 Standard) and the store's CPU is not on this machine.
 
 Columns: ops/s (throughput), p50/p99 latency in ms, **ratio** = Tessera ops/s ÷ etcd ops/s,
 **obj req/1k** = object-store requests made by all gateways per 1,000 operations (warm-up
