@@ -33,6 +33,9 @@ use crate::shard::ShardId;
 /// Shards acquired or released concurrently by one rebalance pass.
 const MOVE_CONCURRENCY: usize = 8;
 
+/// How long a leaving gateway keeps serving after handing its shards over (see `leave`).
+const LEAVE_LINGER: Duration = Duration::from_millis(500);
+
 impl Node {
     /// Joins the cluster: lease, registration, keep-alive, watch, rebalancer.
     pub(crate) async fn join(self: &Arc<Self>) -> Result<()> {
@@ -273,6 +276,11 @@ impl Node {
         }
         run_concurrently(moves).await;
         tracing::info!(shards = count, "left the cluster");
+        // Gateways whose view still names us as an owner keep forwarding here for as long as
+        // the release takes to reach them. Serving on meanwhile answers them `421` (they look
+        // again); closing now would break their pooled connections mid-request, and a write
+        // whose connection broke has an unknown outcome (`503`).
+        tokio::time::sleep(LEAVE_LINGER).await;
     }
 
     /// Revokes the lease (last step of shutdown), so nothing waits for it to expire.

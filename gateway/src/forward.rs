@@ -8,8 +8,10 @@
 //!   (`x-tessera-deadline-ms`); the owner never works past the original deadline.
 //! - **Retries**: a `421`, an unowned shard (failover in progress) or an owner that refuses the
 //!   connection is retried after a short wait until the deadline, then `503` + `Retry-After`.
-//!   A request that may have reached the owner (the connection broke after sending) is never
-//!   retried: a write's outcome is then unknown and the client gets `503 unavailable`.
+//!   A write that may have reached the owner (the connection broke after sending) is never
+//!   retried: its outcome is then unknown and the client gets `503 unavailable`; a read is
+//!   retried, as it changes nothing. A leaving gateway keeps serving briefly after handing its
+//!   shards over, so forwarders with a stale view get `421`, not a broken connection.
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -118,6 +120,10 @@ pub async fn send(
         // Nothing reached the owner: it is down or restarting; look again.
         Err(e) if e.is_connect() => return Ok(Forwarded::Retry),
         Err(e) if e.is_timeout() => return Err(tessera::Error::DeadlineExceeded.into()),
+        // A read changes nothing, so whether it reached the owner does not matter: look again.
+        Err(_) if req.method == Method::GET || req.method == Method::HEAD => {
+            return Ok(Forwarded::Retry)
+        }
         Err(e) => {
             return Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
