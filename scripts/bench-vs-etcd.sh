@@ -79,10 +79,6 @@ done
 
 for p in 1 2 3; do wait_port "$(port $p)"; done
 echo "==> starting Tessera: coordination etcd, s3s-fs, 3 gateways ($SHARDS shards), a compactor"
-if [ "$S3_TMPFS" = 1 ]; then
-  S3_DATA=$(mktemp -d -p /dev/shm tessera-bench-s3.XXXXXX)
-  trap 'cleanup; rm -rf "$S3_DATA"' EXIT INT TERM
-fi
 start_tessera 3 "$SHARDS"
 
 bench() { # target, extra args...

@@ -28,10 +28,6 @@ PERF=${PERF:-}
 # shellcheck source=lib/cluster.sh
 source scripts/lib/cluster.sh
 [ "${S3_STOCK:-0}" = 1 ] && S3S_FS=s3s-fs
-if [ "${S3_TMPFS:-0}" = 1 ]; then
-  S3_DATA=$(mktemp -d -p /dev/shm tessera-profile-s3.XXXXXX)
-  trap 'cleanup; rm -rf "$S3_DATA"' EXIT INT TERM
-fi
 start_tessera 3 "$SHARDS"
 bench=("$TESSERA" --endpoints "$GW_ENDPOINTS" bench --keys 10000 --value-size 100 --route owner --json)
 "${bench[@]}" --workload put --preload --concurrency 64 --ops 1 --warmup 0s >/dev/null

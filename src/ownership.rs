@@ -276,6 +276,9 @@ impl Node {
         }
         run_concurrently(moves).await;
         tracing::info!(shards = count, "left the cluster");
+        if count == 0 {
+            return;
+        }
         // Gateways whose view still names us as an owner keep forwarding here for as long as
         // the release takes to reach them. Serving on meanwhile answers them `421` (they look
         // again); closing now would break their pooled connections mid-request, and a write

@@ -121,9 +121,7 @@ pub async fn send(
         Err(e) if e.is_connect() => return Ok(Forwarded::Retry),
         Err(e) if e.is_timeout() => return Err(tessera::Error::DeadlineExceeded.into()),
         // A read changes nothing, so whether it reached the owner does not matter: look again.
-        Err(_) if req.method == Method::GET || req.method == Method::HEAD => {
-            return Ok(Forwarded::Retry)
-        }
+        Err(_) if req.method.is_safe() => return Ok(Forwarded::Retry),
         Err(e) => {
             return Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,

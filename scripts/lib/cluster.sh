@@ -4,6 +4,7 @@
 # Needs PORT_BASE set before sourcing. Defines: RUN, start, wait_port, port, GATEWAY, S3S_FS,
 # COMPACTOR, TESSERA, start_tessera, pid_of, cpu_ticks.
 # BIN_DIR: unset = build and use target/release; set = use the binaries there (A/B runs).
+# S3_TMPFS=1: start_tessera keeps the S3 server's objects on /dev/shm instead of in RUN.
 
 RUN=$(mktemp -d -t tessera-bench.XXXXXX)
 PIDS=()
@@ -14,7 +15,7 @@ cleanup() {
     for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     kill -KILL "$pid" 2>/dev/null || true
   done
-  rm -rf "$RUN"
+  rm -rf "$RUN" ${S3_TMPFS_DIR:+"$S3_TMPFS_DIR"}
 }
 trap cleanup EXIT INT TERM
 
@@ -59,9 +60,13 @@ start_tessera() {
     --listen-client-urls "$coord" --advertise-client-urls "$coord" \
     --listen-peer-urls "$coord_peer" --initial-advertise-peer-urls "$coord_peer" \
     --initial-cluster "coord=$coord_peer"
-  S3_DATA=${S3_DATA:-$RUN/s3}
-  mkdir -p "$S3_DATA/tessera"
-  start s3 "$S3S_FS" --host 127.0.0.1 --port "$(port 30)" --access-key devkey --secret-key devsecret "$S3_DATA"
+  local s3_data=$RUN/s3
+  if [ "${S3_TMPFS:-0}" = 1 ]; then
+    S3_TMPFS_DIR=$(mktemp -d -p /dev/shm tessera-s3.XXXXXX)  # removed by cleanup
+    s3_data=$S3_TMPFS_DIR
+  fi
+  mkdir -p "$s3_data/tessera"
+  start s3 "$S3S_FS" --host 127.0.0.1 --port "$(port 30)" --access-key devkey --secret-key devsecret "$s3_data"
   wait_port "$(port 20)"; wait_port "$(port 30)"
   export AWS_ACCESS_KEY_ID=devkey AWS_SECRET_ACCESS_KEY=devsecret AWS_REGION=us-east-1
   local s3=(--store s3://tessera/bench --s3-endpoint "http://127.0.0.1:$(port 30)" --etcd "$coord" --cluster bench)
