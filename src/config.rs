@@ -175,6 +175,13 @@ pub struct StorageConfig {
     /// `1 / flush_interval` PUTs per second. Default: 10ms.
     #[serde(with = "humantime_serde")]
     pub flush_interval: Duration,
+    /// The memtable is written out as an L0 SST at the latest this long after its first write,
+    /// even when far below `l0_sst_size_bytes`. Opening a shard (a new owner after failover, a
+    /// follower for eventual reads) replays every WAL object written since the last memtable
+    /// flush, so this bounds that replay to the WAL of one interval. Costs one SST and one
+    /// manifest PUT per written shard per interval. Default: 30s.
+    #[serde(with = "humantime_serde")]
+    pub memtable_flush_interval: Duration,
     /// How often each shard re-reads its manifest (notices fencing when idle and new compaction
     /// results). Costs one GET per shard per interval. Default: 1s.
     #[serde(with = "humantime_serde")]
@@ -187,7 +194,7 @@ pub struct StorageConfig {
     pub block_cache_bytes: u64,
     /// L0 SSTs at which a shard stops flushing memtables until compaction catches up; writes
     /// then wait once `max_unflushed_bytes` is reached (backpressure). SlateDB's
-    /// `l0_max_ssts`. Default: 8.
+    /// `l0_max_ssts` and `l0_max_ssts_per_key`. Default: 8.
     pub l0_max_ssts: usize,
     /// Shards opened concurrently at start-up. Default: 8.
     pub open_concurrency: usize,
@@ -198,6 +205,7 @@ impl Default for StorageConfig {
         Self {
             shard_count: 64,
             flush_interval: Duration::from_millis(10),
+            memtable_flush_interval: Duration::from_secs(30),
             manifest_poll_interval: Duration::from_secs(1),
             l0_sst_size_bytes: 16 * MIB,
             max_unflushed_bytes: 64 * MIB,
@@ -313,6 +321,9 @@ impl NodeConfig {
         }
         if s.flush_interval.is_zero() {
             return fail("storage.flush_interval must be positive".into());
+        }
+        if s.memtable_flush_interval.is_zero() {
+            return fail("storage.memtable_flush_interval must be positive".into());
         }
         if s.manifest_poll_interval.is_zero() {
             return fail("storage.manifest_poll_interval must be positive".into());

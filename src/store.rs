@@ -13,6 +13,12 @@
 //!   shares the next PUT. Batches grow with load and PUTs per second stay bounded by
 //!   `1 / flush_interval` per shard. SlateDB's own periodic flush stays on, ten times slower,
 //!   as a backstop.
+//! - **Bounded WAL replay.** Opening a database replays the WAL written since its last memtable
+//!   flush. The flusher task also writes the memtable out `storage.memtable_flush_interval`
+//!   after its first WAL flush, so a new owner or a follower replays at most one interval of
+//!   WAL objects, not everything since the memtable last filled up (16 MiB of small writes can
+//!   be hundreds of thousands of objects). The memtable flush runs beside the WAL flushes: it
+//!   can wait on L0 backpressure, and WAL flushes (acknowledgements) must not wait with it.
 //! - **Versions.** A key's version is the SlateDB sequence number of the write that produced it.
 //!   Sequence numbers strictly increase per database across restarts and reopenings, so versions
 //!   strictly increase per key and are never reused, also after a delete and re-create.
@@ -45,14 +51,14 @@
 //!   local filesystem store lacks, so they are disabled there.
 
 use std::ops::Bound;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use slatedb::config::{
-    CompactorOptions, DbReaderOptions, DurabilityLevel, GarbageCollectorOptions, PutOptions,
-    ReadOptions, ScanOptions, Settings, Ttl,
+    CompactorOptions, DbReaderOptions, DurabilityLevel, FlushOptions, FlushType,
+    GarbageCollectorOptions, PutOptions, ReadOptions, ScanOptions, Settings, Ttl,
 };
 use slatedb::db_cache::moka::{MokaCache, MokaCacheOptions};
 use slatedb::db_cache::DbCache;
@@ -192,7 +198,11 @@ impl ShardStore {
             l0_sst_size_bytes: storage.l0_sst_size_bytes,
             max_unflushed_bytes: storage.max_unflushed_bytes,
             object_store_max_retries: Some(object_store.max_retries),
+            // SlateDB also stops flushing once any key is covered by `l0_max_ssts_per_key` L0
+            // SSTs (default 8). With hashed, unordered keys every L0 SST spans the whole shard,
+            // so that limit, not `l0_max_ssts`, would decide: both follow the configured one.
             l0_max_ssts: storage.l0_max_ssts,
+            l0_max_ssts_per_key: storage.l0_max_ssts,
             compactor_options: embedded_compaction.then(CompactorOptions::default),
             garbage_collector_options: embedded_compaction.then(|| GarbageCollectorOptions {
                 boundary_files_enabled: !object_store.is_local(),
@@ -213,6 +223,7 @@ impl ShardStore {
             db.clone(),
             Arc::clone(&flush_wanted),
             storage.flush_interval,
+            storage.memtable_flush_interval,
             stop.clone(),
         ));
         Ok(ShardStore {
@@ -419,20 +430,51 @@ impl ShardScan {
 }
 
 /// The flusher task of one shard: flushes the WAL when writes are waiting, at once if the
-/// last flush started at least `gap` ago, else when it has. A failed flush needs no handling
-/// here: the writes waiting on it see the error (or the next flush) through `await_durable`.
+/// last flush started at least `gap` ago, else when it has; starts a memtable flush
+/// `memtable_every` after the first WAL flush since the last one (see "Bounded WAL replay").
+/// A failed flush needs no handling here: the writes waiting on it see the error (or the next
+/// flush) through `await_durable`, and a memtable left in memory is written by a later flush.
 async fn group_commit(
     db: Db,
     wanted: Arc<tokio::sync::Notify>,
     gap: Duration,
+    memtable_every: Duration,
     stop: tokio_util::sync::CancellationToken,
 ) {
     let mut last = Instant::now() - gap;
+    // When the memtable is due to be written out; `None` while no WAL was flushed since.
+    let mut memtable_due: Option<tokio::time::Instant> = None;
+    let memtable_flushing = Arc::new(AtomicBool::new(false));
     loop {
+        let due = async {
+            match memtable_due {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = wanted.notified() => {}
+            _ = due => {
+                // One memtable flush at a time; if one is still waiting (L0 backpressure), it
+                // will include what was written since.
+                if !memtable_flushing.swap(true, Ordering::AcqRel) {
+                    memtable_due = None;
+                    let (db, flushing) = (db.clone(), Arc::clone(&memtable_flushing));
+                    tokio::spawn(async move {
+                        let options = FlushOptions { flush_type: FlushType::MemTable };
+                        if let Err(e) = db.flush_with_options(options).await {
+                            tracing::debug!(error = %e, "memtable flush failed");
+                        }
+                        flushing.store(false, Ordering::Release);
+                    });
+                } else {
+                    memtable_due = Some(tokio::time::Instant::now() + memtable_every);
+                }
+                continue;
+            }
         }
+        memtable_due.get_or_insert_with(|| tokio::time::Instant::now() + memtable_every);
         let wait = gap.saturating_sub(last.elapsed());
         if !wait.is_zero() {
             tokio::select! {

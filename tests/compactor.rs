@@ -121,8 +121,14 @@ async fn read_back(url: &str, want: &BTreeMap<String, String>) {
     }
 }
 
-/// Polls until every shard's L0 is below `threshold`; returns the counts.
-async fn await_l0_below(c: &Cluster, threshold: usize, timeout: Duration) -> Vec<usize> {
+/// Polls until every shard's L0 is below `threshold`; returns the counts. On timeout the
+/// panic shows the logs of the compactors `comps` expected to do it.
+async fn await_l0_below(
+    c: &Cluster,
+    comps: &[&CompactorProc],
+    threshold: usize,
+    timeout: Duration,
+) -> Vec<usize> {
     let deadline = Instant::now() + timeout;
     loop {
         let l0 = c.l0_counts().await;
@@ -131,7 +137,11 @@ async fn await_l0_below(c: &Cluster, threshold: usize, timeout: Duration) -> Vec
         }
         assert!(
             Instant::now() < deadline,
-            "L0 not below {threshold}: {l0:?}"
+            "L0 not below {threshold}: {l0:?}\n{}",
+            {
+                let logs = comps.iter().map(|p| log_tail(&p.log));
+                logs.collect::<Vec<_>>().join("\n---\n")
+            }
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
@@ -151,20 +161,27 @@ fn sum(text: &str, name: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn once_compacts_every_shard_and_gc_shrinks_storage() {
     let dir = tempfile::tempdir().unwrap();
-    let c = Cluster::start_with(2, gateway_args(dir.path(), 64, "")).await;
+    // No time-triggered memtable flush: the last partial memtables stay in memory instead of
+    // landing as new L0 SSTs 30 s after the writes, possibly after `--once` finished.
+    let args = gateway_args(dir.path(), 64, "memtable_flush_interval = \"1h\"\n");
+    let c = Cluster::start_with(2, args).await;
     c.await_stable(&[0, 1], Duration::from_secs(30)).await;
     let urls = vec![c.gw(0).url.clone(), c.gw(1).url.clone()];
     let data = write_keys(&urls, "k", 2400).await;
 
-    // Gateways in cluster mode do not compact: L0 accumulates.
-    let deadline = Instant::now() + Duration::from_secs(30);
+    // Gateways in cluster mode do not compact: L0 accumulates. Wait until every shard has its
+    // L0 SSTs and no flush is still adding to them (on a loaded machine the gateways' memtable
+    // uploads can trail the writes by seconds).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = Vec::new();
     let before = loop {
         let l0 = c.l0_counts().await;
-        if l0.iter().all(|&n| n >= 4) {
+        if l0.iter().all(|&n| n >= 4) && l0 == last {
             break l0;
         }
-        assert!(Instant::now() < deadline, "L0 did not accumulate: {l0:?}");
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(Instant::now() < deadline, "L0 did not settle: {l0:?}");
+        last = l0;
+        tokio::time::sleep(Duration::from_secs(2)).await;
     };
     tokio::time::sleep(Duration::from_secs(4)).await; // WAL objects older than gc_min_age
     let objects_before = c.object_count();
@@ -278,9 +295,14 @@ async fn two_daemons_split_shards_and_survive_kill9() {
     );
 
     // c1 compacts c0's former shards too (the killed job is retried after job_timeout).
-    let l0 = await_l0_below(&c, 4, Duration::from_secs(90)).await;
+    let l0 = await_l0_below(&c, &[&c1], 4, Duration::from_secs(90)).await;
     println!("L0 after takeover: {l0:?}; {} writes", acked.len());
-    assert!(sum(&c1.metrics().await, "tessera_compactor_failures_total") == 0.0);
+    let failures = sum(&c1.metrics().await, "tessera_compactor_failures_total");
+    assert!(
+        failures == 0.0,
+        "{failures} failures:\n{}",
+        log_tail(&c1.log)
+    );
     read_back(&c.gw(1).url, &acked).await;
 }
 
@@ -341,7 +363,7 @@ async fn gateway_failover_during_compaction_loses_nothing() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     stop.store(true, Ordering::Relaxed);
     let acked = writer.await.unwrap();
-    await_l0_below(&c, 4, Duration::from_secs(90)).await;
+    await_l0_below(&c, &[&comp], 4, Duration::from_secs(90)).await;
     read_back(&c.gw(1).url, &acked).await;
     println!(
         "{} acknowledged writes read back after the failover",

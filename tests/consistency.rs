@@ -424,3 +424,53 @@ async fn eventual_scans_read_followers() {
     }
     common::signal(&c.gw(1).child, "CONT");
 }
+
+/// A follower opened long after many small writes replays only the WAL written since the
+/// owner's last memtable flush, which `storage.memtable_flush_interval` bounds: opening it
+/// costs a few GETs, not one per WAL object written since the shard was created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follower_open_replays_only_recent_wal() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(&config, "[storage]\nmemtable_flush_interval = \"1s\"\n").unwrap();
+    let c = Cluster::start_with(2, vec!["--config".into(), config.display().to_string()]).await;
+    let owners = c.await_stable(&[0, 1], Duration::from_secs(30)).await;
+    let shard = shard_owned_by(&owners, "gw0");
+    let http = client();
+    // One write at a time: one WAL object each.
+    let keys: Vec<String> = (0..)
+        .map(|i| format!("replay{i}"))
+        .filter(|k| shard_of(k) == shard)
+        .take(400)
+        .collect();
+    for k in &keys {
+        put(&http, c.gw(0).kv(k), k).await;
+    }
+    // Past the memtable flush interval and the next manifest poll.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let gets = |text: &str| metric(text, "tessera_object_store_requests_total{op=\"get\"}");
+    let metrics = format!("{}/metrics", c.gw(1).url);
+    let before = gets(&common::get_text(&http, metrics.as_str()).await);
+    let last = keys.last().unwrap();
+    let deadline = Instant::now() + BOUND * 3;
+    loop {
+        let r = http
+            .get(format!("{}?consistency=eventual", c.gw(1).kv(last)))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == StatusCode::OK {
+            assert_eq!(r.text().await.unwrap(), *last);
+            break;
+        }
+        assert!(Instant::now() < deadline, "eventual read: {}", r.status());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let cost = gets(&common::get_text(&http, metrics.as_str()).await) - before;
+    println!(
+        "opening a follower after {} writes cost {cost} GETs",
+        keys.len()
+    );
+    // Its own shards' manifest polls add ~16 GETs/s; replaying the WAL would add 400.
+    assert!(cost < 100.0, "opening the follower cost {cost} GETs");
+}
