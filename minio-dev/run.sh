@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The local cluster without Docker: Debian's etcd, s3s-fs as the S3 server, three gateway
+# The local cluster without Docker: Debian's etcd, s3s-fs as the S3 server (patched so that
+# conditional writes are atomic, built once by scripts/lib/s3s-fs.sh), three gateway
 # processes and one compactor daemon on 127.0.0.1. Same topology as compose.yaml.
 #
 #   minio-dev/run.sh up       build, start everything, print the URLs
@@ -7,8 +8,7 @@
 #   minio-dev/run.sh down     stop everything (data stays in minio-dev/.run/)
 #   minio-dev/run.sh clean    stop and delete the data
 #
-# Needs: etcd (apt-get install etcd-server), s3s-fs (cargo install s3s-fs@0.14.1 --features
-# binary --locked). Ports: etcd 2379, S3 9000, gateways 7071-7073, compactor metrics 9091.
+# Needs: etcd (apt-get install etcd-server). Ports: etcd 2379, S3 9000, gateways 7071-7073, compactor metrics 9091.
 #
 # Overrides (tests/minio_dev.rs uses them to run this script on free ports): DEV_DIR (state,
 # default minio-dev/.run), GATEWAYS (3), ETCD_PORT (2379), ETCD_PEER_PORT (2380), S3_PORT (9000),
@@ -41,7 +41,7 @@ wait_port() { # port
 
 up() {
   command -v etcd >/dev/null || { echo "etcd missing: apt-get install etcd-server" >&2; exit 1; }
-  command -v s3s-fs >/dev/null || { echo "s3s-fs missing: cargo install s3s-fs@0.14.1 --features binary --locked" >&2; exit 1; }
+  source scripts/lib/s3s-fs.sh
   mkdir -p "$RUN/etcd" "$RUN/s3/tessera"
   local bin=${GATEWAY_BIN:-} cbin=${COMPACTOR_BIN:-}
   if [ -z "$bin" ] || [ -z "$cbin" ]; then
@@ -54,7 +54,7 @@ up() {
     --listen-client-urls "$etcd_url" --advertise-client-urls "$etcd_url" \
     --listen-peer-urls "$peer_url" --initial-advertise-peer-urls "$peer_url" \
     --initial-cluster "dev=$peer_url"
-  start s3 s3s-fs --host 127.0.0.1 --port "$S3_PORT" --access-key devkey --secret-key devsecret "$RUN/s3"
+  start s3 "$S3S_FS" --host 127.0.0.1 --port "$S3_PORT" --access-key devkey --secret-key devsecret "$RUN/s3"
   wait_port "$ETCD_PORT"; wait_port "$S3_PORT"
   for i in $(seq 1 "$GATEWAYS"); do
     AWS_ACCESS_KEY_ID=devkey AWS_SECRET_ACCESS_KEY=devsecret AWS_REGION=us-east-1 \

@@ -57,7 +57,7 @@ measure() { # label, endpoint, compactor pid or ""
 export AWS_ACCESS_KEY_ID=devkey AWS_SECRET_ACCESS_KEY=devsecret AWS_REGION=us-east-1
 echo "==> in-process: embedded gateway"
 mkdir -p "$RUN/s3a/tessera"
-start s3a s3s-fs --host 127.0.0.1 --port "$(port 31)" --access-key devkey --secret-key devsecret "$RUN/s3a"
+start s3a "$S3S_FS" --host 127.0.0.1 --port "$(port 31)" --access-key devkey --secret-key devsecret "$RUN/s3a"
 wait_port "$(port 31)"
 start gw-embedded "$GATEWAY" --listen "127.0.0.1:$(port 51)" --shards "$SHARDS" --config "$CONFIG" \
   --store s3://tessera/embedded --s3-endpoint "http://127.0.0.1:$(port 31)" --log warn

@@ -27,8 +27,8 @@
 #          machines; etcd's members stay on disk either way.
 # With the defaults a run takes about 12 minutes (48 runs of 12 s, plus startup and preload).
 #
-# Needs: etcd (apt-get install etcd-server), s3s-fs (cargo install s3s-fs@0.14.1 --features
-# binary --locked), jq, curl.
+# Needs: etcd (apt-get install etcd-server), jq, curl; builds the patched s3s-fs once
+# (scripts/lib/s3s-fs.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -51,7 +51,7 @@ S3_TMPFS=${S3_TMPFS:-1}
 PORT_BASE=${PORT_BASE:-42000}
 OUT=${OUT:-docs/benchmarks.md}
 
-for tool in etcd s3s-fs jq curl; do
+for tool in etcd jq curl; do
   command -v "$tool" >/dev/null || { echo "$tool is missing (see the header of $0)" >&2; exit 1; }
 done
 
@@ -138,7 +138,7 @@ deployment; the ratios are the point.
 | runs | ${BENCH_SECS} s measured after ${WARMUP_SECS} s warm-up, per workload, concurrency and system; Tessera first, then etcd |
 | keys | $KEYS keys (preloaded), $VALUE_SIZE-byte values, $DISTRIBUTION key choice |
 | etcd | $(etcd --version | head -n 1 | sed 's/etcd Version: //') (Debian), 3 members on loopback, default settings (fsync on every commit) |
-| Tessera | 3 gateways and 1 compactor daemon (release builds), $SHARDS shards, default settings; S3 server s3s-fs 0.14.1 (LIST patched to walk only the prefix, \`scripts/lib/s3s-fs.sh\`) on loopback, objects $( [ "$S3_TMPFS" = 1 ] && echo "on tmpfs" || echo "on disk (ext4)"); coordination through a separate single-member etcd |
+| Tessera | 3 gateways and 1 compactor daemon (release builds), $SHARDS shards, default settings; S3 server s3s-fs 0.14.1 (patched: atomic conditional writes, LIST walks only the prefix; \`scripts/lib/s3s-fs.sh\`) on loopback, objects $( [ "$S3_TMPFS" = 1 ] && echo "on tmpfs" || echo "on disk (ext4)"); coordination through a separate single-member etcd |
 | client | \`tessera bench\`: closed loop, each task one operation at a time; Tessera over pooled HTTP/1.1 keep-alive connections, \`--route $ROUTE\` ($( [ "$ROUTE" = owner ] && echo "each strong read and write sent straight to its shard's owner from the \`/v1/cluster\` map, as a smart client does; eventual reads to gateway i mod 3" || echo "task i using gateway i mod 3, which forwards to the owner")); etcd through etcd-client (gRPC), one channel per 16 tasks balanced over the 3 members (etcd followers forward writes and linearizable reads to the leader) |
 
 What the workloads do (\`tessera bench --help\`):

@@ -11,7 +11,8 @@
 #
 # Settings (environment): WORKLOAD (put; any `tessera bench` workload, or idle), C (64), SECS (20),
 #   SHARDS (64), S3_TMPFS (0: objects in the run directory on disk; 1: on /dev/shm),
-#   S3_STOCK (0; 1: the unpatched s3s-fs from PATH, whose LIST walks the whole bucket),
+#   S3_STOCK (0; 1: a stock s3s-fs from PATH, whose LIST walks the whole bucket and whose
+#   conditional writes are not atomic),
 #   PERF (process names among s3 gw1 gw2 gw3 compactor), PORT_BASE (27000), BIN_DIR.
 #   The compactor takes TESSERA_POLL_INTERVAL from the environment, like any TESSERA_* setting.
 # Needs: etcd, jq, curl, bc; perf (Debian's linux-perf) for PERF.

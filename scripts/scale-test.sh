@@ -28,9 +28,8 @@
 # defaults, 1024 idle shards poll the object store ~4,000 times a second, which saturates such a
 # machine (see docs/capacity.md).
 #
-# Needs: etcd (apt-get install etcd-server), the s3s-fs 0.14.1 sources (present after `cargo
-# install s3s-fs@0.14.1 --features binary --locked`, which scripts/test.sh runs), python3, jq,
-# curl, patch.
+# Needs: etcd (apt-get install etcd-server), python3, jq, curl, patch; builds the patched
+# s3s-fs once (scripts/lib/s3s-fs.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"

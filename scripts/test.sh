@@ -2,7 +2,8 @@
 # Runs every test of the workspace against real services, installing what they need first.
 # This is the README's test command and what CI runs (.ci/run).
 #
-#   s3s-fs 0.14.1  the S3-compatible server the integration tests start (cargo install)
+#   s3s-fs 0.14.1  the S3-compatible server the integration tests start, patched so that
+#                  conditional writes are atomic (built once; scripts/lib/s3s-fs.sh says why)
 #   etcd           Debian's etcd-server: the coordination service of cluster-mode tests (apt)
 #
 # Set TESSERA_NO_INSTALL=1 to skip the install step (everything must then be on PATH).
@@ -20,10 +21,7 @@ install_deps() {
     # The package starts a system etcd on 2379; the tests run their own on free ports.
     need_root systemctl stop etcd >/dev/null 2>&1 || need_root service etcd stop >/dev/null 2>&1 || true
   fi
-  if ! command -v s3s-fs >/dev/null 2>&1; then
-    echo "==> installing s3s-fs 0.14.1 (the S3 server used by the tests)"
-    cargo install s3s-fs@0.14.1 --features binary --locked
-  fi
+  source scripts/lib/s3s-fs.sh
 }
 
 [ "${TESSERA_NO_INSTALL:-0}" = 1 ] || install_deps

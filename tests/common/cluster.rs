@@ -173,7 +173,7 @@ pub fn log_tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     text.lines()
         .rev()
-        .take(40)
+        .take(80)
         .collect::<Vec<_>>()
         .into_iter()
         .rev()
@@ -262,16 +262,7 @@ impl Cluster {
 
     /// The cluster's object store, read directly (test-side checks of manifests).
     pub fn store(&self) -> tessera::objstore::ClusterStore {
-        // Test processes share these constant credentials; setting them is idempotent.
-        std::env::set_var("AWS_ACCESS_KEY_ID", super::S3_ACCESS_KEY);
-        std::env::set_var("AWS_SECRET_ACCESS_KEY", super::S3_SECRET_KEY);
-        std::env::set_var("AWS_REGION", "us-east-1");
-        tessera::objstore::open(&tessera::ObjectStoreConfig {
-            url: format!("s3://{}/cluster", super::S3_BUCKET),
-            endpoint: Some(self.s3.endpoint()),
-            ..Default::default()
-        })
-        .unwrap()
+        self.s3.store("cluster")
     }
 
     /// L0 SST count of every shard, from its latest manifest.

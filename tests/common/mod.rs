@@ -1,7 +1,7 @@
 //! Test fixtures: the real gateway binary and a real S3-compatible server (s3s-fs), started as
 //! processes on loopback with free ports and temporary directories, killed on drop.
 //!
-//! A missing `s3s-fs` binary fails the test (CI installs it; see `.ci/run`). Nothing is
+//! A missing S3 server binary fails the test (`scripts/test.sh` builds it). Nothing is
 //! skipped silently.
 
 #![allow(dead_code)] // each test binary uses a different subset of the fixtures
@@ -92,6 +92,23 @@ fn which(name: &str) -> Option<PathBuf> {
     dirs.into_iter().map(|d| d.join(name)).find(|p| p.is_file())
 }
 
+/// The S3 server: `$TESSERA_S3S_FS`, else the patched s3s-fs that `scripts/test.sh` builds. Not
+/// a stock s3s-fs from `PATH`: its conditional writes are not atomic (two concurrent
+/// create-if-absent PUTs of one key can both succeed), and SlateDB's fencing, which the fault
+/// tests exercise, relies on them being atomic as on S3 (`scripts/lib/s3s-fs.sh`).
+fn s3_server_binary() -> PathBuf {
+    let bin = std::env::var_os("TESSERA_S3S_FS").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("target/s3s-fs-patched/bin/s3s-fs"),
+        PathBuf::from,
+    );
+    assert!(
+        bin.is_file(),
+        "{} is missing: run scripts/test.sh, which builds the patched s3s-fs",
+        bin.display()
+    );
+    bin
+}
+
 /// A real S3-compatible server (s3s-fs) on a loopback port, data in a temporary directory.
 /// It can be stopped and started again on the same port and data (outage tests).
 pub struct S3Server {
@@ -117,10 +134,7 @@ impl S3Server {
     /// (Re)starts the server process on the same port and data.
     pub fn resume(&mut self) {
         assert!(self.child.is_none(), "already running");
-        let bin = which("s3s-fs").expect(
-            "s3s-fs is not installed: run `cargo install s3s-fs@0.14.1 --features binary --locked` \
-             (.ci/run does this)",
-        );
+        let bin = s3_server_binary();
         let log = std::fs::File::create(self.dir.path().join("s3s-fs.log")).expect("log file");
         let child = Command::new(bin)
             .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
@@ -153,6 +167,20 @@ impl S3Server {
 
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The test bucket under `prefix`, read and written directly by the test.
+    pub fn store(&self, prefix: &str) -> tessera::objstore::ClusterStore {
+        // Test processes share these constant credentials; setting them is idempotent.
+        std::env::set_var("AWS_ACCESS_KEY_ID", S3_ACCESS_KEY);
+        std::env::set_var("AWS_SECRET_ACCESS_KEY", S3_SECRET_KEY);
+        std::env::set_var("AWS_REGION", "us-east-1");
+        tessera::objstore::open(&tessera::ObjectStoreConfig {
+            url: format!("s3://{S3_BUCKET}/{prefix}"),
+            endpoint: Some(self.endpoint()),
+            ..Default::default()
+        })
+        .unwrap()
     }
 }
 
