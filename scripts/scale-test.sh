@@ -54,32 +54,11 @@ done
 
 script_start=$(date +%s)
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
-RUN=$(mktemp -d -t tessera-scale.XXXXXX)
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do
-    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null || true
-  done
-  rm -rf "$RUN"
-}
-trap cleanup EXIT INT TERM
-
-start() { # name, command... (the command's PID is appended to PIDS)
-  local name=$1; shift
-  "$@" >"$RUN/$name.out" 2>"$RUN/$name.log" &
-  PIDS+=($!)
-}
-
-port() { echo $((PORT_BASE + $1)); }
-wait_port() { # port
-  for _ in $(seq 1 300); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done
-  echo "port $1 did not open" >&2; return 1
-}
+RUN_NAME=tessera-scale
+# shellcheck source=lib/procs.sh
+source scripts/lib/procs.sh
 now() { date +%s.%N; }
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 helper() { python3 scripts/scale-test.py "$@"; }
 mib() { awk -v k="$1" 'BEGIN {printf "%.1f", k / 1024}'; }
 
@@ -300,10 +279,10 @@ s3_by_op() { # name
 Produced by \`scripts/scale-test.sh\` (one run; reproduce with the command below). Every
 process runs on the one machine listed, on loopback: the gateways, the compactor, etcd, the
 S3 server and the load generator share its cores, so times and CPU figures include that
-contention. The S3 server is s3s-fs (files on local disk) with its LIST patched to walk only
-the listed prefix (\`scripts/s3s-fs-list-prefix.patch\`; unpatched, every LIST walks the whole
-bucket and 1024 shards' polling overwhelms it): request *counts* carry over to S3, latencies
-do not.
+contention. The S3 server is s3s-fs (files on local disk) with its conditional writes made
+atomic and its LIST patched to walk only the listed prefix (\`scripts/lib/s3s-fs.sh\`;
+unpatched, every LIST walks the whole bucket and 1024 shards' polling overwhelms it): request
+*counts* carry over to S3, latencies do not.
 
 | | |
 |---|---|
@@ -312,7 +291,7 @@ do not.
 | commit | \`$commit\` |
 | date | $(date -u +"%Y-%m-%d %H:%M UTC") |
 | command | \`$cmd\` (took $((runtime / 60)) min $((runtime % 60)) s in all) |
-| cluster | $GATEWAYS gateways (release build; manifest poll $MANIFEST_POLL, other settings default: flush interval 10 ms, lease TTL 3 s, open concurrency 8), $SHARDS shards, 1 \`tessera-compactor\` daemon (poll $COMPACTOR_POLL, other settings default: GC every 1 min), 1 etcd $(etcd --version | head -n 1 | sed 's/etcd Version: //') member, s3s-fs 0.14.1 (patched LIST) |
+| cluster | $GATEWAYS gateways (release build; manifest poll $MANIFEST_POLL, other settings default: flush interval 10 ms, lease TTL 3 s, open concurrency 8), $SHARDS shards, 1 \`tessera-compactor\` daemon (poll $COMPACTOR_POLL, other settings default: GC every 1 min), 1 etcd $(etcd --version | head -n 1 | sed 's/etcd Version: //') member, s3s-fs 0.14.1 (patched: prefix LIST, atomic conditional writes) |
 
 ## Ownership at start-up
 

@@ -1,42 +1,13 @@
-# Shared by the benchmark scripts (source it): a run directory cleaned up on exit, process
-# start/stop, release binaries, and a local Tessera cluster on loopback ports.
+# Shared by the benchmark scripts (source it): process handling (procs.sh), release binaries,
+# and a local Tessera cluster on loopback ports.
 #
-# Needs PORT_BASE set before sourcing. Defines: RUN, start, wait_port, port, GATEWAY, S3S_FS,
-# COMPACTOR, TESSERA, start_tessera, pid_of, cpu_ticks.
+# Needs PORT_BASE set before sourcing. Defines what procs.sh does, and GATEWAY, S3S_FS,
+# COMPACTOR, TESSERA, start_tessera.
 # BIN_DIR: unset = build and use target/release; set = use the binaries there (A/B runs).
 # S3_TMPFS=1: start_tessera keeps the S3 server's objects on /dev/shm instead of in RUN.
 
-RUN=$(mktemp -d -t tessera-bench.XXXXXX)
-PIDS=()
-declare -A PID_OF=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do
-    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null || true
-  done
-  rm -rf "$RUN" ${S3_TMPFS_DIR:+"$S3_TMPFS_DIR"}
-}
-trap cleanup EXIT INT TERM
-
-start() { # name, command...
-  local name=$1; shift
-  "$@" >"$RUN/$name.out" 2>"$RUN/$name.log" &
-  PIDS+=($!)
-  PID_OF[$name]=$!
-}
-
-pid_of() { echo "${PID_OF[$1]}"; }
-
-# CPU time (user + system, in clock ticks) a process has used so far.
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-
-wait_port() { # port
-  for _ in $(seq 1 600); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done
-  echo "port $1 did not open" >&2; return 1
-}
-
-port() { echo $((PORT_BASE + $1)); }
+# shellcheck source=procs.sh
+source scripts/lib/procs.sh
 
 if [ -z "${BIN_DIR:-}" ]; then
   echo "==> building (release)"

@@ -1,0 +1,38 @@
+# Process handling for the scripts that start local services (source it): a run directory and
+# every started process, both removed on exit.
+#
+# Needs PORT_BASE set before sourcing; RUN_NAME (default tessera-bench) names the run
+# directory. Defines: RUN, start, pid_of, cpu_ticks, wait_port, port. A script may set
+# S3_TMPFS_DIR to another directory for cleanup to remove.
+
+RUN=$(mktemp -d -t "${RUN_NAME:-tessera-bench}.XXXXXX")
+PIDS=()
+declare -A PID_OF=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do
+    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+  done
+  rm -rf "$RUN" ${S3_TMPFS_DIR:+"$S3_TMPFS_DIR"}
+}
+trap cleanup EXIT INT TERM
+
+start() { # name, command... (output in $RUN/name.out and .log)
+  local name=$1; shift
+  "$@" >"$RUN/$name.out" 2>"$RUN/$name.log" &
+  PIDS+=($!)
+  PID_OF[$name]=$!
+}
+
+pid_of() { echo "${PID_OF[$1]}"; }
+
+# CPU time (user + system, in clock ticks) a process has used so far.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+wait_port() { # port
+  for _ in $(seq 1 600); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done
+  echo "port $1 did not open" >&2; return 1
+}
+
+port() { echo $((PORT_BASE + $1)); }
