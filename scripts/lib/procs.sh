@@ -30,9 +30,16 @@ pid_of() { echo "${PID_OF[$1]}"; }
 # CPU time (user + system, in clock ticks) a process has used so far.
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
-wait_port() { # port
+wait_port() { # port; on failure, shows the log tails of the started processes that exited
   for _ in $(seq 1 600); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done
-  echo "port $1 did not open" >&2; return 1
+  echo "port $1 did not open" >&2
+  local name
+  for name in "${!PID_OF[@]}"; do
+    kill -0 "${PID_OF[$name]}" 2>/dev/null && continue
+    echo "--- $name exited; end of $RUN/$name.log:" >&2
+    tail -n 5 "$RUN/$name.log" >&2
+  done
+  return 1
 }
 
 port() { echo $((PORT_BASE + $1)); }
