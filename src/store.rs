@@ -16,9 +16,11 @@
 //! - **Bounded WAL replay.** Opening a database replays the WAL written since its last memtable
 //!   flush. The flusher task also writes the memtable out `storage.memtable_flush_interval`
 //!   after its first WAL flush, so a new owner or a follower replays at most one interval of
-//!   WAL objects, not everything since the memtable last filled up (16 MiB of small writes can
-//!   be hundreds of thousands of objects). The memtable flush runs beside the WAL flushes: it
-//!   can wait on L0 backpressure, and WAL flushes (acknowledgements) must not wait with it.
+//!   WAL objects, not everything since the memtable last filled up. SlateDB's own bound
+//!   (`max_wal_flushes_before_l0_flush`, 4096 WAL objects) counts flushes, so a slowly written
+//!   shard could still replay hours of WAL; the time bound is what keeps opens fast there. The
+//!   memtable flush runs beside the WAL flushes: it can wait on L0 backpressure, and WAL
+//!   flushes (acknowledgements) must not wait with it.
 //! - **Versions.** A key's version is the SlateDB sequence number of the write that produced it.
 //!   Sequence numbers strictly increase per database across restarts and reopenings, so versions
 //!   strictly increase per key and are never reused, also after a delete and re-create.
@@ -51,7 +53,7 @@
 //!   local filesystem store lacks, so they are disabled there.
 
 use std::ops::Bound;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -444,7 +446,7 @@ async fn group_commit(
     let mut last = Instant::now() - gap;
     // When the memtable is due to be written out; `None` while no WAL was flushed since.
     let mut memtable_due: Option<tokio::time::Instant> = None;
-    let memtable_flushing = Arc::new(AtomicBool::new(false));
+    let mut memtable_flush: Option<tokio::task::JoinHandle<()>> = None;
     loop {
         let due = async {
             match memtable_due {
@@ -458,16 +460,15 @@ async fn group_commit(
             _ = due => {
                 // One memtable flush at a time; if one is still waiting (L0 backpressure), it
                 // will include what was written since.
-                if !memtable_flushing.swap(true, Ordering::AcqRel) {
+                if memtable_flush.as_ref().is_none_or(|f| f.is_finished()) {
                     memtable_due = None;
-                    let (db, flushing) = (db.clone(), Arc::clone(&memtable_flushing));
-                    tokio::spawn(async move {
+                    let db = db.clone();
+                    memtable_flush = Some(tokio::spawn(async move {
                         let options = FlushOptions { flush_type: FlushType::MemTable };
                         if let Err(e) = db.flush_with_options(options).await {
                             tracing::debug!(error = %e, "memtable flush failed");
                         }
-                        flushing.store(false, Ordering::Release);
-                    });
+                    }));
                 } else {
                     memtable_due = Some(tokio::time::Instant::now() + memtable_every);
                 }
