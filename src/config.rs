@@ -182,6 +182,12 @@ pub struct StorageConfig {
     /// manifest PUT per written shard per interval. Default: 30s.
     #[serde(with = "humantime_serde")]
     pub memtable_flush_interval: Duration,
+    /// The memtable is also written out once the shard has flushed this many WAL objects since
+    /// it last was, so opening a busily written shard replays at most about this many WAL
+    /// objects (one GET each) instead of one interval's worth (thousands under load). Costs
+    /// one SST and one manifest PUT per this many WAL PUTs, and more, smaller L0 SSTs for the
+    /// compactor. Default: 64.
+    pub memtable_flush_wal_objects: u64,
     /// How often each shard re-reads its manifest (notices fencing when idle and new compaction
     /// results). Costs one GET per shard per interval. Default: 1s.
     #[serde(with = "humantime_serde")]
@@ -206,6 +212,7 @@ impl Default for StorageConfig {
             shard_count: 64,
             flush_interval: Duration::from_millis(10),
             memtable_flush_interval: Duration::from_secs(30),
+            memtable_flush_wal_objects: 64,
             manifest_poll_interval: Duration::from_secs(1),
             l0_sst_size_bytes: 16 * MIB,
             max_unflushed_bytes: 64 * MIB,
@@ -224,8 +231,8 @@ pub struct ReadsConfig {
     /// 0 disables it. Default: 128 MiB.
     pub hot_key_cache_bytes: u64,
     /// How often a follower re-reads its shard's manifest and WAL: the main term of the
-    /// eventual-read staleness bound, and about 3 object-store requests per open follower per
-    /// interval. Default: 1s.
+    /// eventual-read staleness bound, and about 10 object-store requests per open follower per
+    /// interval (8 of them HEADs probing for new WAL objects). Default: 1s.
     #[serde(with = "humantime_serde")]
     pub follower_poll_interval: Duration,
     /// A follower unused for this long is closed. Default: 60s.
@@ -324,6 +331,9 @@ impl NodeConfig {
         }
         if s.memtable_flush_interval.is_zero() {
             return fail("storage.memtable_flush_interval must be positive".into());
+        }
+        if s.memtable_flush_wal_objects == 0 {
+            return fail("storage.memtable_flush_wal_objects must be positive".into());
         }
         if s.manifest_poll_interval.is_zero() {
             return fail("storage.manifest_poll_interval must be positive".into());

@@ -2,8 +2,10 @@
 //!
 //! A follower ([`ShardReader`]) is opened on the first eventual read of a shard this gateway
 //! does not serve, polls the object store every `reads.follower_poll_interval`, and is closed
-//! after `reads.follower_idle_timeout` without reads. Eventual reads never contact the owner,
-//! so they keep working while it is dead, paused or partitioned.
+//! after `reads.follower_idle_timeout` without reads. Opening runs in a task of its own, so a
+//! read that stops waiting (the gateway answered it from the owner meanwhile, or its deadline
+//! passed) never cancels it. Eventual reads never need the owner, so they keep working while
+//! it is dead, paused or partitioned.
 //!
 //! Guarantees (documented in the README):
 //! - **No phantoms**: a follower only replays WAL objects the owner wrote, i.e. durable writes.
@@ -14,7 +16,7 @@
 //!   gateway has returned; a follower serves a shard only once it has replayed at least that
 //!   far (waiting up to one staleness bound, then 503), and followers only move forward.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -94,9 +96,33 @@ impl Follower {
     }
 }
 
+/// One shard's follower, if open.
+#[derive(Default)]
+struct Slot {
+    /// Held while the follower is opened or retired: one open per shard at a time.
+    opening: tokio::sync::Mutex<()>,
+    /// Only changed with `opening` held.
+    follower: Mutex<Option<Arc<Follower>>>,
+}
+
+impl Slot {
+    /// The open follower, if any (a closed one does not count).
+    fn current(&self) -> Option<Arc<Follower>> {
+        let f = self.follower.lock().unwrap_or_else(|e| e.into_inner());
+        f.as_ref().filter(|f| !f.reader.is_closed()).cloned()
+    }
+
+    fn take(&self) -> Option<Arc<Follower>> {
+        self.follower
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+    }
+}
+
 /// The followers of this gateway, one slot per shard.
 pub struct Followers {
-    slots: Vec<tokio::sync::Mutex<Option<Arc<Follower>>>>,
+    slots: Vec<Slot>,
     store: ClusterStore,
     object_store: ObjectStoreConfig,
     reads: ReadsConfig,
@@ -105,6 +131,8 @@ pub struct Followers {
     blocks: BlockCache,
     hot: Arc<HotCache>,
     open: AtomicU64,
+    /// Set by [`Followers::close_all`]: no more opens.
+    closed: AtomicBool,
     pub(crate) watermarks: Watermarks,
 }
 
@@ -119,7 +147,7 @@ impl Followers {
         hot: Arc<HotCache>,
     ) -> Self {
         Followers {
-            slots: (0..shards).map(|_| tokio::sync::Mutex::new(None)).collect(),
+            slots: (0..shards).map(|_| Slot::default()).collect(),
             store,
             object_store,
             reads,
@@ -127,6 +155,7 @@ impl Followers {
             blocks,
             hot,
             open: AtomicU64::new(0),
+            closed: AtomicBool::new(false),
             watermarks: Watermarks::new(shards),
         }
     }
@@ -136,22 +165,25 @@ impl Followers {
         self.open.load(Ordering::Relaxed)
     }
 
+    /// Whether the follower of `shard` is open and has caught up with everything this gateway
+    /// has returned for the shard, i.e. [`Followers::get`] would answer without waiting.
+    pub(crate) fn ready(&self, shard: ShardId) -> bool {
+        self.slots[shard.0 as usize]
+            .current()
+            .is_some_and(|f| f.reader.durable_seq() >= self.watermarks.get(shard))
+    }
+
     /// The follower of `shard`, opened if needed, once it has caught up with everything this
     /// gateway has returned for the shard.
-    pub(crate) async fn get(&self, shard: ShardId) -> Result<Arc<Follower>> {
-        let follower = {
-            let mut slot = self.slots[shard.0 as usize].lock().await;
-            match &*slot {
-                Some(f) if !f.reader.is_closed() => Arc::clone(f),
-                _ => {
-                    if let Some(dead) = slot.take() {
-                        self.retire(dead).await;
-                    }
-                    let f = Arc::new(self.open(shard).await?);
-                    self.open.fetch_add(1, Ordering::Relaxed);
-                    *slot = Some(Arc::clone(&f));
-                    f
-                }
+    pub(crate) async fn get(self: &Arc<Self>, shard: ShardId) -> Result<Arc<Follower>> {
+        let follower = match self.slots[shard.0 as usize].current() {
+            Some(f) => f,
+            // In its own task: dropping this read's future must not abandon the open.
+            None => {
+                let followers = Arc::clone(self);
+                tokio::spawn(async move { followers.open_slot(shard).await })
+                    .await
+                    .map_err(|e| Error::Internal(format!("opening a follower: {e}")))??
             }
         };
         *follower.last_used.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
@@ -172,6 +204,28 @@ impl Followers {
             }
         }
         Ok(follower)
+    }
+
+    /// Opens the follower of `shard` unless another caller did meanwhile.
+    async fn open_slot(&self, shard: ShardId) -> Result<Arc<Follower>> {
+        let slot = &self.slots[shard.0 as usize];
+        let _opening = slot.opening.lock().await;
+        if let Some(f) = slot.current() {
+            return Ok(f);
+        }
+        if self.closed.load(Ordering::Relaxed) {
+            return Err(Error::ShardUnavailable {
+                shard,
+                reason: "the gateway is shutting down".into(),
+            });
+        }
+        if let Some(dead) = slot.take() {
+            self.retire(dead).await;
+        }
+        let f = Arc::new(self.open(shard).await?);
+        self.open.fetch_add(1, Ordering::Relaxed);
+        *slot.follower.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::clone(&f));
+        Ok(f)
     }
 
     async fn open(&self, shard: ShardId) -> Result<Follower> {
@@ -213,18 +267,26 @@ impl Followers {
         })
     }
 
-    /// Closes followers unused for the idle timeout, and dead ones.
+    /// Closes followers unused for the idle timeout, and dead ones. Slots being opened are
+    /// left for the next round.
     pub(crate) async fn close_idle(&self) {
         for slot in &self.slots {
-            let mut slot = slot.lock().await;
-            let idle = slot.as_ref().is_some_and(|f| {
-                f.reader.is_closed()
-                    || f.last_used
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .elapsed()
-                        >= self.reads.follower_idle_timeout
-            });
+            let Ok(_opening) = slot.opening.try_lock() else {
+                continue;
+            };
+            let idle = slot
+                .follower
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_ref()
+                .is_some_and(|f| {
+                    f.reader.is_closed()
+                        || f.last_used
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .elapsed()
+                            >= self.reads.follower_idle_timeout
+                });
             if idle {
                 if let Some(f) = slot.take() {
                     self.retire(f).await;
@@ -233,10 +295,12 @@ impl Followers {
         }
     }
 
-    /// Closes every follower (shutdown).
+    /// Closes every follower (shutdown), after any open in progress.
     pub(crate) async fn close_all(&self) {
+        self.closed.store(true, Ordering::Relaxed);
         for slot in &self.slots {
-            if let Some(f) = slot.lock().await.take() {
+            let _opening = slot.opening.lock().await;
+            if let Some(f) = slot.take() {
                 self.retire(f).await;
             }
         }

@@ -327,7 +327,7 @@ pub struct Node {
     /// Hot keys of the shards served here, and recent follower answers.
     pub(crate) hot: Arc<HotCache>,
     /// Followers of shards served elsewhere, for eventual reads.
-    pub(crate) followers: Followers,
+    pub(crate) followers: Arc<Followers>,
     pub(crate) shards: Vec<Arc<ShardSlot>>,
     pub(crate) stats: Arc<NodeStats>,
     pub(crate) cancel: CancellationToken,
@@ -369,7 +369,7 @@ impl Node {
         let cache = BlockCache::new(config.storage.block_cache_bytes);
         let hot = Arc::new(HotCache::new(config.reads.hot_key_cache_bytes));
         let node = Arc::new(Node {
-            followers: Followers::new(
+            followers: Arc::new(Followers::new(
                 config.storage.shard_count,
                 store.clone(),
                 config.object_store.clone(),
@@ -377,7 +377,7 @@ impl Node {
                 config.staleness_bound(),
                 cache.clone(),
                 Arc::clone(&hot),
-            ),
+            )),
             shards: (0..config.storage.shard_count)
                 .map(|n| Arc::new(ShardSlot::new(ShardId(n), Arc::clone(&hot))))
                 .collect(),
@@ -656,6 +656,13 @@ impl Node {
                 source: ReadSource::Eventual,
             },
         ))
+    }
+
+    /// Whether an eventual read of `shard` would be answered here without waiting: this
+    /// gateway serves the shard, or its follower is open and caught up. When not, the gateway
+    /// may ask the owner meanwhile (a strong answer is also a valid eventual one).
+    pub fn eventual_ready(&self, shard: ShardId) -> bool {
+        self.locate(shard) == Located::Local || self.followers.ready(shard)
     }
 
     /// Records that `version` of a key of `shard` was returned by this gateway (also for reads

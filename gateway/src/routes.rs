@@ -14,7 +14,7 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::json;
 use tessera::{
-    Consistency, Error, Precondition, Read, ReadSource, ScanRequest, WriteKind, WriteOp,
+    Consistency, Error, Located, Precondition, Read, ReadSource, ScanRequest, WriteKind, WriteOp,
 };
 
 use crate::codec::{self, Query};
@@ -50,16 +50,62 @@ pub async fn get_key(
     let key = codec::key_from_path(uri.path())?;
     let consistency = Query::parse(uri.query(), &["consistency"])?.consistency()?;
     let req = Forwardable::new(&state, method, &uri, headers, Bytes::new());
-    if consistency == Consistency::Eventual {
-        let read = deadline(&req, state.node.get_eventual(&key)).await?;
-        return render_read(&state, read);
-    }
     let shard = state.node.shard_of(&key);
+    if consistency == Consistency::Eventual {
+        return get_eventual(&state, shard, &key, uri.path(), &req).await;
+    }
     let resp = dispatch(&state, shard, &req, || async {
         render_read(&state, deadline(&req, state.node.get(&key)).await?)
     })
     .await?;
-    // Answers forwarded from the owner count as served here too (monotonic eventual reads).
+    note_forwarded(&state, shard, &resp);
+    Ok(resp)
+}
+
+/// An eventual point read. While this gateway's follower of the shard is opening (or behind
+/// what the gateway already returned) it also asks the owner for a strong read and answers
+/// with whichever comes first, so a cold follower costs no latency; an owner that is down,
+/// paused or cut off only leaves the follower's answer. The open goes on either way.
+async fn get_eventual(
+    state: &AppState,
+    shard: tessera::ShardId,
+    key: &[u8],
+    path: &str,
+    req: &Forwardable,
+) -> Result<Response, ApiError> {
+    let eventual = deadline(req, state.node.get_eventual(key));
+    let owner = match state.node.locate(shard) {
+        Located::Remote(owner) if !req.forwarded && !state.node.eventual_ready(shard) => owner,
+        _ => return render_read(state, eventual.await?),
+    };
+    // `path` without the query: a strong read.
+    let strong = forward::send(&state.forwarder, &owner.url, path, req);
+    tokio::pin!(eventual, strong);
+    // Whichever answers first, unless it failed: then the other one.
+    let owner_answer = |fwd: Result<Forwarded, ApiError>| match fwd {
+        Ok(Forwarded::Answer(resp))
+            if resp.status().is_success() || resp.status() == StatusCode::NOT_FOUND =>
+        {
+            state.metrics.forwarded();
+            note_forwarded(state, shard, &resp);
+            Some(resp)
+        }
+        _ => None,
+    };
+    tokio::select! {
+        read = &mut eventual => match read {
+            Ok(read) => render_read(state, read),
+            Err(e) => owner_answer(strong.await).ok_or(e),
+        },
+        fwd = &mut strong => match owner_answer(fwd) {
+            Some(resp) => Ok(resp),
+            None => render_read(state, eventual.await?),
+        },
+    }
+}
+
+/// Answers forwarded from the owner count as served here too (monotonic eventual reads).
+fn note_forwarded(state: &AppState, shard: tessera::ShardId, resp: &Response) {
     if let Some(v) = resp
         .headers()
         .get(header::ETAG)
@@ -68,7 +114,6 @@ pub async fn get_key(
     {
         state.node.note_served(shard, v);
     }
-    Ok(resp)
 }
 
 /// A point read's answer: the value with its ETag and what served it, or `404`.
@@ -221,9 +266,9 @@ async fn scan_cluster(
         let mut unowned = false;
         for n in 0..state.config.storage.shard_count {
             match state.node.locate(tessera::ShardId(n)) {
-                tessera::Located::Local => local.push(tessera::ShardId(n)),
-                tessera::Located::Remote(o) => remote.entry(o.url).or_default().push(n),
-                tessera::Located::Unowned => unowned = true,
+                Located::Local => local.push(tessera::ShardId(n)),
+                Located::Remote(o) => remote.entry(o.url).or_default().push(n),
+                Located::Unowned => unowned = true,
             }
         }
         if !unowned {

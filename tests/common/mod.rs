@@ -160,6 +160,11 @@ impl S3Server {
         }
     }
 
+    /// Sends `sig` to the server process (`STOP`: requests hang until `CONT`).
+    pub fn signal(&self, sig: &str) {
+        signal(self.child.as_ref().expect("s3s-fs is running"), sig);
+    }
+
     /// The directory holding the test bucket's objects.
     pub fn bucket_dir(&self) -> PathBuf {
         self.dir.path().join("data").join(S3_BUCKET)
