@@ -182,12 +182,6 @@ pub struct StorageConfig {
     /// manifest PUT per written shard per interval. Default: 30s.
     #[serde(with = "humantime_serde")]
     pub memtable_flush_interval: Duration,
-    /// The memtable is also written out once the shard has flushed this many WAL objects since
-    /// it last was, so opening a busily written shard replays at most about this many WAL
-    /// objects (one GET each) instead of one interval's worth (thousands under load). Costs
-    /// one SST and one manifest PUT per this many WAL PUTs, and more, smaller L0 SSTs for the
-    /// compactor. Default: 64.
-    pub memtable_flush_wal_objects: u64,
     /// How often each shard re-reads its manifest (notices fencing when idle and new compaction
     /// results). Costs one GET per shard per interval. Default: 1s.
     #[serde(with = "humantime_serde")]
@@ -212,7 +206,6 @@ impl Default for StorageConfig {
             shard_count: 64,
             flush_interval: Duration::from_millis(10),
             memtable_flush_interval: Duration::from_secs(30),
-            memtable_flush_wal_objects: 64,
             manifest_poll_interval: Duration::from_secs(1),
             l0_sst_size_bytes: 16 * MIB,
             max_unflushed_bytes: 64 * MIB,
@@ -242,6 +235,14 @@ pub struct ReadsConfig {
     /// answers (added to the staleness bound). Default: 100ms.
     #[serde(with = "humantime_serde")]
     pub follower_cache_ttl: Duration,
+    /// An eventual read that the follower has not answered within this long is also sent to
+    /// the shard's owner as a strong read, and the first answer wins (a hedged request): a
+    /// follower whose blocks are not cached yet costs object-store GETs per read, the owner's
+    /// hot-key cache usually does not. While a follower opens, the owner is asked at once.
+    /// Only slow reads reach the owner; a very long value (`"1h"`) turns hedging off.
+    /// Default: 5ms.
+    #[serde(with = "humantime_serde")]
+    pub follower_hedge_after: Duration,
 }
 
 impl Default for ReadsConfig {
@@ -251,6 +252,7 @@ impl Default for ReadsConfig {
             follower_poll_interval: Duration::from_secs(1),
             follower_idle_timeout: Duration::from_secs(60),
             follower_cache_ttl: Duration::from_millis(100),
+            follower_hedge_after: Duration::from_millis(5),
         }
     }
 }
@@ -331,9 +333,6 @@ impl NodeConfig {
         }
         if s.memtable_flush_interval.is_zero() {
             return fail("storage.memtable_flush_interval must be positive".into());
-        }
-        if s.memtable_flush_wal_objects == 0 {
-            return fail("storage.memtable_flush_wal_objects must be positive".into());
         }
         if s.manifest_poll_interval.is_zero() {
             return fail("storage.manifest_poll_interval must be positive".into());

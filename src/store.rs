@@ -15,12 +15,10 @@
 //!   as a backstop.
 //! - **Bounded WAL replay.** Opening a database replays the WAL written since its last memtable
 //!   flush. The flusher task also writes the memtable out `storage.memtable_flush_interval`
-//!   after its first WAL flush, or once it has flushed `storage.memtable_flush_wal_objects` WAL
-//!   objects since the last time, whichever comes first, so a new owner or a follower replays
-//!   at most that many WAL objects, not everything since the memtable last filled up. The
-//!   count bounds busy shards (30 s of WAL under load is thousands of objects); the time
-//!   bound keeps a slowly written shard from piling up hours of WAL below any count. SlateDB's
-//!   own count bound (`max_wal_flushes_before_l0_flush`) cannot be set below 4096. The
+//!   after its first WAL flush, so a new owner or a follower replays at most one interval of
+//!   WAL objects, not everything since the memtable last filled up. SlateDB's own bound
+//!   (`max_wal_flushes_before_l0_flush`, 4096 WAL objects) counts flushes, so a slowly written
+//!   shard could still replay hours of WAL; the time bound is what keeps opens fast there. The
 //!   memtable flush runs beside the WAL flushes: it can wait on L0 backpressure, and WAL
 //!   flushes (acknowledgements) must not wait with it.
 //! - **Versions.** A key's version is the SlateDB sequence number of the write that produced it.
@@ -227,10 +225,7 @@ impl ShardStore {
             db.clone(),
             Arc::clone(&flush_wanted),
             storage.flush_interval,
-            MemtableFlush {
-                every: storage.memtable_flush_interval,
-                after_wal_objects: storage.memtable_flush_wal_objects,
-            },
+            storage.memtable_flush_interval,
             stop.clone(),
         ));
         Ok(ShardStore {
@@ -436,31 +431,21 @@ impl ShardScan {
     }
 }
 
-/// When the flusher task writes the memtable out (see "Bounded WAL replay").
-struct MemtableFlush {
-    /// At the latest this long after the first WAL flush since the last memtable flush.
-    every: Duration,
-    /// Or once this many WAL flushes were made since.
-    after_wal_objects: u64,
-}
-
 /// The flusher task of one shard: flushes the WAL when writes are waiting, at once if the
-/// last flush started at least `gap` ago, else when it has; starts a memtable flush when
-/// `memtable` says. A failed flush needs no handling here: the writes waiting on it see the
-/// error (or the next flush) through `await_durable`, and a memtable left in memory is written
-/// by a later flush.
+/// last flush started at least `gap` ago, else when it has; starts a memtable flush
+/// `memtable_every` after the first WAL flush since the last one (see "Bounded WAL replay").
+/// A failed flush needs no handling here: the writes waiting on it see the error (or the next
+/// flush) through `await_durable`, and a memtable left in memory is written by a later flush.
 async fn group_commit(
     db: Db,
     wanted: Arc<tokio::sync::Notify>,
     gap: Duration,
-    memtable: MemtableFlush,
+    memtable_every: Duration,
     stop: tokio_util::sync::CancellationToken,
 ) {
     let mut last = Instant::now() - gap;
     // When the memtable is due to be written out; `None` while no WAL was flushed since.
     let mut memtable_due: Option<tokio::time::Instant> = None;
-    // WAL flushes since the last memtable flush started.
-    let mut wal_flushes = 0u64;
     let mut memtable_flush: Option<tokio::task::JoinHandle<()>> = None;
     loop {
         let due = async {
@@ -477,7 +462,6 @@ async fn group_commit(
                 // will include what was written since.
                 if memtable_flush.as_ref().is_none_or(|f| f.is_finished()) {
                     memtable_due = None;
-                    wal_flushes = 0;
                     let db = db.clone();
                     memtable_flush = Some(tokio::spawn(async move {
                         let options = FlushOptions { flush_type: FlushType::MemTable };
@@ -486,12 +470,12 @@ async fn group_commit(
                         }
                     }));
                 } else {
-                    memtable_due = Some(tokio::time::Instant::now() + memtable.every);
+                    memtable_due = Some(tokio::time::Instant::now() + memtable_every);
                 }
                 continue;
             }
         }
-        memtable_due.get_or_insert_with(|| tokio::time::Instant::now() + memtable.every);
+        memtable_due.get_or_insert_with(|| tokio::time::Instant::now() + memtable_every);
         let wait = gap.saturating_sub(last.elapsed());
         if !wait.is_zero() {
             tokio::select! {
@@ -505,10 +489,6 @@ async fn group_commit(
                 return;
             }
             tracing::debug!(error = %e, "WAL flush failed");
-        }
-        wal_flushes += 1;
-        if wal_flushes >= memtable.after_wal_objects {
-            memtable_due = Some(tokio::time::Instant::now());
         }
     }
 }

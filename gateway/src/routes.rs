@@ -62,10 +62,12 @@ pub async fn get_key(
     Ok(resp)
 }
 
-/// An eventual point read. While this gateway's follower of the shard is opening (or behind
-/// what the gateway already returned) it also asks the owner for a strong read and answers
-/// with whichever comes first, so a cold follower costs no latency; an owner that is down,
-/// paused or cut off only leaves the follower's answer. The open goes on either way.
+/// An eventual point read, hedged: when this gateway's follower of the shard is opening (or
+/// behind what the gateway already returned), or has not answered within
+/// `reads.follower_hedge_after`, the owner is also asked for a strong read and the first
+/// successful answer wins. A strong answer satisfies every eventual guarantee, and an owner
+/// that is down, paused or cut off only leaves the follower's answer. The follower's open goes
+/// on either way.
 async fn get_eventual(
     state: &AppState,
     shard: tessera::ShardId,
@@ -75,12 +77,9 @@ async fn get_eventual(
 ) -> Result<Response, ApiError> {
     let eventual = deadline(req, state.node.get_eventual(key));
     let owner = match state.node.locate(shard) {
-        Located::Remote(owner) if !req.forwarded && !state.node.eventual_ready(shard) => owner,
+        Located::Remote(owner) if !req.forwarded => owner,
         _ => return render_read(state, eventual.await?),
     };
-    // `path` without the query: a strong read.
-    let strong = forward::send(&state.forwarder, &owner.url, path, req);
-    tokio::pin!(eventual, strong);
     // Whichever answers first, unless it failed: then the other one.
     let owner_answer = |fwd: Result<Forwarded, ApiError>| match fwd {
         Ok(Forwarded::Answer(resp))
@@ -92,6 +91,19 @@ async fn get_eventual(
         }
         _ => None,
     };
+    // `path` without the query: a strong read.
+    let strong = forward::send(&state.forwarder, &owner.url, path, req);
+    tokio::pin!(eventual, strong);
+    if state.node.eventual_ready(shard) {
+        let hedge_after = state.node.config().reads.follower_hedge_after;
+        tokio::select! {
+            read = &mut eventual => return match read {
+                Ok(read) => render_read(state, read),
+                Err(e) => owner_answer(strong.await).ok_or(e),
+            },
+            _ = tokio::time::sleep(hedge_after) => {}
+        }
+    }
     tokio::select! {
         read = &mut eventual => match read {
             Ok(read) => render_read(state, read),
