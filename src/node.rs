@@ -124,7 +124,8 @@ pub enum Consistency {
     /// Linearizable: served by the shard's owner.
     #[default]
     Strong,
-    /// Served by any gateway without contacting the owner (see `follower.rs`).
+    /// Served by any gateway without needing the owner (see `follower.rs`; the gateway may
+    /// also ask the owner when the follower is slow).
     Eventual,
 }
 
