@@ -470,13 +470,41 @@ impl Drop for EtcdServer {
     }
 }
 
-/// Sends a signal to a process.
+/// Sends a signal to a process. `STOP` returns once every thread of it has stopped: the
+/// signal is delivered asynchronously, and on a loaded machine a thread can still answer a
+/// request for a few milliseconds after `kill` returned.
 pub fn signal(child: &Child, sig: &str) {
     let status = Command::new("kill")
         .args([&format!("-{sig}"), &child.id().to_string()])
         .status()
         .expect("kill");
     assert!(status.success(), "kill -{sig} failed");
+    if sig == "STOP" {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !all_threads_stopped(child.id()) {
+            assert!(
+                Instant::now() < deadline,
+                "process {} did not stop",
+                child.id()
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+/// Whether every thread of process `pid` is stopped (state `T` in `/proc/{pid}/task/*/stat`).
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().all(|task| {
+        // "tid (comm) S ...": the state follows the last ')', as comm may hold one.
+        std::fs::read_to_string(task.path().join("stat")).is_ok_and(|stat| {
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.trim_start().chars().next())
+                == Some('T')
+        })
+    })
 }
 
 /// The value of the metric line that starts with `name` (labels included) followed by a space.
