@@ -11,7 +11,7 @@
 # then eventual reads of keys being rewritten, for the lag histogram.
 #
 # Settings: KEYS (1000000) VALUE_SIZE (100) ZIPF_THETA (0.99) CONCURRENCY (64) BENCH_SECS (10)
-#   SHARDS (64) PORT_BASE (44000) OUT (docs/bench-reads.md) BIN_DIR (see scripts/lib/cluster.sh)
+#   SHARDS (64) PORT_BASE (24000) OUT (docs/bench-reads.md) BIN_DIR (see scripts/lib/cluster.sh)
 # Needs: etcd, jq; builds the patched s3s-fs once (scripts/lib/s3s-fs.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,7 +25,7 @@ ZIPF_THETA=${ZIPF_THETA:-0.99}
 CONCURRENCY=${CONCURRENCY:-64}
 BENCH_SECS=${BENCH_SECS:-10}
 SHARDS=${SHARDS:-64}
-PORT_BASE=${PORT_BASE:-44000}
+PORT_BASE=${PORT_BASE:-24000}
 OUT=${OUT:-docs/bench-reads.md}
 for tool in etcd jq; do command -v "$tool" >/dev/null || { echo "$tool is missing" >&2; exit 1; }; done
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)

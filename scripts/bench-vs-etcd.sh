@@ -19,7 +19,7 @@
 #   KEYS (10000)     VALUE_SIZE (100)             DISTRIBUTION (uniform)   SHARDS (64)
 #   ROUTE (owner: the client sends each request to its shard's owner from the /v1/cluster map,
 #          as a smart client does; any: spread over the gateways, which forward)
-#   PORT_BASE (42000: every port is PORT_BASE + a small offset)   OUT (docs/benchmarks.md)
+#   PORT_BASE (22000: every port is PORT_BASE + a small offset)   OUT (docs/benchmarks.md)
 #   BIN_DIR (unset: build and use target/release; else use the binaries there, e.g. an A/B run)
 #   S3_TMPFS (1: the S3 server keeps its objects on tmpfs, /dev/shm; 0: in the run directory on
 #          disk). s3s-fs creates a file per object, and on ext4 the kernel's inode allocation
@@ -48,7 +48,7 @@ DISTRIBUTION=${DISTRIBUTION:-uniform}
 SHARDS=${SHARDS:-64}
 ROUTE=${ROUTE:-owner}
 S3_TMPFS=${S3_TMPFS:-1}
-PORT_BASE=${PORT_BASE:-42000}
+PORT_BASE=${PORT_BASE:-22000}
 OUT=${OUT:-docs/benchmarks.md}
 
 for tool in etcd jq curl; do

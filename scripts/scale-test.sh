@@ -22,7 +22,7 @@
 # Settings (environment): GATEWAYS (8, at most 98), SHARDS (1024, at most 10000), IDLE_SECS (30),
 #   BENCH_SECS (10; 0 skips the bench), MANIFEST_POLL (1s: the gateways'
 #   storage.manifest_poll_interval), COMPACTOR_POLL (1s: the compactor's --poll-interval),
-#   PORT_BASE (43000: every port is PORT_BASE + a small offset), OUT (docs/scale-test.md),
+#   PORT_BASE (23000: every port is PORT_BASE + a small offset), OUT (docs/scale-test.md),
 #   TIMEOUT (300: seconds allowed per waiting step). Takes 3-5 minutes when the machine keeps up.
 # On 2 cores use MANIFEST_POLL=10s COMPACTOR_POLL=10s (as docs/scale-test.md does): with the 1 s
 # defaults, 1024 idle shards poll the object store ~4,000 times a second, which saturates such a
@@ -44,7 +44,7 @@ COMPACTOR_POLL=${COMPACTOR_POLL:-1s}
 SHARDS=${SHARDS:-1024}
 IDLE_SECS=${IDLE_SECS:-30}
 BENCH_SECS=${BENCH_SECS:-10}
-PORT_BASE=${PORT_BASE:-43000}
+PORT_BASE=${PORT_BASE:-23000}
 OUT=${OUT:-docs/scale-test.md}
 TIMEOUT=${TIMEOUT:-300}
 

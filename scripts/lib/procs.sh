@@ -1,7 +1,11 @@
 # Process handling for the scripts that start local services (source it): a run directory and
 # every started process, both removed on exit.
 #
-# Needs PORT_BASE set before sourcing; RUN_NAME (default tessera-bench) names the run
+# Needs PORT_BASE set before sourcing, below 32768: Linux hands out local ports for outgoing
+# connections from 32768 up (ip_local_port_range), so a service port in that range can be
+# taken by a client socket a moment before the service binds it ("Address already in use";
+# seen with the old defaults 42000-46000). Each script has its own default, 22000-28000.
+# RUN_NAME (default tessera-bench) names the run
 # directory. Defines: RUN, start, pid_of, cpu_ticks, wait_port, port. A script may set
 # S3_TMPFS_DIR to another directory for cleanup to remove.
 
