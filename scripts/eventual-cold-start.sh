@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Eventual reads on a gateway whose followers are cold: how long until they are fast, and how
 # many reads reach the owner meanwhile (hedging). Prints a per-second timeline of the reading
-# gateway (followers open, reads by source, reads it forwarded, object-store GETs and HEADs)
+# gateway (followers open, reads by source, hedged reads by whose answer won, object-store GETs
+# and HEADs)
 # and the load generator's result.
 #
 #   scripts/eventual-cold-start.sh
@@ -43,13 +44,15 @@ sample() { # t: one line of the reading gateway's counters
     /^tessera_followers_open / { f = $2 }
     /^tessera_reads_total\{source="eventual"\}/ { e = $2 }
     /^tessera_reads_total\{source="(strong|cache)"\}/ { o += $2 }
-    /^tessera_forwarded_requests_total / { fw = $2 }
+    /^tessera_eventual_hedged_total\{answered_by="owner"\}/ { ho = $2 }
+    /^tessera_eventual_hedged_total\{answered_by="follower"\}/ { hf = $2 }
     /^tessera_object_store_requests_total\{op="get"\}/ { g = $2 }
     /^tessera_object_store_requests_total\{op="head"\}/ { h = $2 }
-    END { printf "%4s %9s %10s %10s %10s %8s %8s\n", t, f, e, o, fw, g, h }'
+    END { printf "%4s %9s %10s %10s %9s %9s %8s %8s\n", t, f, e, o, ho + 0, hf + 0, g, h }'
 }
 echo "==> get-eventual at concurrency $READ_CONCURRENCY on gw1 for ${READ_SECS}s; gw1's counters (cumulative):"
-printf "%4s %9s %10s %10s %10s %8s %8s\n" "s" "followers" "eventual" "own-shard" "forwarded" "GETs" "HEADs"
+printf "%4s %9s %10s %10s %9s %9s %8s %8s\n" "s" "followers" "eventual" "own-shard" \
+  "hedged:o" "hedged:f" "GETs" "HEADs"
 sample 0
 ( for t in $(seq 1 $((READ_SECS + 2))); do sleep 1; sample "$t"; done ) &
 timeline=$!

@@ -570,4 +570,13 @@ async fn eventual_reads_do_not_wait_for_a_cold_follower() {
 
     // Open but cold: `old` is in an SST block this follower has not fetched yet.
     read_paused(&c, &http, &old).await;
+    let text = common::get_text(&http, format!("{}/metrics", c.gw(1).url)).await;
+    let by_owner = metric(
+        &text,
+        "tessera_eventual_hedged_total{answered_by=\"owner\"}",
+    );
+    assert!(
+        by_owner >= 2.0,
+        "hedged reads answered by the owner: {by_owner}"
+    );
 }

@@ -28,6 +28,7 @@ pub struct Metrics {
     shard_reopens: IntCounter,
     ownership_changes: IntCounter,
     forwarded: IntCounter,
+    hedged: IntCounterVec,
     keepalives: IntCounter,
     keepalive_seconds: Counter,
     keepalive_last: Gauge,
@@ -128,6 +129,18 @@ impl Metrics {
                 IntCounter::new(
                     "forwarded_requests_total",
                     "Requests forwarded to the shard's owner",
+                )
+                .expect("valid metric"),
+            ),
+            hedged: register(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "eventual_hedged_total",
+                        "Eventual reads also sent to the owner (follower opening, behind, or \
+                         slower than reads.follower_hedge_after), by whose answer the client got",
+                    ),
+                    &["answered_by"],
                 )
                 .expect("valid metric"),
             ),
@@ -250,6 +263,12 @@ impl Metrics {
     /// Counts one forwarded request.
     pub fn forwarded(&self) {
         self.forwarded.inc();
+    }
+
+    /// Counts one hedged eventual read, answered by `by`: `owner`, `follower` or `none` (both
+    /// failed).
+    pub fn hedged(&self, by: &str) {
+        self.hedged.with_label_values(&[by]).inc();
     }
 
     /// Renders every metric in the Prometheus text format, refreshing the node's gauges first.

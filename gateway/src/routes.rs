@@ -80,12 +80,12 @@ async fn get_eventual(
         Located::Remote(owner) if !req.forwarded => owner,
         _ => return render_read(state, eventual.await?),
     };
-    // Whichever answers first, unless it failed: then the other one.
+    // The owner's response if it is an answer (a value or 404), else `None`: the follower's
+    // answer is then awaited instead. Either way, the first answer that succeeds wins.
     let owner_answer = |fwd: Result<Forwarded, ApiError>| match fwd {
         Ok(Forwarded::Answer(resp))
             if resp.status().is_success() || resp.status() == StatusCode::NOT_FOUND =>
         {
-            state.metrics.forwarded();
             note_forwarded(state, shard, &resp);
             Some(resp)
         }
@@ -99,21 +99,42 @@ async fn get_eventual(
         tokio::select! {
             read = &mut eventual => return match read {
                 Ok(read) => render_read(state, read),
-                Err(e) => owner_answer(strong.await).ok_or(e),
+                Err(e) => {
+                    state.metrics.forwarded();
+                    owner_answer(strong.await).ok_or(e)
+                }
             },
             _ = tokio::time::sleep(hedge_after) => {}
         }
     }
-    tokio::select! {
+    state.metrics.forwarded();
+    let answer = tokio::select! {
         read = &mut eventual => match read {
-            Ok(read) => render_read(state, read),
-            Err(e) => owner_answer(strong.await).ok_or(e),
+            Ok(read) => Ok(Hedged::Follower(read)),
+            Err(e) => owner_answer(strong.await).map(Hedged::Owner).ok_or(e),
         },
         fwd = &mut strong => match owner_answer(fwd) {
-            Some(resp) => Ok(resp),
-            None => render_read(state, eventual.await?),
+            Some(resp) => Ok(Hedged::Owner(resp)),
+            None => eventual.await.map(Hedged::Follower),
         },
+    };
+    state.metrics.hedged(match &answer {
+        Ok(Hedged::Follower(_)) => "follower",
+        Ok(Hedged::Owner(_)) => "owner",
+        Err(_) => "none",
+    });
+    match answer? {
+        Hedged::Follower(read) => render_read(state, read),
+        Hedged::Owner(resp) => Ok(resp),
     }
+}
+
+/// The answer a hedged eventual read returns.
+enum Hedged {
+    /// The follower's read.
+    Follower(Read),
+    /// The owner's strong answer, as it sent it.
+    Owner(Response),
 }
 
 /// Answers forwarded from the owner count as served here too (monotonic eventual reads).
