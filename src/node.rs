@@ -659,11 +659,12 @@ impl Node {
         ))
     }
 
-    /// Whether an eventual read of `shard` would be answered here without waiting: this
-    /// gateway serves the shard, or its follower is open and caught up. When not, the gateway
-    /// may ask the owner meanwhile (a strong answer is also a valid eventual one).
-    pub fn eventual_ready(&self, shard: ShardId) -> bool {
-        self.locate(shard) == Located::Local || self.followers.ready(shard)
+    /// Whether this gateway's follower of `shard` is open and caught up with everything the
+    /// gateway has returned for the shard, i.e. answers an eventual read without waiting for
+    /// an open or a poll. When not, the gateway may ask the owner meanwhile (a strong answer
+    /// is also a valid eventual one).
+    pub fn follower_ready(&self, shard: ShardId) -> bool {
+        self.followers.ready(shard)
     }
 
     /// Records that `version` of a key of `shard` was returned by this gateway (also for reads

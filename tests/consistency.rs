@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::cluster::{log_tail, shard_of, Cluster};
-use common::{client, metric, percentiles};
+use common::{client, metric, percentiles, Gateway};
 use reqwest::StatusCode;
 use serde_json::Value;
 
@@ -28,6 +28,14 @@ async fn put(http: &reqwest::Client, url: String, value: &str) -> u64 {
     assert_eq!(r.status(), StatusCode::OK);
     r.json::<Value>().await.unwrap()["version"]
         .as_u64()
+        .unwrap()
+}
+
+/// An eventual read of `key` through `gw`.
+async fn get_eventual(http: &reqwest::Client, gw: &Gateway, key: &str) -> reqwest::Response {
+    http.get(format!("{}?consistency=eventual", gw.kv(key)))
+        .send()
+        .await
         .unwrap()
 }
 
@@ -66,11 +74,7 @@ async fn eventual_reads_survive_a_paused_owner_and_strong_reads_stay_fresh() {
         for k in &keys {
             let deadline = Instant::now() + BOUND * 3;
             loop {
-                let r = http
-                    .get(format!("{}?consistency=eventual", c.gw(g).kv(k)))
-                    .send()
-                    .await
-                    .unwrap();
+                let r = get_eventual(&http, c.gw(g), k).await;
                 // Until the follower is open, the owner may answer (`strong` or `cache`).
                 if r.status() == StatusCode::OK && read_by(&r) == "eventual" {
                     assert_eq!(r.headers()["x-tessera-staleness-bound-ms"], "1360");
@@ -96,11 +100,7 @@ async fn eventual_reads_survive_a_paused_owner_and_strong_reads_stay_fresh() {
     let paused = Instant::now();
     // Its first eventual read on gw1 asks the paused owner and opens a follower at once; the
     // follower answers (the owner does not), well before the owner's lease runs out.
-    let r = http
-        .get(format!("{}?consistency=eventual", c.gw(1).kv(&cold)))
-        .send()
-        .await
-        .unwrap();
+    let r = get_eventual(&http, c.gw(1), &cold).await;
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(r.headers()["x-tessera-read"], "eventual");
     assert_eq!(r.text().await.unwrap(), "cold=1");
@@ -169,11 +169,7 @@ async fn eventual_reads_survive_a_paused_owner_and_strong_reads_stay_fresh() {
     assert_eq!(r.text().await.unwrap(), "after-failover");
     let written = Instant::now();
     loop {
-        let r = http
-            .get(format!("{}?consistency=eventual", c.gw(0).kv(&keys[0])))
-            .send()
-            .await
-            .unwrap();
+        let r = get_eventual(&http, c.gw(0), &keys[0]).await;
         assert_eq!(r.status(), StatusCode::OK);
         let etag = r.headers()["etag"].to_str().unwrap().to_string();
         if etag == format!("\"{v2}\"") {
@@ -245,11 +241,7 @@ async fn eventual_reads_are_real_monotonic_and_catch_up_within_the_bound() {
     while Instant::now() < deadline {
         for g in [1, 2] {
             for k in &keys {
-                let r = http
-                    .get(format!("{}?consistency=eventual", c.gw(g).kv(k)))
-                    .send()
-                    .await
-                    .unwrap();
+                let r = get_eventual(&http, c.gw(g), k).await;
                 if r.status() == StatusCode::NOT_FOUND {
                     assert!(
                         !last_version.contains_key(&(g, k.clone())),
@@ -493,11 +485,7 @@ async fn follower_open_replays_only_recent_wal() {
     let last = keys.last().unwrap();
     let deadline = Instant::now() + BOUND * 3;
     loop {
-        let r = http
-            .get(format!("{}?consistency=eventual", c.gw(1).kv(last)))
-            .send()
-            .await
-            .unwrap();
+        let r = get_eventual(&http, c.gw(1), last).await;
         if r.status() == StatusCode::OK && read_by(&r) == "eventual" {
             assert_eq!(r.text().await.unwrap(), *last);
             break;
@@ -559,11 +547,7 @@ async fn eventual_reads_do_not_wait_for_a_cold_follower() {
         assert!(Instant::now() < deadline, "the follower never opened");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let r = http
-        .get(format!("{}?consistency=eventual", c.gw(1).kv(&new)))
-        .send()
-        .await
-        .unwrap();
+    let r = get_eventual(&http, c.gw(1), &new).await;
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(read_by(&r), "eventual");
     assert_eq!(r.text().await.unwrap(), new);

@@ -2,6 +2,7 @@
 //! renders the answer; errors convert to [`ApiError`] with `?`.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -91,23 +92,18 @@ async fn get_eventual(
         }
         _ => None,
     };
-    // `path` without the query: a strong read.
-    let strong = forward::send(&state.forwarder, &owner.url, path, req);
-    tokio::pin!(eventual, strong);
-    if state.node.eventual_ready(shard) {
-        let hedge_after = state.node.config().reads.follower_hedge_after;
-        tokio::select! {
-            read = &mut eventual => return match read {
-                Ok(read) => render_read(state, read),
-                Err(e) => {
-                    state.metrics.forwarded();
-                    owner_answer(strong.await).ok_or(e)
-                }
-            },
-            _ = tokio::time::sleep(hedge_after) => {}
+    // The strong read at the owner (`path` without the query): at once while the follower is
+    // opening or behind, else once it has been silent for `follower_hedge_after`.
+    let asked = AtomicBool::new(false);
+    let strong = async {
+        if state.node.follower_ready(shard) {
+            tokio::time::sleep(state.node.config().reads.follower_hedge_after).await;
         }
-    }
-    state.metrics.forwarded();
+        asked.store(true, Ordering::Relaxed);
+        state.metrics.forwarded();
+        forward::send(&state.forwarder, &owner.url, path, req).await
+    };
+    tokio::pin!(eventual, strong);
     let answer = tokio::select! {
         read = &mut eventual => match read {
             Ok(read) => Ok(Hedged::Follower(read)),
@@ -118,11 +114,13 @@ async fn get_eventual(
             None => eventual.await.map(Hedged::Follower),
         },
     };
-    state.metrics.hedged(match &answer {
-        Ok(Hedged::Follower(_)) => "follower",
-        Ok(Hedged::Owner(_)) => "owner",
-        Err(_) => "none",
-    });
+    if asked.load(Ordering::Relaxed) {
+        state.metrics.hedged(match &answer {
+            Ok(Hedged::Follower(_)) => "follower",
+            Ok(Hedged::Owner(_)) => "owner",
+            Err(_) => "none",
+        });
+    }
     match answer? {
         Hedged::Follower(read) => render_read(state, read),
         Hedged::Owner(resp) => Ok(resp),
