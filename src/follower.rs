@@ -14,7 +14,9 @@
 //!   before that poll began. The follower cache adds at most `follower_cache_ttl`.
 //! - **Monotonic per gateway**: [`Watermarks`] records, per shard, the highest version this
 //!   gateway has returned; a follower serves a shard only once it has replayed at least that
-//!   far (waiting up to one staleness bound, then 503), and followers only move forward.
+//!   far (waiting up to one staleness bound, then 503), and followers only move forward. A
+//!   read forwarded here by another gateway (`reads.follower_gateways`) also waits for that
+//!   gateway's watermark, and the answer raises it there.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -42,7 +44,7 @@ impl Watermarks {
         }
     }
 
-    fn get(&self, shard: ShardId) -> u64 {
+    pub(crate) fn get(&self, shard: ShardId) -> u64 {
         self.0[shard.0 as usize].load(Ordering::Relaxed)
     }
 }
@@ -174,8 +176,9 @@ impl Followers {
     }
 
     /// The follower of `shard`, opened if needed, once it has caught up with everything this
-    /// gateway has returned for the shard.
-    pub(crate) async fn get(self: &Arc<Self>, shard: ShardId) -> Result<Arc<Follower>> {
+    /// gateway has returned for the shard and with version `floor` (what the gateway that
+    /// forwarded the read had returned; 0 when none did).
+    pub(crate) async fn get(self: &Arc<Self>, shard: ShardId, floor: u64) -> Result<Arc<Follower>> {
         let follower = match self.slots[shard.0 as usize].current() {
             Some(f) => f,
             // In its own task: dropping this read's future must not abandon the open.
@@ -187,7 +190,7 @@ impl Followers {
             }
         };
         *follower.last_used.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
-        let floor = self.watermarks.get(shard);
+        let floor = floor.max(self.watermarks.get(shard));
         if follower.reader.durable_seq() < floor {
             let mut status = follower.reader.subscribe();
             let caught_up = tokio::time::timeout(
@@ -198,8 +201,7 @@ impl Followers {
             if !matches!(caught_up, Ok(Ok(s)) if s.close_reason.is_none()) {
                 return Err(Error::ShardUnavailable {
                     shard,
-                    reason: "the follower has not caught up with what this gateway already served"
-                        .into(),
+                    reason: "the follower has not caught up with what was already served".into(),
                 });
             }
         }

@@ -57,7 +57,7 @@ use crate::follower::{Followers, LagSamples};
 use crate::lease::LeaseClock;
 use crate::meta;
 use crate::objstore::{self, ClusterStore};
-use crate::placement::{ClusterView, Member, Owner};
+use crate::placement::{self, ClusterView, Member, Owner};
 use crate::shard::{shard_for_key, ShardId};
 use crate::store::{
     now_ms, BlockCache, Closed, Durability, Entry, Mutation, ShardScan, ShardStore,
@@ -181,7 +181,7 @@ pub struct NodeStats {
     /// Lease keep-alive round trips (cluster mode).
     pub keepalive: Arc<crate::lease::KeepAliveStats>,
     /// Per shard: how long it has had no owner in this node's view (cluster mode).
-    pub unowned: crate::placement::UnownedTime,
+    pub unowned: placement::UnownedTime,
     /// Reads by what served them: strong, cache, eventual.
     pub reads: [AtomicU64; 3],
     /// Time from a write's acceptance to a follower here being able to serve it.
@@ -617,8 +617,9 @@ impl Node {
     }
 
     /// Returns the value of `key` without contacting its owner: served here if this gateway
-    /// owns the shard, else by a follower (see `follower.rs` for the guarantees).
-    pub async fn get_eventual(&self, key: &[u8]) -> Result<Read> {
+    /// owns the shard, else by a follower that has reached at least version `floor` (see
+    /// `follower.rs` for the guarantees).
+    pub async fn get_eventual(&self, key: &[u8], floor: u64) -> Result<Read> {
         self.validate_key(key)?;
         let shard = self.shard_of(key);
         if self.locate(shard) == Located::Local {
@@ -627,7 +628,7 @@ impl Node {
                 other => return other,
             }
         }
-        let follower = self.followers.get(shard).await?;
+        let follower = self.followers.get(shard, floor).await?;
         let scope = follower.reader.incarnation();
         let max_age = Some(self.config.reads.follower_cache_ttl);
         let cached = self.hot.get(scope, key, max_age);
@@ -665,6 +666,34 @@ impl Node {
     /// is also a valid eventual one).
     pub fn follower_ready(&self, shard: ShardId) -> bool {
         self.followers.ready(shard)
+    }
+
+    /// The gateway to send this shard's eventual point reads to, when it is not this one: the
+    /// first of the shard's follower gateways (`reads.follower_gateways`) unless this gateway
+    /// is one of them. `None`: read here.
+    pub fn follower_gateway(&self, shard: ShardId) -> Option<Member> {
+        let k = self.config.reads.follower_gateways;
+        let view = self.view.borrow();
+        let owner = view.owners.get(&shard.0).map(|o| o.id.as_str());
+        let candidates = view
+            .members
+            .values()
+            .filter(|m| Some(m.id.as_str()) != owner);
+        // Every candidate is a follower gateway: no need to rank them (small clusters).
+        if k == 0 || candidates.clone().count() <= k {
+            return None;
+        }
+        let chosen = &placement::ranked(shard, candidates)[..k];
+        if chosen.iter().any(|m| m.id == self.me.id) {
+            return None;
+        }
+        Some(chosen[0].clone())
+    }
+
+    /// The version a follower here must reach before serving `shard`: the highest this gateway
+    /// has returned (sent along with reads it forwards to a follower gateway).
+    pub fn watermark(&self, shard: ShardId) -> u64 {
+        self.followers.watermarks.get(shard)
     }
 
     /// Records that `version` of a key of `shard` was returned by this gateway (also for reads
@@ -978,7 +1007,7 @@ impl Node {
                 Ok((scan, ScanGuard::Owner(entered)))
             }
             None => {
-                let follower = self.followers.get(slot.id).await?;
+                let follower = self.followers.get(slot.id, 0).await?;
                 let scan = self.observe(follower.reader.scan(range).await)?;
                 Ok((scan, ScanGuard::Follower(follower)))
             }

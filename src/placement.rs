@@ -145,13 +145,25 @@ pub fn hrw<'a>(
     shard: ShardId,
     members: impl IntoIterator<Item = &'a Member>,
 ) -> Option<&'a Member> {
-    members
-        .into_iter()
-        .max_by_key(|m| (score(&m.id, shard), m.id.clone()))
+    members.into_iter().max_by_key(|m| weight(m, shard))
 }
 
-fn score(member: &str, shard: ShardId) -> u64 {
-    xxhash_rust::xxh3::xxh3_64(format!("{member}/{}", shard.0).as_bytes())
+/// Every member by decreasing weight for `shard`: [`hrw`]'s choice first, then the one it
+/// would choose without the first, and so on. Removing a member leaves the others' order as
+/// it was.
+pub fn ranked<'a>(
+    shard: ShardId,
+    members: impl IntoIterator<Item = &'a Member>,
+) -> Vec<&'a Member> {
+    let mut weighted: Vec<_> = members.into_iter().map(|m| (weight(m, shard), m)).collect();
+    weighted.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+    weighted.into_iter().map(|(_, m)| m).collect()
+}
+
+/// A member's weight for a shard; ties are broken by member id.
+fn weight(m: &Member, shard: ShardId) -> (u64, &str) {
+    let score = xxhash_rust::xxh3::xxh3_64(format!("{}/{}", m.id, shard.0).as_bytes());
+    (score, &m.id)
 }
 
 #[cfg(test)]
@@ -266,5 +278,25 @@ mod tests {
             .collect();
         assert_eq!(a, b);
         assert!(hrw(ShardId(0), &[]).is_none());
+    }
+
+    #[test]
+    fn ranked_starts_with_hrw_and_survives_removals() {
+        let m = members(5);
+        for s in 0..64 {
+            let shard = ShardId(s);
+            let all = ranked(shard, &m);
+            assert_eq!(all.len(), 5);
+            assert_eq!(all[0], hrw(shard, &m).unwrap());
+            // Without the second member, the others keep their order.
+            let rest: Vec<Member> = m.iter().filter(|x| x.id != all[1].id).cloned().collect();
+            let expected: Vec<&str> = all
+                .iter()
+                .filter(|x| x.id != all[1].id)
+                .map(|x| x.id.as_str())
+                .collect();
+            let got: Vec<&str> = ranked(shard, &rest).iter().map(|x| x.id.as_str()).collect();
+            assert_eq!(got, expected);
+        }
     }
 }

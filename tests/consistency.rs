@@ -564,3 +564,90 @@ async fn eventual_reads_do_not_wait_for_a_cold_follower() {
         "hedged reads answered by the owner: {by_owner}"
     );
 }
+
+/// With `reads.follower_gateways = 1` each shard has one follower, on the first non-owner by
+/// rendezvous hashing; the third gateway forwards its eventual reads there, with its watermark
+/// as a floor, so they never go back before what it returned. With that gateway and the owner
+/// both paused, it reads through a follower of its own after the staleness bound. Hedging is
+/// off, so the owner never answers an eventual read here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eventual_reads_share_one_follower_per_shard() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(
+        &config,
+        "[reads]\nfollower_gateways = 1\nfollower_hedge_after = \"1h\"\n",
+    )
+    .unwrap();
+    let c = Cluster::start_with(3, vec!["--config".into(), config.display().to_string()]).await;
+    let owners = c.await_stable(&[0, 1, 2], Duration::from_secs(30)).await;
+    let http = client();
+    let members: Vec<tessera::Member> = (0..3)
+        .map(|i| tessera::Member {
+            id: format!("gw{i}"),
+            url: String::new(),
+        })
+        .collect();
+    // Per shard: its key, owner, follower gateway and the gateway that forwards to it.
+    let mut shards = Vec::new();
+    for (&shard, owner) in &owners {
+        let others: Vec<_> = members.iter().filter(|m| &m.id != owner).collect();
+        let home = tessera::placement::ranked(tessera::ShardId(shard), others)[0];
+        let index = |id: &str| id[2..].parse::<usize>().unwrap();
+        let (o, h) = (index(owner), index(&home.id));
+        let key = key_in(shard, "share");
+        put(&http, c.gw(0).kv(&key), &format!("{key}=1")).await;
+        shards.push((key, o, h, 3 - o - h));
+    }
+    // Every gateway's eventual reads see every key; the forwarded ones come from a follower.
+    // While a follower opens, the owner answers its gateway's reads (`strong` or `cache`).
+    for (key, _, h, g) in &shards {
+        for gw in [*h, *g] {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let r = get_eventual(&http, c.gw(gw), key).await;
+                if r.status() == StatusCode::OK && read_by(&r) == "eventual" {
+                    assert_eq!(r.headers()["x-tessera-staleness-bound-ms"], "1360");
+                    assert_eq!(r.text().await.unwrap(), format!("{key}=1"));
+                    break;
+                }
+                assert!(Instant::now() < deadline, "{key} unreadable on gw{gw}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    for gw in 0..3 {
+        let text = common::get_text(&http, format!("{}/metrics", c.gw(gw).url)).await;
+        let homes = shards.iter().filter(|s| s.2 == gw).count();
+        assert_eq!(
+            metric(&text, "tessera_followers_open"),
+            homes as f64,
+            "gw{gw} keeps followers of the {homes} shards it is the follower gateway of"
+        );
+    }
+
+    // A strong read on the forwarding gateway raises its watermark; its next eventual read
+    // waits at the follower gateway until the follower has caught up with it.
+    let (key, o, h, g) = shards[0].clone();
+    let v2 = put(&http, c.gw(o).kv(&key), "v2").await;
+    let r = http.get(c.gw(g).kv(&key)).send().await.unwrap();
+    assert_eq!(r.text().await.unwrap(), "v2");
+    let r = get_eventual(&http, c.gw(g), &key).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["etag"], format!("\"{v2}\"").as_str());
+    assert_eq!(read_by(&r), "eventual");
+
+    // The follower gateway and the owner paused: the third gateway still answers.
+    common::signal(&c.gw(h).child, "STOP");
+    common::signal(&c.gw(o).child, "STOP");
+    let t = Instant::now();
+    let r = get_eventual(&http, c.gw(g), &key).await;
+    let took = t.elapsed();
+    common::signal(&c.gw(h).child, "CONT");
+    common::signal(&c.gw(o).child, "CONT");
+    eprintln!("follower gateway and owner paused: the eventual read took {took:?}");
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["etag"], format!("\"{v2}\"").as_str());
+    assert_eq!(r.text().await.unwrap(), "v2");
+    assert!(took < Duration::from_secs(10), "the read took {took:?}");
+}

@@ -28,10 +28,19 @@ use crate::AppState;
 pub const FORWARDED: &str = "x-tessera-forwarded";
 /// Milliseconds left before the original request's deadline.
 pub const DEADLINE_MS: &str = "x-tessera-deadline-ms";
+/// On an eventual read forwarded to a follower gateway: the version its follower must have
+/// reached (the forwarding gateway's watermark for the shard).
+pub const MIN_VERSION: &str = "x-tessera-min-version";
 
 /// Headers copied from the client's request to the owner, and from the owner's answer back.
-const PASSED_REQUEST_HEADERS: &[&str] = &["if-match", "if-none-match", "content-type"];
-const PASSED_RESPONSE_HEADERS: &[&str] = &["etag", "content-type", "retry-after", "x-tessera-read"];
+const PASSED_REQUEST_HEADERS: &[&str] = &["if-match", "if-none-match", "content-type", MIN_VERSION];
+const PASSED_RESPONSE_HEADERS: &[&str] = &[
+    "etag",
+    "content-type",
+    "retry-after",
+    "x-tessera-read",
+    "x-tessera-staleness-bound-ms",
+];
 
 /// How long to wait before looking up an owner again.
 const RETRY_PAUSE: Duration = Duration::from_millis(25);
@@ -76,6 +85,20 @@ impl Forwardable {
             body,
             forwarded,
             deadline: Instant::now() + timeout,
+        }
+    }
+
+    /// This request with header `name` set to `value` (replacing the client's, if any).
+    pub fn with_header(&self, name: &'static str, value: HeaderValue) -> Forwardable {
+        let mut headers = self.headers.clone();
+        headers.insert(name, value);
+        Forwardable {
+            method: self.method.clone(),
+            path_and_query: self.path_and_query.clone(),
+            headers,
+            body: self.body.clone(),
+            forwarded: self.forwarded,
+            deadline: self.deadline,
         }
     }
 

@@ -128,7 +128,7 @@ impl Metrics {
                 &r,
                 IntCounter::new(
                     "forwarded_requests_total",
-                    "Requests forwarded to the shard's owner",
+                    "Requests forwarded to another gateway: the shard's owner, or for eventual reads one of its follower gateways",
                 )
                 .expect("valid metric"),
             ),

@@ -63,12 +63,15 @@ pub async fn get_key(
     Ok(resp)
 }
 
-/// An eventual point read, hedged: when this gateway's follower of the shard is opening (or
-/// behind what the gateway already returned), or has not answered within
-/// `reads.follower_hedge_after`, the owner is also asked for a strong read and the first
-/// successful answer wins. A strong answer satisfies every eventual guarantee, and an owner
-/// that is down, paused or cut off only leaves the follower's answer. The follower's open goes
-/// on either way.
+/// An eventual point read. Read by this gateway's follower of the shard, or, when the shard's
+/// followers are kept by other gateways (`reads.follower_gateways`), by the first of those;
+/// when it does not answer within the staleness bound, by a follower here after all.
+///
+/// Hedged: when that follower is opening (or behind what the gateway already returned), or
+/// has not answered within `reads.follower_hedge_after`, the owner is also asked for a strong
+/// read and the first successful answer wins. A strong answer satisfies every eventual
+/// guarantee, and an owner that is down, paused or cut off only leaves the follower's answer.
+/// The follower's open goes on either way.
 async fn get_eventual(
     state: &AppState,
     shard: tessera::ShardId,
@@ -76,14 +79,94 @@ async fn get_eventual(
     path: &str,
     req: &Forwardable,
 ) -> Result<Response, ApiError> {
-    let eventual = deadline(req, state.node.get_eventual(key));
-    let owner = match state.node.locate(shard) {
-        Located::Remote(owner) if !req.forwarded => owner,
-        _ => return render_read(state, eventual.await?),
+    let located = state.node.locate(shard);
+    if req.forwarded || matches!(located, Located::Local) {
+        // Read here: owned here, or forwarded here (hop limit) by a gateway that keeps no
+        // follower of the shard, whose watermark is the floor.
+        let floor = req
+            .headers
+            .get(forward::MIN_VERSION)
+            .filter(|_| req.forwarded)
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+            .unwrap_or(0);
+        return render_read(
+            state,
+            deadline(req, state.node.get_eventual(key, floor)).await?,
+        );
+    }
+    let home = state.node.follower_gateway(shard);
+    let eventual = async {
+        if let Some(home) = &home {
+            if let Some(resp) = ask_follower_gateway(state, shard, &home.url, req).await {
+                return Ok(Answer::Forwarded(resp));
+            }
+        }
+        deadline(req, state.node.get_eventual(key, 0))
+            .await
+            .map(Answer::Read)
     };
-    // The owner's response if it is an answer (a value or 404), else `None`: the follower's
-    // answer is then awaited instead. Either way, the first answer that succeeds wins.
-    let owner_answer = |fwd: Result<Forwarded, ApiError>| match fwd {
+    let Located::Remote(owner) = located else {
+        return render(state, eventual.await?);
+    };
+    // The strong read at the owner (`path` without the query): at once while the follower is
+    // opening or behind, else once it has been silent for `follower_hedge_after`.
+    let asked = AtomicBool::new(false);
+    let strong = async {
+        if home.is_some() || state.node.follower_ready(shard) {
+            tokio::time::sleep(state.node.config().reads.follower_hedge_after).await;
+        }
+        asked.store(true, Ordering::Relaxed);
+        state.metrics.forwarded();
+        answer_of(
+            state,
+            shard,
+            forward::send(&state.forwarder, &owner.url, path, req).await,
+        )
+    };
+    tokio::pin!(eventual, strong);
+    // The first answer that succeeds wins; a failed one leaves the other.
+    let answer = tokio::select! {
+        read = &mut eventual => match read {
+            Ok(a) => Ok((a, "follower")),
+            Err(e) => strong.await.map(|r| (Answer::Forwarded(r), "owner")).ok_or(e),
+        },
+        resp = &mut strong => match resp {
+            Some(r) => Ok((Answer::Forwarded(r), "owner")),
+            None => eventual.await.map(|a| (a, "follower")),
+        },
+    };
+    if asked.load(Ordering::Relaxed) {
+        state
+            .metrics
+            .hedged(answer.as_ref().map_or("none", |(_, by)| by));
+    }
+    render(state, answer?.0)
+}
+
+/// Asks the follower gateway at `url` for an eventual read, with this gateway's watermark for
+/// the shard as the floor, so the answer never goes back before what was returned here. Its
+/// answer, if it gives one within the staleness bound.
+async fn ask_follower_gateway(
+    state: &AppState,
+    shard: tessera::ShardId,
+    url: &str,
+    req: &Forwardable,
+) -> Option<Response> {
+    let floor = HeaderValue::from(state.node.watermark(shard));
+    let req = req.with_header(forward::MIN_VERSION, floor);
+    state.metrics.forwarded();
+    let sent = forward::send(&state.forwarder, url, &req.path_and_query, &req);
+    let bound = state.node.config().staleness_bound();
+    answer_of(state, shard, tokio::time::timeout(bound, sent).await.ok()?)
+}
+
+/// Another gateway's response if it is an answer (a value or 404), noted as served here.
+fn answer_of(
+    state: &AppState,
+    shard: tessera::ShardId,
+    fwd: Result<Forwarded, ApiError>,
+) -> Option<Response> {
+    match fwd {
         Ok(Forwarded::Answer(resp))
             if resp.status().is_success() || resp.status() == StatusCode::NOT_FOUND =>
         {
@@ -91,51 +174,23 @@ async fn get_eventual(
             Some(resp)
         }
         _ => None,
-    };
-    // The strong read at the owner (`path` without the query): at once while the follower is
-    // opening or behind, else once it has been silent for `follower_hedge_after`.
-    let asked = AtomicBool::new(false);
-    let strong = async {
-        if state.node.follower_ready(shard) {
-            tokio::time::sleep(state.node.config().reads.follower_hedge_after).await;
-        }
-        asked.store(true, Ordering::Relaxed);
-        state.metrics.forwarded();
-        forward::send(&state.forwarder, &owner.url, path, req).await
-    };
-    tokio::pin!(eventual, strong);
-    let answer = tokio::select! {
-        read = &mut eventual => match read {
-            Ok(read) => Ok(Hedged::Follower(read)),
-            Err(e) => owner_answer(strong.await).map(Hedged::Owner).ok_or(e),
-        },
-        fwd = &mut strong => match owner_answer(fwd) {
-            Some(resp) => Ok(Hedged::Owner(resp)),
-            None => eventual.await.map(Hedged::Follower),
-        },
-    };
-    if asked.load(Ordering::Relaxed) {
-        state.metrics.hedged(match &answer {
-            Ok(Hedged::Follower(_)) => "follower",
-            Ok(Hedged::Owner(_)) => "owner",
-            Err(_) => "none",
-        });
-    }
-    match answer? {
-        Hedged::Follower(read) => render_read(state, read),
-        Hedged::Owner(resp) => Ok(resp),
     }
 }
 
-/// The answer a hedged eventual read returns.
-enum Hedged {
-    /// The follower's read.
-    Follower(Read),
-    /// The owner's strong answer, as it sent it.
-    Owner(Response),
+/// An eventual read's answer: read here, or another gateway's response as it sent it.
+enum Answer {
+    Read(Read),
+    Forwarded(Response),
 }
 
-/// Answers forwarded from the owner count as served here too (monotonic eventual reads).
+fn render(state: &AppState, answer: Answer) -> Result<Response, ApiError> {
+    match answer {
+        Answer::Read(read) => render_read(state, read),
+        Answer::Forwarded(resp) => Ok(resp),
+    }
+}
+
+/// Answers forwarded from other gateways count as served here too (monotonic eventual reads).
 fn note_forwarded(state: &AppState, shard: tessera::ShardId, resp: &Response) {
     if let Some(v) = resp
         .headers()

@@ -4,7 +4,7 @@
 # Needs PORT_BASE set before sourcing, below 32768: Linux hands out local ports for outgoing
 # connections from 32768 up (ip_local_port_range), so a service port in that range can be
 # taken by a client socket a moment before the service binds it ("Address already in use";
-# seen with the old defaults 42000-46000). Each script has its own default, 22000-28000.
+# seen with the old defaults 42000-46000). Each script has its own default, 22000-29000.
 # RUN_NAME (default tessera-bench) names the run
 # directory. Defines: RUN, start, pid_of, cpu_ticks, wait_port, port. A script may set
 # S3_TMPFS_DIR to another directory for cleanup to remove.
