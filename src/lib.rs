@@ -46,6 +46,8 @@
 
 pub mod cache;
 pub mod claims;
+#[cfg(feature = "cli")]
+pub mod cli;
 pub mod config;
 pub mod error;
 mod etcd;

@@ -13,6 +13,7 @@ use clap::Parser;
 use compactor::metrics::Metrics;
 use compactor::progress::Progress;
 use compactor::{daemon, once, CompactorConfig};
+use tessera::cli::CommonArgs;
 use tessera::process::shutdown_signal;
 use tessera::Member;
 use tokio_util::sync::CancellationToken;
@@ -29,24 +30,8 @@ struct Args {
     /// TOML config file (see compactor/compactor.example.toml).
     #[arg(long, env = "TESSERA_CONFIG")]
     config: Option<PathBuf>,
-    /// Object store URL (object_store.url): the gateways' store.
-    #[arg(long, env = "TESSERA_STORE")]
-    store: Option<String>,
-    /// S3 endpoint for S3-compatible servers (object_store.endpoint).
-    #[arg(long, env = "TESSERA_S3_ENDPOINT")]
-    s3_endpoint: Option<String>,
-    /// etcd endpoints, comma-separated (cluster.etcd_endpoints); required.
-    #[arg(long, env = "TESSERA_ETCD", value_delimiter = ',')]
-    etcd: Option<Vec<String>>,
-    /// Cluster name (cluster.name).
-    #[arg(long, env = "TESSERA_CLUSTER")]
-    cluster: Option<String>,
-    /// Member id (cluster.node_id); default: {hostname}-{pid}.
-    #[arg(long, env = "TESSERA_NODE_ID")]
-    node_id: Option<String>,
-    /// etcd lease TTL (cluster.lease_ttl), whole seconds.
-    #[arg(long, env = "TESSERA_LEASE_TTL", value_parser = humantime::parse_duration)]
-    lease_ttl: Option<Duration>,
+    #[command(flatten)]
+    common: CommonArgs,
     /// L0 SSTs at which a shard is compacted (compaction.l0_threshold).
     #[arg(long, env = "TESSERA_L0_THRESHOLD")]
     l0_threshold: Option<usize>,
@@ -59,12 +44,6 @@ struct Args {
     /// Prometheus endpoint address (metrics.listen), daemon only.
     #[arg(long, env = "TESSERA_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
-    /// Log filter (log.level).
-    #[arg(long, env = "TESSERA_LOG")]
-    log: Option<String>,
-    /// Log format (log.format): text or json.
-    #[arg(long, env = "TESSERA_LOG_FORMAT")]
-    log_format: Option<String>,
 }
 
 impl Args {
@@ -73,24 +52,8 @@ impl Args {
             Some(path) => CompactorConfig::from_file(path)?,
             None => CompactorConfig::default(),
         };
-        if let Some(v) = self.store {
-            c.object_store.url = v;
-        }
-        if let Some(v) = self.s3_endpoint {
-            c.object_store.endpoint = Some(v);
-        }
-        if let Some(v) = self.etcd {
-            c.cluster.etcd_endpoints = v;
-        }
-        if let Some(v) = self.cluster {
-            c.cluster.name = v;
-        }
-        if let Some(v) = self.node_id {
-            c.cluster.node_id = Some(v);
-        }
-        if let Some(v) = self.lease_ttl {
-            c.cluster.lease_ttl = v;
-        }
+        self.common
+            .apply(&mut c.object_store, &mut c.cluster, &mut c.log)?;
         if let Some(v) = self.l0_threshold {
             c.compaction.l0_threshold = v;
         }
@@ -102,12 +65,6 @@ impl Args {
         }
         if let Some(v) = self.metrics_listen {
             c.metrics.listen = Some(v);
-        }
-        if let Some(v) = self.log {
-            c.log.level = v;
-        }
-        if let Some(v) = self.log_format {
-            c.log.format = v.parse()?;
         }
         c.validate()?;
         Ok((c, self.once))

@@ -1,0 +1,75 @@
+//! Command-line flags the gateway and compactor binaries share (feature `cli`): each one
+//! overrides one setting of the config file, and can also be given as a `TESSERA_*`
+//! environment variable.
+
+use std::time::Duration;
+
+use crate::config::{ClusterConfig, ObjectStoreConfig};
+use crate::process::LogConfig;
+
+/// Where the data lives, how to join the cluster, and logging.
+#[derive(clap::Args, Debug)]
+pub struct CommonArgs {
+    /// Object store URL (object_store.url): ./dir, file:///dir, s3://bucket/prefix, memory://.
+    #[arg(long, env = "TESSERA_STORE")]
+    pub store: Option<String>,
+    /// S3 endpoint for S3-compatible servers (object_store.endpoint).
+    #[arg(long, env = "TESSERA_S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+    /// etcd endpoints, comma-separated (cluster.etcd_endpoints): cluster mode for a gateway;
+    /// required by the compactor.
+    #[arg(long, env = "TESSERA_ETCD", value_delimiter = ',')]
+    pub etcd: Option<Vec<String>>,
+    /// Cluster name (cluster.name): the etcd prefix /tessera/{name}/.
+    #[arg(long, env = "TESSERA_CLUSTER")]
+    pub cluster: Option<String>,
+    /// Member id (cluster.node_id); default: a gateway's advertise URL, a compactor's
+    /// {hostname}-{pid}.
+    #[arg(long, env = "TESSERA_NODE_ID")]
+    pub node_id: Option<String>,
+    /// etcd lease TTL (cluster.lease_ttl), whole seconds, e.g. 3s.
+    #[arg(long, env = "TESSERA_LEASE_TTL", value_parser = humantime::parse_duration)]
+    pub lease_ttl: Option<Duration>,
+    /// Log filter (log.level), e.g. info or tessera=debug.
+    #[arg(long, env = "TESSERA_LOG")]
+    pub log: Option<String>,
+    /// Log format (log.format): text or json.
+    #[arg(long, env = "TESSERA_LOG_FORMAT")]
+    pub log_format: Option<String>,
+}
+
+impl CommonArgs {
+    /// Overrides the settings of the config sections that were given as flags.
+    pub fn apply(
+        self,
+        object_store: &mut ObjectStoreConfig,
+        cluster: &mut ClusterConfig,
+        log: &mut LogConfig,
+    ) -> Result<(), String> {
+        if let Some(v) = self.store {
+            object_store.url = v;
+        }
+        if let Some(v) = self.s3_endpoint {
+            object_store.endpoint = Some(v);
+        }
+        if let Some(v) = self.etcd {
+            cluster.etcd_endpoints = v;
+        }
+        if let Some(v) = self.cluster {
+            cluster.name = v;
+        }
+        if let Some(v) = self.node_id {
+            cluster.node_id = Some(v);
+        }
+        if let Some(v) = self.lease_ttl {
+            cluster.lease_ttl = v;
+        }
+        if let Some(v) = self.log {
+            log.level = v;
+        }
+        if let Some(v) = self.log_format {
+            log.format = v.parse()?;
+        }
+        Ok(())
+    }
+}
