@@ -39,6 +39,29 @@ async fn get_eventual(http: &reqwest::Client, gw: &Gateway, key: &str) -> reqwes
         .unwrap()
 }
 
+/// Reads `key` eventually through `gw` until a follower answers (until then the owner may,
+/// with `strong` or `cache`), for at most `within`; asserts the follower returns `expected`.
+async fn read_from_follower(
+    http: &reqwest::Client,
+    gw: &Gateway,
+    key: &str,
+    expected: &str,
+    within: Duration,
+) {
+    let deadline = Instant::now() + within;
+    loop {
+        let r = get_eventual(http, gw, key).await;
+        if r.status() == StatusCode::OK && read_by(&r) == "eventual" {
+            assert_eq!(r.headers()["x-tessera-staleness-bound-ms"], "1360");
+            assert_eq!(r.text().await.unwrap(), expected);
+            return;
+        }
+        let status = r.status();
+        assert!(Instant::now() < deadline, "{key} on {}: {status}", gw.url);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// What served a read (`X-Tessera-Read`), or "" for an error.
 fn read_by(r: &reqwest::Response) -> &str {
     r.headers()
@@ -72,18 +95,7 @@ async fn eventual_reads_survive_a_paused_owner_and_strong_reads_stay_fresh() {
     // Followers on gw0 and gw1 open and catch up before the owner stops.
     for g in [0, 1] {
         for k in &keys {
-            let deadline = Instant::now() + BOUND * 3;
-            loop {
-                let r = get_eventual(&http, c.gw(g), k).await;
-                // Until the follower is open, the owner may answer (`strong` or `cache`).
-                if r.status() == StatusCode::OK && read_by(&r) == "eventual" {
-                    assert_eq!(r.headers()["x-tessera-staleness-bound-ms"], "1360");
-                    assert_eq!(r.text().await.unwrap(), format!("{k}=1"));
-                    break;
-                }
-                assert!(Instant::now() < deadline, "{k} never visible on gw{g}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            read_from_follower(&http, c.gw(g), k, &format!("{k}=1"), BOUND * 3).await;
         }
     }
 
@@ -483,16 +495,7 @@ async fn follower_open_replays_only_recent_wal() {
     // The first eventual read starts the open (the owner may answer it meanwhile); the open
     // is done once the follower serves a read.
     let last = keys.last().unwrap();
-    let deadline = Instant::now() + BOUND * 3;
-    loop {
-        let r = get_eventual(&http, c.gw(1), last).await;
-        if r.status() == StatusCode::OK && read_by(&r) == "eventual" {
-            assert_eq!(r.text().await.unwrap(), *last);
-            break;
-        }
-        assert!(Instant::now() < deadline, "eventual read: {}", r.status());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    read_from_follower(&http, c.gw(1), last, last, BOUND * 3).await;
     let cost = gets(&common::get_text(&http, metrics.as_str()).await) - before;
     println!(
         "opening a follower after {} writes cost {cost} GETs",
@@ -600,20 +603,10 @@ async fn eventual_reads_share_one_follower_per_shard() {
         shards.push((key, o, h, 3 - o - h));
     }
     // Every gateway's eventual reads see every key; the forwarded ones come from a follower.
-    // While a follower opens, the owner answers its gateway's reads (`strong` or `cache`).
     for (key, _, h, g) in &shards {
         for gw in [*h, *g] {
-            let deadline = Instant::now() + Duration::from_secs(20);
-            loop {
-                let r = get_eventual(&http, c.gw(gw), key).await;
-                if r.status() == StatusCode::OK && read_by(&r) == "eventual" {
-                    assert_eq!(r.headers()["x-tessera-staleness-bound-ms"], "1360");
-                    assert_eq!(r.text().await.unwrap(), format!("{key}=1"));
-                    break;
-                }
-                assert!(Instant::now() < deadline, "{key} unreadable on gw{gw}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+            let expected = format!("{key}=1");
+            read_from_follower(&http, c.gw(gw), key, &expected, Duration::from_secs(20)).await;
         }
     }
     for gw in 0..3 {
