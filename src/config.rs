@@ -245,12 +245,12 @@ pub struct ReadsConfig {
     pub follower_hedge_after: Duration,
     /// How many gateways keep a follower of each shard: the first this many live members by
     /// rendezvous hashing of the shard, leaving out its owner (every gateway computes the same
-    /// set). Another gateway forwards a shard's eventual point reads to the first of them, and
+    /// set). Another gateway forwards a shard's eventual reads to the first of them, and
     /// reads through its own follower only when that gateway does not answer within the
     /// staleness bound. Bounds the object-store cost of followers (about 10 requests/s each)
     /// to this many per shard however many gateways there are, for one more hop on the other
     /// gateways' eventual reads. 0: no limit, every gateway reads through its own followers.
-    /// Eventual scans always use followers where they run. Default: 3.
+    /// Default: 3.
     pub follower_gateways: usize,
 }
 

@@ -668,7 +668,7 @@ impl Node {
         self.followers.ready(shard)
     }
 
-    /// The gateway to send this shard's eventual point reads to, when it is not this one: the
+    /// The gateway to send this shard's eventual reads to, when it is not this one: the
     /// first of the shard's follower gateways (`reads.follower_gateways`) unless this gateway
     /// is one of them. `None`: read here.
     pub fn follower_gateway(&self, shard: ShardId) -> Option<Member> {
@@ -923,12 +923,15 @@ impl Node {
 
     /// Returns one page of the durable live entries of `shards` matching `req`, merged in key
     /// order. Strong: each shard must be served here (the gateway merges such pages across
-    /// owners). Eventual: shards served here are read here, the others from followers.
+    /// owners). Eventual: shards served here are read here, the others from followers, each
+    /// once it has reached the version at the same index of `floors` (if any; see
+    /// [`Node::get_eventual`]).
     pub async fn scan_shards(
         &self,
         req: ScanRequest,
         shards: &[ShardId],
         consistency: Consistency,
+        floors: &[u64],
     ) -> Result<ScanPage> {
         let limits = &self.config.limits;
         let limit = self.scan_limit(req.limit)?;
@@ -949,11 +952,10 @@ impl Node {
                     .ok_or_else(|| Error::invalid("invalid_query", format!("no shard {s}")))
             })
             .collect::<Result<_>>()?;
-        let opened = futures::future::try_join_all(
-            slots
-                .iter()
-                .map(|slot| self.open_scan(slot, range.clone(), consistency)),
-        )
+        let opened = futures::future::try_join_all(slots.iter().enumerate().map(|(i, slot)| {
+            let floor = floors.get(i).copied().unwrap_or(0);
+            self.open_scan(slot, range.clone(), consistency, floor)
+        }))
         .await?;
         let (mut scans, _guards): (Vec<ShardScan>, Vec<ScanGuard>) = opened.into_iter().unzip();
         let mut heap = BinaryHeap::new();
@@ -993,6 +995,7 @@ impl Node {
         slot: &ShardSlot,
         range: (Bound<Bytes>, Bound<Bytes>),
         consistency: Consistency,
+        floor: u64,
     ) -> Result<(ShardScan, ScanGuard)> {
         let entered = match consistency {
             Consistency::Strong => Some(self.enter(slot).await?),
@@ -1007,7 +1010,7 @@ impl Node {
                 Ok((scan, ScanGuard::Owner(entered)))
             }
             None => {
-                let follower = self.followers.get(slot.id, 0).await?;
+                let follower = self.followers.get(slot.id, floor).await?;
                 let scan = self.observe(follower.reader.scan(range).await)?;
                 Ok((scan, ScanGuard::Follower(follower)))
             }

@@ -62,6 +62,37 @@ async fn read_from_follower(
     }
 }
 
+/// An eventual scan of the keys starting with `prefix` through `gw`: key → (value, ETag
+/// version).
+async fn scan_eventual(
+    http: &reqwest::Client,
+    gw: &Gateway,
+    prefix: &str,
+) -> BTreeMap<String, (String, u64)> {
+    use base64::Engine;
+    let decode = |v: &Value| {
+        let b = base64::engine::general_purpose::STANDARD.decode(v.as_str().unwrap());
+        String::from_utf8(b.unwrap()).unwrap()
+    };
+    let url = format!(
+        "{}/v1/kv?prefix={prefix}&consistency=eventual&limit=1000",
+        gw.url
+    );
+    let r = http.get(url).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let page: Value = r.json().await.unwrap();
+    assert!(page["next"].is_null(), "one page expected: {page}");
+    page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            let version = i["version"].as_u64().unwrap();
+            (decode(&i["key"]), (decode(&i["value"]), version))
+        })
+        .collect()
+}
+
 /// What served a read (`X-Tessera-Read`), or "" for an error.
 fn read_by(r: &reqwest::Response) -> &str {
     r.headers()
@@ -569,10 +600,11 @@ async fn eventual_reads_do_not_wait_for_a_cold_follower() {
 }
 
 /// With `reads.follower_gateways = 1` each shard has one follower, on the first non-owner by
-/// rendezvous hashing; the third gateway forwards its eventual reads there, with its watermark
-/// as a floor, so they never go back before what it returned. With that gateway and the owner
-/// both paused, it reads through a follower of its own after the staleness bound. Hedging is
-/// off, so the owner never answers an eventual read here.
+/// rendezvous hashing; the third gateway forwards its eventual reads (point reads and its
+/// part of scans) there, with its watermark as a floor, so they never go back before what it
+/// returned. With that gateway and the owner both paused, it reads through a follower of its
+/// own after the staleness bound. Hedging is off, so the owner never answers an eventual
+/// point read here.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eventual_reads_share_one_follower_per_shard() {
     let dir = tempfile::tempdir().unwrap();
@@ -609,6 +641,14 @@ async fn eventual_reads_share_one_follower_per_shard() {
             read_from_follower(&http, c.gw(gw), key, &expected, Duration::from_secs(20)).await;
         }
     }
+    // So do eventual scans, each shard's part from its follower gateway (or its owner).
+    for gw in 0..3 {
+        let all = scan_eventual(&http, c.gw(gw), "share").await;
+        assert_eq!(all.len(), shards.len(), "gw{gw}: {all:?}");
+        for (key, _, _, _) in &shards {
+            assert_eq!(all[key].0, format!("{key}=1"));
+        }
+    }
     for gw in 0..3 {
         let text = common::get_text(&http, format!("{}/metrics", c.gw(gw).url)).await;
         let homes = shards.iter().filter(|s| s.2 == gw).count();
@@ -629,6 +669,12 @@ async fn eventual_reads_share_one_follower_per_shard() {
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(r.headers()["etag"], format!("\"{v2}\"").as_str());
     assert_eq!(read_by(&r), "eventual");
+    // The same for a scan, after a third write noted on the forwarding gateway.
+    let v3 = put(&http, c.gw(o).kv(&key), "v3").await;
+    let r = http.get(c.gw(g).kv(&key)).send().await.unwrap();
+    assert_eq!(r.text().await.unwrap(), "v3");
+    let all = scan_eventual(&http, c.gw(g), "share").await;
+    assert_eq!(all[&key], ("v3".to_string(), v3));
 
     // The follower gateway and the owner paused: the third gateway still answers.
     common::signal(&c.gw(h).child, "STOP");
@@ -636,11 +682,22 @@ async fn eventual_reads_share_one_follower_per_shard() {
     let t = Instant::now();
     let r = get_eventual(&http, c.gw(g), &key).await;
     let took = t.elapsed();
+    let t = Instant::now();
+    let all = scan_eventual(&http, c.gw(g), "share").await;
+    let scan_took = t.elapsed();
     common::signal(&c.gw(h).child, "CONT");
     common::signal(&c.gw(o).child, "CONT");
-    eprintln!("follower gateway and owner paused: the eventual read took {took:?}");
+    eprintln!(
+        "follower gateway and owner paused: the eventual read took {took:?}, the scan {scan_took:?}"
+    );
     assert_eq!(r.status(), StatusCode::OK);
-    assert_eq!(r.headers()["etag"], format!("\"{v2}\"").as_str());
-    assert_eq!(r.text().await.unwrap(), "v2");
+    assert_eq!(r.headers()["etag"], format!("\"{v3}\"").as_str());
+    assert_eq!(r.text().await.unwrap(), "v3");
     assert!(took < Duration::from_secs(10), "the read took {took:?}");
+    assert_eq!(all.len(), shards.len(), "{all:?}");
+    assert_eq!(all[&key], ("v3".to_string(), v3));
+    assert!(
+        scan_took < Duration::from_secs(10),
+        "the scan took {scan_took:?}"
+    );
 }

@@ -1,6 +1,7 @@
 //! HTTP handlers. Each one parses the request, calls the core under the request deadline, and
 //! renders the answer; errors convert to [`ApiError`] with `?`.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -83,12 +84,7 @@ async fn get_eventual(
     if req.forwarded || matches!(located, Located::Local) {
         // Read here: owned here, or forwarded here (hop limit) by a gateway that keeps no
         // follower of the shard, whose watermark is the floor.
-        let floor = req
-            .headers
-            .get(forward::MIN_VERSION)
-            .filter(|_| req.forwarded)
-            .and_then(|v| v.to_str().ok()?.parse().ok())
-            .unwrap_or(0);
+        let floor = floors(req)?.first().copied().unwrap_or(0);
         return render_read(
             state,
             deadline(req, state.node.get_eventual(key, floor)).await?,
@@ -158,6 +154,24 @@ async fn ask_follower_gateway(
     let sent = forward::send(&state.forwarder, url, &req.path_and_query, &req);
     let bound = state.node.config().staleness_bound();
     answer_of(state, shard, tokio::time::timeout(bound, sent).await.ok()?)
+}
+
+/// The floors a forwarding gateway sent for the shards of the request (`forward::MIN_VERSION`,
+/// one per shard); none for a request that was not forwarded.
+fn floors(req: &Forwardable) -> Result<Vec<u64>, ApiError> {
+    let Some(v) = req
+        .headers
+        .get(forward::MIN_VERSION)
+        .filter(|_| req.forwarded)
+    else {
+        return Ok(Vec::new());
+    };
+    v.to_str()
+        .ok()
+        .and_then(|v| v.split(',').map(|n| n.parse().ok()).collect())
+        .ok_or_else(|| {
+            ApiError::bad_request("invalid_query", format!("bad {}", forward::MIN_VERSION))
+        })
 }
 
 /// Another gateway's response if it is an answer (a value or 404), noted as served here.
@@ -311,15 +325,29 @@ pub async fn scan(
             .map(|s| s.parse().map(tessera::ShardId))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|_| ApiError::bad_request("invalid_query", "bad shard list"))?;
-        deadline(&fwd, state.node.scan_shards(req, &shards, consistency)).await?
+        let floors = floors(&fwd)?;
+        if !floors.is_empty() && floors.len() != shards.len() {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                "one floor per shard expected",
+            ));
+        }
+        deadline(
+            &fwd,
+            state.node.scan_shards(req, &shards, consistency, &floors),
+        )
+        .await?
     } else if consistency == Consistency::Eventual {
-        let all: Vec<_> = (0..state.config.storage.shard_count)
-            .map(tessera::ShardId)
-            .collect();
-        deadline(&fwd, state.node.scan_shards(req, &all, consistency)).await?
+        scan_eventual(&state, &fwd, req).await?
     } else {
         scan_cluster(&state, &fwd, req).await?
     };
+    // Pages from other gateways count as served here too (monotonic eventual reads).
+    for e in &page.items {
+        state
+            .node
+            .note_served(state.node.shard_of(&e.key), e.version);
+    }
     let next = page
         .more
         .then(|| page.items.last().map(|e| codec::cursor(&e.key)))
@@ -348,12 +376,12 @@ async fn scan_cluster(
     let limit = state.node.scan_limit(req.limit)?;
     loop {
         let mut local = Vec::new();
-        let mut remote: std::collections::BTreeMap<String, Vec<u32>> = Default::default();
+        let mut remote: BTreeMap<String, Vec<tessera::ShardId>> = BTreeMap::new();
         let mut unowned = false;
         for n in 0..state.config.storage.shard_count {
             match state.node.locate(tessera::ShardId(n)) {
                 Located::Local => local.push(tessera::ShardId(n)),
-                Located::Remote(o) => remote.entry(o.url).or_default().push(n),
+                Located::Remote(o) => remote.entry(o.url).or_default().push(tessera::ShardId(n)),
                 Located::Unowned => unowned = true,
             }
         }
@@ -364,17 +392,11 @@ async fn scan_cluster(
                 }
                 let scan = state
                     .node
-                    .scan_shards(req.clone(), &local, Consistency::Strong);
+                    .scan_shards(req.clone(), &local, Consistency::Strong, &[]);
                 deadline(fwd, scan).await.map(Some)
             };
             let remote_pages = futures::future::try_join_all(remote.iter().map(|(url, shards)| {
-                let list: Vec<String> = shards.iter().map(|s| s.to_string()).collect();
-                let sep = if fwd.path_and_query.contains('?') {
-                    '&'
-                } else {
-                    '?'
-                };
-                let path = format!("{}{sep}shards={}", fwd.path_and_query, list.join(","));
+                let path = with_shards(&fwd.path_and_query, shards);
                 async move {
                     match forward::send(&state.forwarder, url, &path, fwd).await? {
                         Forwarded::Answer(resp) => decode_page(resp).await.map(Some),
@@ -403,6 +425,85 @@ async fn scan_cluster(
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
+}
+
+/// Scans every shard eventually: here for the shards owned here or whose followers are kept
+/// here, through the first of their follower gateways for the others
+/// (`reads.follower_gateways`), with this gateway's watermarks as floors. A follower gateway
+/// that does not answer within the staleness bound is passed over: its shards are scanned
+/// here.
+async fn scan_eventual(
+    state: &AppState,
+    fwd: &Forwardable,
+    req: ScanRequest,
+) -> Result<tessera::ScanPage, ApiError> {
+    let limit = state.node.scan_limit(req.limit)?;
+    let mut here = Vec::new();
+    let mut away: BTreeMap<String, Vec<tessera::ShardId>> = BTreeMap::new();
+    for shard in (0..state.config.storage.shard_count).map(tessera::ShardId) {
+        let home = match state.node.locate(shard) {
+            Located::Local => None,
+            _ => state.node.follower_gateway(shard),
+        };
+        match home {
+            Some(m) => away.entry(m.url).or_default().push(shard),
+            None => here.push(shard),
+        }
+    }
+    let scan_here = |shards: Vec<tessera::ShardId>| {
+        let req = req.clone();
+        async move {
+            let scan = state
+                .node
+                .scan_shards(req, &shards, Consistency::Eventual, &[]);
+            deadline(fwd, scan).await
+        }
+    };
+    let remote = away.into_iter().map(|(url, shards)| {
+        let path = with_shards(&fwd.path_and_query, &shards);
+        let floors: Vec<String> = shards
+            .iter()
+            .map(|s| state.node.watermark(*s).to_string())
+            .collect();
+        let local = scan_here(shards);
+        async move {
+            let floors = HeaderValue::try_from(floors.join(","))
+                .map_err(|e| Error::Internal(format!("floors header: {e}")))?;
+            let out = fwd.with_header(forward::MIN_VERSION, floors);
+            state.metrics.forwarded();
+            let sent = forward::send(&state.forwarder, &url, &path, &out);
+            let bound = state.node.config().staleness_bound();
+            if let Ok(Ok(Forwarded::Answer(resp))) = tokio::time::timeout(bound, sent).await {
+                if let Ok(page) = decode_page(resp).await {
+                    return Ok(page);
+                }
+            }
+            local.await
+        }
+    });
+    let local = async {
+        if here.is_empty() {
+            return Ok(None);
+        }
+        scan_here(here).await.map(Some)
+    };
+    let (local, remote) = futures::try_join!(local, futures::future::try_join_all(remote))?;
+    Ok(merge_pages(
+        local.into_iter().chain(remote),
+        limit,
+        state.config.limits.max_scan_bytes,
+    ))
+}
+
+/// `path_and_query` with the internal parameter `shards` listing `shards`.
+fn with_shards(path_and_query: &str, shards: &[tessera::ShardId]) -> String {
+    let list: Vec<String> = shards.iter().map(|s| s.0.to_string()).collect();
+    let sep = if path_and_query.contains('?') {
+        '&'
+    } else {
+        '?'
+    };
+    format!("{path_and_query}{sep}shards={}", list.join(","))
 }
 
 /// Reads a scan page answered by another gateway (or passes its error through).
