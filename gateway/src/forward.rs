@@ -68,6 +68,11 @@ impl Forwardable {
         body: Bytes,
     ) -> Self {
         let forwarded = headers.contains_key(FORWARDED);
+        let mut headers = headers;
+        if !forwarded {
+            // Set by gateways only: a client's would reach the next gateway as theirs.
+            headers.remove(MIN_VERSION);
+        }
         let mut timeout = state.config.server.request_timeout;
         if let Some(ms) = headers
             .get(DEADLINE_MS)

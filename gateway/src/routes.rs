@@ -159,11 +159,7 @@ async fn ask_follower_gateway(
 /// The floors a forwarding gateway sent for the shards of the request (`forward::MIN_VERSION`,
 /// one per shard); none for a request that was not forwarded.
 fn floors(req: &Forwardable) -> Result<Vec<u64>, ApiError> {
-    let Some(v) = req
-        .headers
-        .get(forward::MIN_VERSION)
-        .filter(|_| req.forwarded)
-    else {
+    let Some(v) = req.headers.get(forward::MIN_VERSION) else {
         return Ok(Vec::new());
     };
     v.to_str()
