@@ -182,13 +182,6 @@ pub struct StorageConfig {
     /// manifest PUT per written shard per interval. Default: 30s.
     #[serde(with = "humantime_serde")]
     pub memtable_flush_interval: Duration,
-    /// A shard that goes quiet after a burst of writes (at least 64 WAL objects since its
-    /// memtable was last written out) writes its memtable out once it has had no WAL flush for
-    /// this long, instead of up to `memtable_flush_interval` later, so a follower or new owner
-    /// opened after the burst replays almost no WAL. Sparse writes never trigger it. Costs at
-    /// most one SST and one manifest PUT per burst. Default: 5s.
-    #[serde(with = "humantime_serde")]
-    pub memtable_flush_when_quiet: Duration,
     /// How often each shard re-reads its manifest (notices fencing when idle and new compaction
     /// results). Costs one GET per shard per interval. Default: 1s.
     #[serde(with = "humantime_serde")]
@@ -213,7 +206,6 @@ impl Default for StorageConfig {
             shard_count: 64,
             flush_interval: Duration::from_millis(10),
             memtable_flush_interval: Duration::from_secs(30),
-            memtable_flush_when_quiet: Duration::from_secs(5),
             manifest_poll_interval: Duration::from_secs(1),
             l0_sst_size_bytes: 16 * MIB,
             max_unflushed_bytes: 64 * MIB,
@@ -349,11 +341,8 @@ impl NodeConfig {
         if s.flush_interval.is_zero() {
             return fail("storage.flush_interval must be positive".into());
         }
-        if s.memtable_flush_interval.is_zero() || s.memtable_flush_when_quiet.is_zero() {
-            return fail(
-                "storage.memtable_flush_interval and memtable_flush_when_quiet must be positive"
-                    .into(),
-            );
+        if s.memtable_flush_interval.is_zero() {
+            return fail("storage.memtable_flush_interval must be positive".into());
         }
         if s.manifest_poll_interval.is_zero() {
             return fail("storage.manifest_poll_interval must be positive".into());

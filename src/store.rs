@@ -18,13 +18,9 @@
 //!   after its first WAL flush, so a new owner or a follower replays at most one interval of
 //!   WAL objects, not everything since the memtable last filled up. SlateDB's own bound
 //!   (`max_wal_flushes_before_l0_flush`, 4096 WAL objects) counts flushes, so a slowly written
-//!   shard could still replay hours of WAL; the time bound is what keeps opens fast there. A
-//!   shard that goes quiet after a burst of at least [`BURST_WAL_OBJECTS`] WAL objects writes
-//!   its memtable out `storage.memtable_flush_when_quiet` after its last WAL flush, so opens
-//!   after a burst replay almost nothing; sparse writes never trigger it, and under steady
-//!   load it never fires (flushing memtables by count during load made more L0 SSTs and
-//!   slower reads: `docs/benchmarks.md`). The memtable flush runs beside the WAL flushes: it
-//!   can wait on L0 backpressure, and WAL flushes (acknowledgements) must not wait with it.
+//!   shard could still replay hours of WAL; the time bound is what keeps opens fast there. The
+//!   memtable flush runs beside the WAL flushes: it can wait on L0 backpressure, and WAL
+//!   flushes (acknowledgements) must not wait with it.
 //! - **Versions.** A key's version is the SlateDB sequence number of the write that produced it.
 //!   Sequence numbers strictly increase per database across restarts and reopenings, so versions
 //!   strictly increase per key and are never reused, also after a delete and re-create.
@@ -228,11 +224,8 @@ impl ShardStore {
         tokio::spawn(group_commit(
             db.clone(),
             Arc::clone(&flush_wanted),
-            FlushTiming {
-                gap: storage.flush_interval,
-                memtable_every: storage.memtable_flush_interval,
-                quiet_after: storage.memtable_flush_when_quiet,
-            },
+            storage.flush_interval,
+            storage.memtable_flush_interval,
             stop.clone(),
         ));
         Ok(ShardStore {
@@ -438,49 +431,25 @@ impl ShardScan {
     }
 }
 
-/// WAL objects since the last memtable flush from which a shard that goes quiet writes its
-/// memtable out early (see "Bounded WAL replay"); fewer are not worth an L0 SST.
-const BURST_WAL_OBJECTS: u32 = 64;
-
-/// When a shard's flusher task flushes (see [`group_commit`]).
-struct FlushTiming {
-    /// Shortest time between two WAL flushes (`storage.flush_interval`).
-    gap: Duration,
-    /// A memtable flush at the latest this long after the first WAL flush since the last one.
-    memtable_every: Duration,
-    /// Quiet time after a burst before the memtable is written out early.
-    quiet_after: Duration,
-}
-
 /// The flusher task of one shard: flushes the WAL when writes are waiting, at once if the
 /// last flush started at least `gap` ago, else when it has; starts a memtable flush
-/// `memtable_every` after the first WAL flush since the last one, or `quiet_after` after the
-/// last WAL flush of a burst (see "Bounded WAL replay").
+/// `memtable_every` after the first WAL flush since the last one (see "Bounded WAL replay").
 /// A failed flush needs no handling here: the writes waiting on it see the error (or the next
 /// flush) through `await_durable`, and a memtable left in memory is written by a later flush.
 async fn group_commit(
     db: Db,
     wanted: Arc<tokio::sync::Notify>,
-    timing: FlushTiming,
+    gap: Duration,
+    memtable_every: Duration,
     stop: tokio_util::sync::CancellationToken,
 ) {
-    let FlushTiming {
-        gap,
-        memtable_every,
-        quiet_after,
-    } = timing;
     let mut last = Instant::now() - gap;
     // When the memtable is due to be written out; `None` while no WAL was flushed since.
     let mut memtable_due: Option<tokio::time::Instant> = None;
-    // WAL flushes since the last memtable flush started.
-    let mut wal_flushes = 0u32;
     let mut memtable_flush: Option<tokio::task::JoinHandle<()>> = None;
     loop {
-        let quiet = (wal_flushes >= BURST_WAL_OBJECTS)
-            .then(|| tokio::time::Instant::from_std(last) + quiet_after);
-        let due_at = memtable_due.into_iter().chain(quiet).min();
         let due = async {
-            match due_at {
+            match memtable_due {
                 Some(at) => tokio::time::sleep_until(at).await,
                 None => std::future::pending().await,
             }
@@ -491,7 +460,6 @@ async fn group_commit(
             _ = due => {
                 // One memtable flush at a time; if one is still waiting (L0 backpressure), it
                 // will include what was written since.
-                wal_flushes = 0;
                 if memtable_flush.as_ref().is_none_or(|f| f.is_finished()) {
                     memtable_due = None;
                     let db = db.clone();
@@ -516,7 +484,6 @@ async fn group_commit(
             }
         }
         last = Instant::now();
-        wal_flushes = wal_flushes.saturating_add(1);
         if let Err(e) = db.flush().await {
             if matches!(e.kind(), SlateErrorKind::Closed(_)) {
                 return;

@@ -489,35 +489,37 @@ async fn eventual_scans_read_followers() {
     common::signal(&c.gw(1).child, "CONT");
 }
 
-/// Two settled gateways with `storage` as the `[storage]` section of their config (the config
+/// Two settled gateways that write memtables out 1 s after their first write (the config
 /// file's directory must outlive them).
-async fn two_gateways(storage: &str) -> (Cluster, BTreeMap<u32, String>, tempfile::TempDir) {
+async fn two_gateways_flushing_memtables_every_second(
+) -> (Cluster, BTreeMap<u32, String>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("gateway.toml");
-    std::fs::write(&config, format!("[storage]\n{storage}\n")).unwrap();
+    std::fs::write(&config, "[storage]\nmemtable_flush_interval = \"1s\"\n").unwrap();
     let c = Cluster::start_with(2, vec!["--config".into(), config.display().to_string()]).await;
     let owners = c.await_stable(&[0, 1], Duration::from_secs(30)).await;
     (c, owners, dir)
 }
 
-/// Memtables written out 1 s after their first write.
-const MEMTABLE_EVERY_SECOND: &str = "memtable_flush_interval = \"1s\"";
-
-/// Writes `writes` keys of one of gw0's shards one at a time (one WAL object each), waits
-/// `quiet`, then opens a follower of the shard on gw1 and returns the GETs the open cost.
-async fn follower_open_gets(storage: &str, writes: usize, quiet: Duration) -> f64 {
-    let (c, owners, _config) = two_gateways(storage).await;
+/// A follower opened long after many small writes replays only the WAL written since the
+/// owner's last memtable flush, which `storage.memtable_flush_interval` bounds: opening it
+/// costs a few GETs, not one per WAL object written since the shard was created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follower_open_replays_only_recent_wal() {
+    let (c, owners, _config) = two_gateways_flushing_memtables_every_second().await;
     let shard = shard_owned_by(&owners, "gw0");
     let http = client();
+    // One write at a time: one WAL object each.
     let keys: Vec<String> = (0..)
         .map(|i| format!("replay{i}"))
         .filter(|k| shard_of(k) == shard)
-        .take(writes)
+        .take(400)
         .collect();
     for k in &keys {
         put(&http, c.gw(0).kv(k), k).await;
     }
-    tokio::time::sleep(quiet).await;
+    // Past the memtable flush interval and the next manifest poll.
+    tokio::time::sleep(Duration::from_secs(4)).await;
     let gets = |text: &str| metric(text, "tessera_object_store_requests_total{op=\"get\"}");
     let metrics = format!("{}/metrics", c.gw(1).url);
     let before = gets(&common::get_text(&http, metrics.as_str()).await);
@@ -526,30 +528,11 @@ async fn follower_open_gets(storage: &str, writes: usize, quiet: Duration) -> f6
     let last = keys.last().unwrap();
     read_from_follower(&http, c.gw(1), last, last, BOUND * 3).await;
     let cost = gets(&common::get_text(&http, metrics.as_str()).await) - before;
-    println!("opening a follower after {writes} writes and {quiet:?} quiet cost {cost} GETs");
-    cost
-}
-
-/// A follower opened long after many small writes replays only the WAL written since the
-/// owner's last memtable flush, which `storage.memtable_flush_interval` bounds: opening it
-/// costs a few GETs, not one per WAL object written since the shard was created.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn follower_open_replays_only_recent_wal() {
-    // Past the memtable flush interval and the next manifest poll.
-    let cost = follower_open_gets(MEMTABLE_EVERY_SECOND, 400, Duration::from_secs(4)).await;
+    println!(
+        "opening a follower after {} writes cost {cost} GETs",
+        keys.len()
+    );
     // Its own shards' manifest polls add ~16 GETs/s; replaying the WAL would add 400.
-    assert!(cost < 100.0, "opening the follower cost {cost} GETs");
-}
-
-/// A shard that goes quiet after a burst writes its memtable out
-/// `storage.memtable_flush_when_quiet` later, long before `memtable_flush_interval` (30 s):
-/// a follower opened after that replays none of the burst's WAL.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn quiet_shards_write_their_memtables_out() {
-    let storage = "memtable_flush_when_quiet = \"1s\"";
-    // Past the quiet time and the next manifest poll.
-    let cost = follower_open_gets(storage, 200, Duration::from_secs(3)).await;
-    // Replaying the burst's 200 WAL objects would cost 200 GETs.
     assert!(cost < 100.0, "opening the follower cost {cost} GETs");
 }
 
@@ -575,7 +558,7 @@ async fn read_paused(c: &Cluster, http: &reqwest::Client, key: &str) {
 /// answered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eventual_reads_do_not_wait_for_a_cold_follower() {
-    let (c, owners, _config) = two_gateways(MEMTABLE_EVERY_SECOND).await;
+    let (c, owners, _config) = two_gateways_flushing_memtables_every_second().await;
     let http = client();
     let shard = shard_owned_by(&owners, "gw0");
     let (old, new) = (key_in(shard, "old"), key_in(shard, "new"));
