@@ -670,11 +670,14 @@ impl Node {
 
     /// The gateway to send this shard's eventual reads to, when it is not this one: the
     /// first of the shard's follower gateways (`reads.follower_gateways`) unless this gateway
-    /// is one of them. `None`: read here.
+    /// owns the shard or is one of them. `None`: read here.
     pub fn follower_gateway(&self, shard: ShardId) -> Option<Member> {
         let k = self.config.reads.follower_gateways;
         let view = self.view.borrow();
         let owner = view.owners.get(&shard.0).map(|o| o.id.as_str());
+        if owner == Some(self.me.id.as_str()) {
+            return None;
+        }
         let candidates = view
             .members
             .values()

@@ -437,11 +437,7 @@ async fn scan_eventual(
     let mut here = Vec::new();
     let mut away: BTreeMap<String, Vec<tessera::ShardId>> = BTreeMap::new();
     for shard in (0..state.config.storage.shard_count).map(tessera::ShardId) {
-        let home = match state.node.locate(shard) {
-            Located::Local => None,
-            _ => state.node.follower_gateway(shard),
-        };
-        match home {
+        match state.node.follower_gateway(shard) {
             Some(m) => away.entry(m.url).or_default().push(shard),
             None => here.push(shard),
         }
