@@ -13,6 +13,8 @@
 # get-eventual at concurrency READ_CONCURRENCY through the first gateway only, for READ_SECS.
 #
 # Settings: KEYS (10000) WRITE_SECS (12) READ_SECS (12) READ_CONCURRENCY (1) PORT_BASE (28000)
+#   HEDGE_AFTER (5ms: the gateways' reads.follower_hedge_after; shorter makes the owner win
+#   more hedges against followers that fetch from the object store)
 #   BIN_DIR (see scripts/lib/cluster.sh)
 # Needs: etcd, jq, curl; builds the patched s3s-fs once (scripts/lib/s3s-fs.sh).
 set -euo pipefail
@@ -22,14 +24,16 @@ KEYS=${KEYS:-10000}
 WRITE_SECS=${WRITE_SECS:-12}
 READ_SECS=${READ_SECS:-12}
 READ_CONCURRENCY=${READ_CONCURRENCY:-1}
+HEDGE_AFTER=${HEDGE_AFTER:-5ms}
 PORT_BASE=${PORT_BASE:-28000}
 S3_TMPFS=1
 for tool in etcd jq curl; do command -v "$tool" >/dev/null || { echo "$tool is missing" >&2; exit 1; }; done
 # shellcheck source=lib/cluster.sh
 source scripts/lib/cluster.sh
 
-echo "==> starting Tessera: 3 gateways (64 shards), a compactor"
-start_tessera 3 64
+echo "==> starting Tessera: 3 gateways (64 shards, hedge after $HEDGE_AFTER), a compactor"
+printf '[reads]\nfollower_hedge_after = "%s"\n' "$HEDGE_AFTER" >"$RUN/gateway.toml"
+start_tessera 3 64 --config "$RUN/gateway.toml"
 bench() {
   "$TESSERA" --endpoints "$1" bench --target tessera --keys "$KEYS" --value-size 100 --json "${@:2}"
 }

@@ -4,8 +4,9 @@
 //! does not serve, polls the object store every `reads.follower_poll_interval`, and is closed
 //! after `reads.follower_idle_timeout` without reads. Opening runs in a task of its own, so a
 //! read that stops waiting (the gateway answered it from the owner meanwhile, or its deadline
-//! passed) never cancels it. Eventual reads never need the owner, so they keep working while
-//! it is dead, paused or partitioned.
+//! passed) never cancels it; so do reads of keys ([`Followers::read`]), so that the blocks a
+//! read fetches reach the block cache even when the owner answered first. Eventual reads never
+//! need the owner, so they keep working while it is dead, paused or partitioned.
 //!
 //! Guarantees (documented in the README):
 //! - **No phantoms**: a follower only replays WAL objects the owner wrote, i.e. durable writes.
@@ -22,12 +23,17 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use tokio::sync::Semaphore;
+
 use crate::cache::HotCache;
 use crate::config::{ObjectStoreConfig, ReadsConfig};
 use crate::error::{Error, Result};
 use crate::objstore::ClusterStore;
 use crate::shard::ShardId;
 use crate::store::{BlockCache, Entry, ShardReader};
+
+/// Most follower reads running in tasks of their own at once (see [`Followers::read`]).
+const MAX_READS_IN_TASKS: usize = 1024;
 
 /// Per shard: the highest version this gateway has returned to a client.
 pub struct Watermarks(Vec<AtomicU64>);
@@ -133,6 +139,11 @@ pub struct Followers {
     blocks: BlockCache,
     hot: Arc<HotCache>,
     open: AtomicU64,
+    /// Permits for reads in tasks of their own: bounds the reads that can outlive their
+    /// requests (an object store that hangs would otherwise collect one task per read).
+    read_permits: Arc<Semaphore>,
+    /// Reads that finished after their request had stopped waiting for them.
+    finished_late: Arc<AtomicU64>,
     /// Set by [`Followers::close_all`]: no more opens.
     closed: AtomicBool,
     pub(crate) watermarks: Watermarks,
@@ -157,6 +168,8 @@ impl Followers {
             blocks,
             hot,
             open: AtomicU64::new(0),
+            read_permits: Arc::new(Semaphore::new(MAX_READS_IN_TASKS)),
+            finished_late: Arc::default(),
             closed: AtomicBool::new(false),
             watermarks: Watermarks::new(shards),
         }
@@ -165,6 +178,12 @@ impl Followers {
     /// Followers open now.
     pub fn open_count(&self) -> u64 {
         self.open.load(Ordering::Relaxed)
+    }
+
+    /// Follower reads that finished after their request had stopped waiting for them (the
+    /// owner answered a hedged read first).
+    pub fn finished_late(&self) -> u64 {
+        self.finished_late.load(Ordering::Relaxed)
     }
 
     /// Whether the follower of `shard` is open and has caught up with everything this gateway
@@ -206,6 +225,29 @@ impl Followers {
             }
         }
         Ok(follower)
+    }
+
+    /// Reads `key` through `follower`, in a task of its own while fewer than
+    /// [`MAX_READS_IN_TASKS`] are, else in the caller's. A hedged read whose owner answered
+    /// first drops this future; the task still finishes the read, so the blocks it was
+    /// fetching are cached. Cancelling them instead kept followers cold for good once the
+    /// object store answered slower than the hedge delay: every read waited for the owner.
+    pub(crate) async fn read(&self, follower: &Arc<Follower>, key: &[u8]) -> Result<Option<Entry>> {
+        let Ok(permit) = Arc::clone(&self.read_permits).try_acquire_owned() else {
+            return follower.reader.get(key).await;
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (follower, key) = (Arc::clone(follower), key.to_vec());
+        let late = Arc::clone(&self.finished_late);
+        tokio::spawn(async move {
+            let read = follower.reader.get(&key).await;
+            drop(permit);
+            if tx.send(read).is_err() {
+                late.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        rx.await
+            .map_err(|_| Error::Internal("a follower read's task ended early".into()))?
     }
 
     /// Opens the follower of `shard` unless another caller did meanwhile.

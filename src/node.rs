@@ -637,7 +637,7 @@ impl Node {
             Some(Cached::Value(e)) if e.expires_at_ms.is_none_or(|t| t > now_ms()) => Some(e),
             _ => {
                 let before = follower.reader.durable_seq();
-                let found = self.observe(follower.reader.get(key).await)?;
+                let found = self.observe(self.followers.read(&follower, key).await)?;
                 if let Some(e) = &found {
                     follower.sample_lag(e, &self.stats.eventual_lag);
                 }
@@ -726,6 +726,11 @@ impl Node {
     /// Followers open now.
     pub fn followers_open(&self) -> u64 {
         self.followers.open_count()
+    }
+
+    /// Follower reads that finished after their request had been answered by the owner.
+    pub fn follower_reads_finished_late(&self) -> u64 {
+        self.followers.finished_late()
     }
 
     /// Writes one key; returns the new version once durable.

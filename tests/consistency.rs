@@ -555,7 +555,8 @@ async fn read_paused(c: &Cluster, http: &reqwest::Client, key: &str) {
 /// Eventual reads are hedged: the owner answers (here from its hot-key cache, with the object
 /// store paused) while a follower is opening, and when an open follower would have to fetch
 /// a block from the object store. The open started by a read goes on after that read was
-/// answered.
+/// answered, and so does the follower's read of the block, which then serves the key with the
+/// object store and the owner both paused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eventual_reads_do_not_wait_for_a_cold_follower() {
     let (c, owners, _config) = two_gateways_flushing_memtables_every_second().await;
@@ -588,15 +589,36 @@ async fn eventual_reads_do_not_wait_for_a_cold_follower() {
 
     // Open but cold: `old` is in an SST block this follower has not fetched yet.
     read_paused(&c, &http, &old).await;
-    let text = common::get_text(&http, format!("{}/metrics", c.gw(1).url)).await;
-    let by_owner = metric(
-        &text,
-        "tessera_eventual_hedged_total{answered_by=\"owner\"}",
-    );
+    let gw1_metric = |name: &'static str| async {
+        let text = common::get_text(&http, format!("{}/metrics", c.gw(1).url)).await;
+        metric(&text, name)
+    };
+    let by_owner = gw1_metric("tessera_eventual_hedged_total{answered_by=\"owner\"}").await;
     assert!(
         by_owner >= 2.0,
         "hedged reads answered by the owner: {by_owner}"
     );
+
+    // The follower's read of `old` went on after the owner answered, and cached the block.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while gw1_metric("tessera_follower_reads_finished_late_total").await < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the follower's read never finished"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // So with the object store and the owner both paused, the follower answers from it.
+    let url = format!("{}?consistency=eventual", c.gw(1).kv(&old));
+    c.s3.signal("STOP");
+    common::signal(&c.gw(0).child, "STOP");
+    let r = http.get(url).timeout(Duration::from_secs(3)).send().await;
+    common::signal(&c.gw(0).child, "CONT");
+    c.s3.signal("CONT");
+    let r = r.unwrap_or_else(|e| panic!("the follower fetched `old` again: {e}"));
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(read_by(&r), "eventual");
+    assert_eq!(r.text().await.unwrap(), old);
 }
 
 /// With `reads.follower_gateways = 1` each shard has one follower, on the first non-owner by

@@ -41,6 +41,7 @@ pub struct Metrics {
     cache_bytes: IntGauge,
     cache_entries: IntGauge,
     followers_open: IntGauge,
+    follower_reads_late: IntCounter,
     eventual_lag: Histogram,
     object_store_requests: IntCounterVec,
 }
@@ -231,6 +232,15 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
+            follower_reads_late: register(
+                &r,
+                IntCounter::new(
+                    "follower_reads_finished_late_total",
+                    "Follower reads that finished after the owner had answered their hedged \
+                     request (they still fill the follower's block cache)",
+                )
+                .expect("valid metric"),
+            ),
             eventual_lag: register(
                 &r,
                 Histogram::with_opts(
@@ -301,6 +311,10 @@ impl Metrics {
         self.cache_bytes.set(cache.weighted_bytes() as i64);
         self.cache_entries.set(cache.entries() as i64);
         self.followers_open.set(node.followers_open() as i64);
+        catch_up(
+            &self.follower_reads_late,
+            node.follower_reads_finished_late(),
+        );
         for lag in stats.eventual_lag.drain() {
             self.eventual_lag.observe(lag);
         }
