@@ -489,13 +489,15 @@ async fn eventual_scans_read_followers() {
     common::signal(&c.gw(1).child, "CONT");
 }
 
-/// Two settled gateways that write memtables out 1 s after their first write (the config
-/// file's directory must outlive them).
+/// Two settled gateways that write memtables out 1 s after their first write, with `reads`
+/// as the `[reads]` section of their config (the config file's directory must outlive them).
 async fn two_gateways_flushing_memtables_every_second(
+    reads: &str,
 ) -> (Cluster, BTreeMap<u32, String>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("gateway.toml");
-    std::fs::write(&config, "[storage]\nmemtable_flush_interval = \"1s\"\n").unwrap();
+    let toml = format!("[storage]\nmemtable_flush_interval = \"1s\"\n[reads]\n{reads}\n");
+    std::fs::write(&config, toml).unwrap();
     let c = Cluster::start_with(2, vec!["--config".into(), config.display().to_string()]).await;
     let owners = c.await_stable(&[0, 1], Duration::from_secs(30)).await;
     (c, owners, dir)
@@ -506,7 +508,7 @@ async fn two_gateways_flushing_memtables_every_second(
 /// costs a few GETs, not one per WAL object written since the shard was created.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn follower_open_replays_only_recent_wal() {
-    let (c, owners, _config) = two_gateways_flushing_memtables_every_second().await;
+    let (c, owners, _config) = two_gateways_flushing_memtables_every_second("").await;
     let shard = shard_owned_by(&owners, "gw0");
     let http = client();
     // One write at a time: one WAL object each.
@@ -559,7 +561,7 @@ async fn read_paused(c: &Cluster, http: &reqwest::Client, key: &str) {
 /// object store and the owner both paused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eventual_reads_do_not_wait_for_a_cold_follower() {
-    let (c, owners, _config) = two_gateways_flushing_memtables_every_second().await;
+    let (c, owners, _config) = two_gateways_flushing_memtables_every_second("").await;
     let http = client();
     let shard = shard_owned_by(&owners, "gw0");
     let (old, new) = (key_in(shard, "old"), key_in(shard, "new"));
@@ -619,6 +621,38 @@ async fn eventual_reads_do_not_wait_for_a_cold_follower() {
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(read_by(&r), "eventual");
     assert_eq!(r.text().await.unwrap(), old);
+}
+
+/// A follower read that fails (here: the SST holding the key was deleted under it) is not
+/// waited out: the owner is asked at once, not after `reads.follower_hedge_after` (2 s here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_follower_read_asks_the_owner_at_once() {
+    let (c, owners, _config) =
+        two_gateways_flushing_memtables_every_second("follower_hedge_after = \"2s\"").await;
+    let http = client();
+    let shard = shard_owned_by(&owners, "gw0");
+    let (old, new) = (key_in(shard, "old"), key_in(shard, "new"));
+    put(&http, c.gw(0).kv(&old), &old).await;
+    // `old` goes to an L0 SST; `new` stays in the WAL, so the follower serves it.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    put(&http, c.gw(0).kv(&new), &new).await;
+    read_from_follower(&http, c.gw(1), &new, &new, BOUND * 3).await;
+    let ssts = c.s3.bucket_dir().join(format!(
+        "cluster/shards/{}/compacted",
+        tessera::ShardId(shard)
+    ));
+    std::fs::remove_dir_all(&ssts).unwrap_or_else(|e| panic!("{}: {e}", ssts.display()));
+
+    let t = Instant::now();
+    let r = get_eventual(&http, c.gw(1), &old).await;
+    let took = t.elapsed();
+    assert_eq!(r.status(), StatusCode::OK);
+    // The owner answers from its hot-key cache.
+    assert_eq!(read_by(&r), "cache");
+    assert_eq!(r.text().await.unwrap(), old);
+    assert!(took < Duration::from_secs(1), "the read took {took:?}");
+    let text = common::get_text(&http, format!("{}/metrics", c.gw(1).url)).await;
+    assert!(metric(&text, "tessera_storage_errors_total") >= 1.0);
 }
 
 /// With `reads.follower_gateways = 1` each shard has one follower, on the first non-owner by

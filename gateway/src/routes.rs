@@ -18,6 +18,7 @@ use serde_json::json;
 use tessera::{
     Consistency, Error, Located, Precondition, Read, ReadSource, ScanRequest, WriteKind, WriteOp,
 };
+use tokio::sync::Notify;
 
 use crate::codec::{self, Query};
 use crate::error::ApiError;
@@ -68,8 +69,8 @@ pub async fn get_key(
 /// followers are kept by other gateways (`reads.follower_gateways`), by the first of those;
 /// when it does not answer within the staleness bound, by a follower here after all.
 ///
-/// Hedged: when that follower is opening (or behind what the gateway already returned), or
-/// has not answered within `reads.follower_hedge_after`, the owner is also asked for a strong
+/// Hedged: when that follower is opening (or behind what the gateway already returned), has
+/// not answered within `reads.follower_hedge_after`, or failed, the owner is also asked for a strong
 /// read and the first successful answer wins. A strong answer satisfies every eventual
 /// guarantee, and an owner that is down, paused or cut off only leaves the follower's answer.
 /// The follower's open goes on either way.
@@ -105,11 +106,16 @@ async fn get_eventual(
         return render(state, eventual.await?);
     };
     // The strong read at the owner (`path` without the query): at once while the follower is
-    // opening or behind, else once it has been silent for `follower_hedge_after`.
+    // opening or behind, else once it has been silent for `follower_hedge_after` or failed.
     let asked = AtomicBool::new(false);
+    let follower_failed = Notify::new();
     let strong = async {
         if home.is_some() || state.node.follower_ready(shard) {
-            tokio::time::sleep(state.node.config().reads.follower_hedge_after).await;
+            let hedge_after = state.node.config().reads.follower_hedge_after;
+            tokio::select! {
+                _ = tokio::time::sleep(hedge_after) => {}
+                _ = follower_failed.notified() => {}
+            }
         }
         asked.store(true, Ordering::Relaxed);
         state.metrics.forwarded();
@@ -124,7 +130,11 @@ async fn get_eventual(
     let answer = tokio::select! {
         read = &mut eventual => match read {
             Ok(a) => Ok((a, "follower")),
-            Err(e) => strong.await.map(|r| (Answer::Forwarded(r), "owner")).ok_or(e),
+            Err(e) => {
+                // Stored for `strong` if it is not waiting yet.
+                follower_failed.notify_one();
+                strong.await.map(|r| (Answer::Forwarded(r), "owner")).ok_or(e)
+            }
         },
         resp = &mut strong => match resp {
             Some(r) => Ok((Answer::Forwarded(r), "owner")),
