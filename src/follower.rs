@@ -4,9 +4,10 @@
 //! does not serve, polls the object store every `reads.follower_poll_interval`, and is closed
 //! after `reads.follower_idle_timeout` without reads. Opening runs in a task of its own, so a
 //! read that stops waiting (the gateway answered it from the owner meanwhile, or its deadline
-//! passed) never cancels it; so do reads of keys ([`Followers::read`]), so that the blocks a
-//! read fetches reach the block cache even when the owner answered first. Eventual reads never
-//! need the owner, so they keep working while it is dead, paused or partitioned.
+//! passed) never cancels it; and a read of a key the owner answered first finishes in the
+//! background ([`Followers::read`]), so that the blocks it fetches reach the block cache.
+//! Eventual reads never need the owner, so they keep working while it is dead, paused or
+//! partitioned.
 //!
 //! Guarantees (documented in the README):
 //! - **No phantoms**: a follower only replays WAL objects the owner wrote, i.e. durable writes.
@@ -23,6 +24,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures::future::BoxFuture;
 use tokio::sync::Semaphore;
 
 use crate::cache::HotCache;
@@ -32,7 +34,7 @@ use crate::objstore::ClusterStore;
 use crate::shard::ShardId;
 use crate::store::{BlockCache, Entry, ShardReader};
 
-/// Most follower reads running in tasks of their own at once (see [`Followers::read`]).
+/// Most follower reads finishing in tasks of their own at once (see [`Followers::read`]).
 const MAX_READS_IN_TASKS: usize = 1024;
 
 /// Per shard: the highest version this gateway has returned to a client.
@@ -104,6 +106,34 @@ impl Follower {
     }
 }
 
+/// A follower read in progress; dropped before it finished, it finishes in a task of its own
+/// (see [`Followers::read`]).
+struct FinishOnDrop<'a> {
+    read: Option<BoxFuture<'static, Result<Option<Entry>>>>,
+    followers: &'a Followers,
+}
+
+impl Drop for FinishOnDrop<'_> {
+    fn drop(&mut self) {
+        let Some(read) = self.read.take() else {
+            return;
+        };
+        let (Ok(runtime), Ok(permit)) = (
+            tokio::runtime::Handle::try_current(),
+            Arc::clone(&self.followers.read_permits).try_acquire_owned(),
+        ) else {
+            return;
+        };
+        let late = Arc::clone(&self.followers.finished_late);
+        runtime.spawn(async move {
+            // Only the blocks it caches matter now, not its answer.
+            let _ = read.await;
+            drop(permit);
+            late.fetch_add(1, Ordering::Relaxed);
+        });
+    }
+}
+
 /// One shard's follower, if open.
 #[derive(Default)]
 struct Slot {
@@ -139,7 +169,7 @@ pub struct Followers {
     blocks: BlockCache,
     hot: Arc<HotCache>,
     open: AtomicU64,
-    /// Permits for reads in tasks of their own: bounds the reads that can outlive their
+    /// Permits for reads finishing in tasks of their own: bounds the reads that outlive their
     /// requests (an object store that hangs would otherwise collect one task per read).
     read_permits: Arc<Semaphore>,
     /// Reads that finished after their request had stopped waiting for them.
@@ -227,27 +257,20 @@ impl Followers {
         Ok(follower)
     }
 
-    /// Reads `key` through `follower`, in a task of its own while fewer than
-    /// [`MAX_READS_IN_TASKS`] are, else in the caller's. A hedged read whose owner answered
-    /// first drops this future; the task still finishes the read, so the blocks it was
-    /// fetching are cached. Cancelling them instead kept followers cold for good once the
-    /// object store answered slower than the hedge delay: every read waited for the owner.
+    /// Reads `key` through `follower`. A hedged read whose owner answered first drops this
+    /// future; the read then finishes in a task of its own (while fewer than
+    /// [`MAX_READS_IN_TASKS`] do), so the blocks it was fetching are cached. Cancelling them
+    /// instead kept followers cold for good once the object store answered slower than the
+    /// hedge delay: every read of a cold block went to the owner again.
     pub(crate) async fn read(&self, follower: &Arc<Follower>, key: &[u8]) -> Result<Option<Entry>> {
-        let Ok(permit) = Arc::clone(&self.read_permits).try_acquire_owned() else {
-            return follower.reader.get(key).await;
-        };
-        let (tx, rx) = tokio::sync::oneshot::channel();
         let (follower, key) = (Arc::clone(follower), key.to_vec());
-        let late = Arc::clone(&self.finished_late);
-        tokio::spawn(async move {
-            let read = follower.reader.get(&key).await;
-            drop(permit);
-            if tx.send(read).is_err() {
-                late.fetch_add(1, Ordering::Relaxed);
-            }
-        });
-        rx.await
-            .map_err(|_| Error::Internal("a follower read's task ended early".into()))?
+        let mut read = FinishOnDrop {
+            read: Some(Box::pin(async move { follower.reader.get(&key).await })),
+            followers: self,
+        };
+        let result = read.read.as_mut().expect("set above").await;
+        read.read = None;
+        result
     }
 
     /// Opens the follower of `shard` unless another caller did meanwhile.

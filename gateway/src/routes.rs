@@ -131,6 +131,7 @@ async fn get_eventual(
         read = &mut eventual => match read {
             Ok(a) => Ok((a, "follower")),
             Err(e) => {
+                tracing::debug!(%shard, error = ?e, "follower read failed; asking the owner");
                 // Stored for `strong` if it is not waiting yet.
                 follower_failed.notify_one();
                 strong.await.map(|r| (Answer::Forwarded(r), "owner")).ok_or(e)

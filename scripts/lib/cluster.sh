@@ -5,6 +5,7 @@
 # COMPACTOR, TESSERA, start_tessera.
 # BIN_DIR: unset = build and use target/release; set = use the binaries there (A/B runs).
 # S3_TMPFS=1: start_tessera keeps the S3 server's objects on /dev/shm instead of in RUN.
+# GATEWAY_LOG: the gateways' log filter (default warn), e.g. "warn,gateway=debug".
 
 # shellcheck source=procs.sh
 source scripts/lib/procs.sh
@@ -45,7 +46,7 @@ start_tessera() {
   for i in $(seq 1 "$n"); do
     GW_ENDPOINTS+="${GW_ENDPOINTS:+,}http://127.0.0.1:$(port $((40 + i)))"
     start "gw$i" "$GATEWAY" --listen "127.0.0.1:$(port $((40 + i)))" --shards "$shards" \
-      "${s3[@]}" --node-id "gw$i" --log warn "$@"
+      "${s3[@]}" --node-id "gw$i" --log "${GATEWAY_LOG:-warn}" "$@"
   done
   for i in $(seq 1 "$n"); do wait_port "$(port $((40 + i)))"; done
   # In cluster mode gateways do not compact; a compactor daemon does (as in production).

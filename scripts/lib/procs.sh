@@ -6,7 +6,7 @@
 # taken by a client socket a moment before the service binds it ("Address already in use";
 # seen with the old defaults 42000-46000). Each script has its own default, 22000-29000.
 # RUN_NAME (default tessera-bench) names the run
-# directory. Defines: RUN, start, pid_of, cpu_ticks, wait_port, port. A script may set
+# directory; KEEP_RUN=1 keeps it (the processes' logs) on exit. Defines: RUN, start, pid_of, cpu_ticks, wait_port, port. A script may set
 # S3_TMPFS_DIR to another directory for cleanup to remove.
 
 RUN=$(mktemp -d -t "${RUN_NAME:-tessera-bench}.XXXXXX")
@@ -18,7 +18,8 @@ cleanup() {
     for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     kill -KILL "$pid" 2>/dev/null || true
   done
-  rm -rf "$RUN" ${S3_TMPFS_DIR:+"$S3_TMPFS_DIR"}
+  [ "${KEEP_RUN:-0}" = 1 ] && echo "run directory kept: $RUN" >&2 || rm -rf "$RUN"
+  rm -rf ${S3_TMPFS_DIR:+"$S3_TMPFS_DIR"}
 }
 trap cleanup EXIT INT TERM
 
