@@ -306,6 +306,40 @@ async fn two_daemons_split_shards_and_survive_kill9() {
     read_back(&c.gw(1).url, &acked).await;
 }
 
+/// SIGTERM stops a daemon promptly even with the object store down: its shards are stopped
+/// and released together, and what has not finished within `compaction.job_timeout` (3 s
+/// here) is left to expire with its lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_stops_promptly_with_the_object_store_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Cluster::start_with(1, gateway_args(dir.path(), 64, "")).await;
+    c.await_stable(&[0], Duration::from_secs(30)).await;
+    let mut c0 = c.start_compactor("c0", &compactor_config(4));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while reported_shards(&c0).await.len() < SHARDS as usize {
+        assert!(Instant::now() < deadline, "c0 never claimed every shard");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    c.s3.stop();
+    let t = Instant::now();
+    common::signal(&c0.child, "TERM");
+    let status = loop {
+        if let Some(status) = c0.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "c0 still running 60 s after SIGTERM:\n{}",
+            log_tail(&c0.log)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let took = t.elapsed();
+    println!("c0 stopped {took:?} after SIGTERM with the object store down");
+    assert!(status.success(), "{status}:\n{}", log_tail(&c0.log));
+    assert!(took < Duration::from_secs(8), "c0 took {took:?} to stop");
+}
+
 /// A compactor that starts before any shard database exists (the gateway waits 6 s before its
 /// first rebalance) fails on every shard until the gateway creates them, and retries each with
 /// a doubling backoff, not on every pass: a tight claim-fail-release loop once flooded etcd with

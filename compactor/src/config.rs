@@ -48,7 +48,8 @@ pub struct CompactionConfig {
     /// Compactions running at once per shard. Default: 1.
     pub max_concurrent_compactions: usize,
     /// A compaction job whose worker stopped heartbeating (its compactor was killed) is
-    /// retried after this long; workers heartbeat every third of it. Default: 30s.
+    /// retried after this long; workers heartbeat every third of it. A stopping daemon also
+    /// waits at most this long for its shards to stop. Default: 30s.
     #[serde(with = "humantime_serde")]
     pub job_timeout: Duration,
     /// How often the garbage collector sweeps each claimed shard. Default: 1m.

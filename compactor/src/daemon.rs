@@ -91,11 +91,20 @@ pub async fn run(
         }
     }
     tracing::info!(shards = daemon.held.len(), "stopping: releasing claims");
+    // All shards at once, and at most `job_timeout`: with the object store or etcd down each
+    // stop waits out its retries. Leaving is safe: a claim not released expires with the
+    // lease, and SlateDB's compactor fencing covers a job cut off mid-way, as after a crash.
     let held = std::mem::take(&mut daemon.held);
-    for (_, h) in held {
+    let release = futures::future::join_all(held.into_values().map(|h| async {
         let claim = h.claim;
         daemon.stop(h).await;
         daemon.claims.release(claim).await;
+    }));
+    if tokio::time::timeout(daemon.cfg.compaction.job_timeout, release)
+        .await
+        .is_err()
+    {
+        tracing::warn!("shards not stopped within compaction.job_timeout; leaving them to expire");
     }
     daemon.claims.close().await;
     Ok(())
