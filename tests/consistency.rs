@@ -503,6 +503,22 @@ async fn two_gateways_flushing_memtables_every_second(
     (c, owners, dir)
 }
 
+/// [`two_gateways_flushing_memtables_every_second`], and two keys of a shard owned by gw0,
+/// each holding itself as its value: `old` written out to an L0 SST, `new` only in the WAL.
+async fn old_key_in_an_sst_new_key_in_the_wal(
+    reads: &str,
+) -> (Cluster, String, String, tempfile::TempDir) {
+    let (c, owners, config) = two_gateways_flushing_memtables_every_second(reads).await;
+    let http = client();
+    let shard = shard_owned_by(&owners, "gw0");
+    let (old, new) = (key_in(shard, "old"), key_in(shard, "new"));
+    put(&http, c.gw(0).kv(&old), &old).await;
+    // Past the memtable flush (1 s after the first write).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    put(&http, c.gw(0).kv(&new), &new).await;
+    (c, old, new, config)
+}
+
 /// A follower opened long after many small writes replays only the WAL written since the
 /// owner's last memtable flush, which `storage.memtable_flush_interval` bounds: opening it
 /// costs a few GETs, not one per WAL object written since the shard was created.
@@ -561,15 +577,8 @@ async fn read_paused(c: &Cluster, http: &reqwest::Client, key: &str) {
 /// object store and the owner both paused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eventual_reads_do_not_wait_for_a_cold_follower() {
-    let (c, owners, _config) = two_gateways_flushing_memtables_every_second("").await;
+    let (c, old, new, _config) = old_key_in_an_sst_new_key_in_the_wal("").await;
     let http = client();
-    let shard = shard_owned_by(&owners, "gw0");
-    let (old, new) = (key_in(shard, "old"), key_in(shard, "new"));
-    // Each key's value is the key.
-    put(&http, c.gw(0).kv(&old), &old).await;
-    // `old` goes to an L0 SST (memtable flush after 1 s); `new` stays in the WAL.
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    put(&http, c.gw(0).kv(&new), &new).await;
     let followers_open = || async {
         let text = common::get_text(&http, format!("{}/metrics", c.gw(1).url)).await;
         metric(&text, "tessera_followers_open")
@@ -627,15 +636,10 @@ async fn eventual_reads_do_not_wait_for_a_cold_follower() {
 /// waited out: the owner is asked at once, not after `reads.follower_hedge_after` (2 s here).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_follower_read_asks_the_owner_at_once() {
-    let (c, owners, _config) =
-        two_gateways_flushing_memtables_every_second("follower_hedge_after = \"2s\"").await;
+    let (c, old, new, _config) =
+        old_key_in_an_sst_new_key_in_the_wal("follower_hedge_after = \"2s\"").await;
     let http = client();
-    let shard = shard_owned_by(&owners, "gw0");
-    let (old, new) = (key_in(shard, "old"), key_in(shard, "new"));
-    put(&http, c.gw(0).kv(&old), &old).await;
-    // `old` goes to an L0 SST; `new` stays in the WAL, so the follower serves it.
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    put(&http, c.gw(0).kv(&new), &new).await;
+    let shard = shard_of(&old);
     read_from_follower(&http, c.gw(1), &new, &new, BOUND * 3).await;
     let ssts = c.s3.bucket_dir().join(format!(
         "cluster/shards/{}/compacted",
