@@ -12,9 +12,11 @@
 RUN=$(mktemp -d -t "${RUN_NAME:-tessera-bench}.XXXXXX")
 PIDS=()
 declare -A PID_OF=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do
+cleanup() { # in reverse start order, so gateways stop while etcd and the S3 server still run
+  local i pid
+  for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
+    pid=${PIDS[i]}
+    kill -TERM "$pid" 2>/dev/null || continue
     for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     kill -KILL "$pid" 2>/dev/null || true
   done
