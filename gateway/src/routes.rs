@@ -70,10 +70,10 @@ pub async fn get_key(
 /// when it does not answer within the staleness bound, by a follower here after all.
 ///
 /// Hedged: when that follower is opening (or behind what the gateway already returned), has
-/// not answered within `reads.follower_hedge_after`, or failed, the owner is also asked for a strong
-/// read and the first successful answer wins. A strong answer satisfies every eventual
+/// not answered within `reads.follower_hedge_after`, or failed, the owner is also asked for a
+/// strong read and the first successful answer wins. A strong answer satisfies every eventual
 /// guarantee, and an owner that is down, paused or cut off only leaves the follower's answer.
-/// The follower's open goes on either way.
+/// The follower's open goes on either way, and so does its read (`Followers::read`).
 async fn get_eventual(
     state: &AppState,
     shard: tessera::ShardId,
