@@ -579,10 +579,11 @@ async fn read_paused(c: &Cluster, http: &reqwest::Client, key: &str) {
 async fn eventual_reads_do_not_wait_for_a_cold_follower() {
     let (c, old, new, _config) = old_key_in_an_sst_new_key_in_the_wal("").await;
     let http = client();
-    let followers_open = || async {
+    let gw1_metric = |name: &'static str| async {
         let text = common::get_text(&http, format!("{}/metrics", c.gw(1).url)).await;
-        metric(&text, "tessera_followers_open")
+        metric(&text, name)
     };
+    let followers_open = || gw1_metric("tessera_followers_open");
     assert_eq!(followers_open().await, 0.0);
     // Opening: the first read starts the open and is answered by the owner.
     read_paused(&c, &http, &new).await;
@@ -600,10 +601,6 @@ async fn eventual_reads_do_not_wait_for_a_cold_follower() {
 
     // Open but cold: `old` is in an SST block this follower has not fetched yet.
     read_paused(&c, &http, &old).await;
-    let gw1_metric = |name: &'static str| async {
-        let text = common::get_text(&http, format!("{}/metrics", c.gw(1).url)).await;
-        metric(&text, name)
-    };
     let by_owner = gw1_metric("tessera_eventual_hedged_total{answered_by=\"owner\"}").await;
     assert!(
         by_owner >= 2.0,

@@ -21,6 +21,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::future::join_all;
 use tessera::claims::{Claim, Claims};
 use tessera::objstore::ClusterStore;
 use tessera::placement::Holding;
@@ -95,11 +96,7 @@ pub async fn run(
     // stop waits out its retries. Leaving is safe: a claim not released expires with the
     // lease, and SlateDB's compactor fencing covers a job cut off mid-way, as after a crash.
     let held = std::mem::take(&mut daemon.held);
-    let release = futures::future::join_all(held.into_values().map(|h| async {
-        let claim = h.claim;
-        daemon.stop(h).await;
-        daemon.claims.release(claim).await;
-    }));
+    let release = join_all(held.into_values().map(|h| daemon.stop_and_release(h)));
     if tokio::time::timeout(daemon.cfg.compaction.job_timeout, release)
         .await
         .is_err()
@@ -126,9 +123,8 @@ impl Daemon {
     async fn step(&mut self, rebalance: bool) {
         if self.claims.lease_lost() {
             tracing::warn!("lease lost: stopping every shard and rejoining");
-            for (_, h) in std::mem::take(&mut self.held) {
-                self.stop(h).await;
-            }
+            let held = std::mem::take(&mut self.held);
+            join_all(held.into_values().map(|h| self.stop(h))).await;
             if let Err(e) = self.claims.renew().await {
                 tracing::warn!(error = %e, "rejoin failed; retrying");
             }
@@ -145,11 +141,9 @@ impl Daemon {
             let Some(h) = self.held.remove(&shard) else {
                 continue;
             };
-            let (claim, finished) = (h.claim, h.job.finished());
-            if finished {
-                self.stop(h).await;
+            if h.job.finished() {
                 // Free the shard so a later pass claims it and starts afresh.
-                self.claims.release(claim).await;
+                self.stop_and_release(h).await;
                 let failures = self.backoff.get(&shard).map_or(0, |(n, _)| *n) + 1;
                 let wait = self
                     .cfg
@@ -160,7 +154,7 @@ impl Daemon {
                 self.backoff
                     .insert(shard, (failures, Instant::now() + wait));
             } else {
-                tracing::warn!(%shard, epoch = claim.epoch, "compaction claim lost; stopping");
+                tracing::warn!(%shard, epoch = h.claim.epoch, "compaction claim lost; stopping");
                 self.stop(h).await;
             }
         }
@@ -179,11 +173,7 @@ impl Daemon {
         let moves = self.claims.plan(holdings);
         for (shard, _) in moves.lost.into_iter().chain(moves.release) {
             if let Some(h) = self.held.remove(&shard) {
-                let claim = h.claim;
-                // ORDERING: stop compacting before deleting the claim, so the next holder
-                // never overlaps with us.
-                self.stop(h).await;
-                self.claims.release(claim).await;
+                self.stop_and_release(h).await;
                 tracing::info!(%shard, "released shard");
             }
         }
@@ -216,6 +206,14 @@ impl Daemon {
     }
 
     /// Stops `h`'s job and records its final counters (and its failure, if it failed).
+    /// Stops `h`'s job, then deletes its claim. ORDERING: compacting stops before the claim
+    /// goes, so the next holder never overlaps with us.
+    async fn stop_and_release(&self, h: Held) {
+        let claim = h.claim;
+        self.stop(h).await;
+        self.claims.release(claim).await;
+    }
+
     async fn stop(&self, mut h: Held) {
         let shard = h.job.shard();
         let (counters, outcome) = h.job.stop().await;
@@ -243,7 +241,7 @@ impl Daemon {
         let shards: Vec<ShardId> = self.held.keys().copied().collect();
         let (store, object_store) = (&self.store, &self.cfg.object_store);
         let readings =
-            futures::future::join_all(shards.iter().map(|&shard| async move {
+            join_all(shards.iter().map(|&shard| async move {
                 (shard, read_stats(store, object_store, shard).await)
             }))
             .await;

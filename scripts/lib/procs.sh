@@ -5,9 +5,9 @@
 # connections from 32768 up (ip_local_port_range), so a service port in that range can be
 # taken by a client socket a moment before the service binds it ("Address already in use";
 # seen with the old defaults 42000-46000). Each script has its own default, 22000-29000.
-# RUN_NAME (default tessera-bench) names the run
-# directory; KEEP_RUN=1 keeps it (the processes' logs) on exit. Defines: RUN, start, pid_of, cpu_ticks, wait_port, port. A script may set
-# S3_TMPFS_DIR to another directory for cleanup to remove.
+# RUN_NAME (default tessera-bench) names the run directory; KEEP_RUN=1 keeps it (the
+# processes' logs) on exit. Defines: RUN, start, pid_of, cpu_ticks, wait_port, port. A script
+# may set S3_TMPFS_DIR to another directory for cleanup to remove.
 
 RUN=$(mktemp -d -t "${RUN_NAME:-tessera-bench}.XXXXXX")
 PIDS=()
