@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tempfile::TempDir;
 
+use super::proxy::Proxy;
 use super::{client, EtcdServer, Gateway, GatewayOpts, S3Server, Store};
 
 pub const SHARDS: u32 = 16;
@@ -20,6 +21,49 @@ pub struct Cluster {
     name: String,
     /// Extra arguments of every gateway.
     extra: Vec<String>,
+    /// Extra environment variables of every gateway.
+    env: Vec<(String, String)>,
+    /// The proxied links of gateway `i` (`Cluster::start_proxied`), kept across restarts;
+    /// empty (or `None`) for a gateway started with direct links.
+    pub links: Vec<Option<Links>>,
+}
+
+/// The links of one gateway, each through its own cuttable proxy (`Cluster::start_proxied`).
+pub struct Links {
+    /// Gateway → etcd (its `--etcd` endpoint).
+    pub etcd: Proxy,
+    /// Gateway → S3 (its `--s3-endpoint`).
+    pub s3: Proxy,
+    /// Peers → gateway: its advertised URL, which other gateways forward requests to. The
+    /// test's own clients use the gateway's real URL (`Gateway::url`) and bypass it.
+    pub peer: Proxy,
+    /// The fixed port the gateway listens on (the peer proxy's target), the same on restart.
+    pub listen_port: u16,
+}
+
+impl Links {
+    async fn start(etcd: &EtcdServer, s3: &S3Server) -> Links {
+        let listen_port = super::free_port();
+        Links {
+            etcd: Proxy::start(format!("127.0.0.1:{}", etcd.port)).await,
+            s3: Proxy::start(format!("127.0.0.1:{}", s3.port)).await,
+            peer: Proxy::start(format!("127.0.0.1:{listen_port}")).await,
+            listen_port,
+        }
+    }
+
+    /// Cuts every link (the gateway is isolated from everything but the test's clients).
+    pub fn cut_all(&self) {
+        self.etcd.cut();
+        self.s3.cut();
+        self.peer.cut();
+    }
+
+    pub fn heal_all(&self) {
+        self.etcd.heal();
+        self.s3.heal();
+        self.peer.heal();
+    }
 }
 
 impl Cluster {
@@ -29,6 +73,15 @@ impl Cluster {
 
     /// Starts `n` gateways, each with the extra arguments `extra`.
     pub async fn start_with(n: usize, extra: Vec<String>) -> Cluster {
+        Self::start_with_env(n, extra, Vec::new()).await
+    }
+
+    /// Starts `n` gateways, each with the extra arguments `extra` and environment `env`.
+    pub async fn start_with_env(
+        n: usize,
+        extra: Vec<String>,
+        env: Vec<(String, String)>,
+    ) -> Cluster {
         let mut c = Cluster {
             etcd: EtcdServer::start(),
             s3: S3Server::start(),
@@ -36,6 +89,8 @@ impl Cluster {
             gateways: Vec::new(),
             name: "test".into(),
             extra,
+            env,
+            links: Vec::new(),
         };
         for _ in 0..n {
             c.add().await;
@@ -43,7 +98,67 @@ impl Cluster {
         c
     }
 
+    /// Starts `n` gateways whose links to etcd, to S3 and from their peers each go through a
+    /// cuttable proxy of their own (`Cluster::links`).
+    pub async fn start_proxied(n: usize) -> Cluster {
+        Self::start_proxied_with(n, Vec::new()).await
+    }
+
+    /// `start_proxied`, each gateway with the extra arguments `extra`.
+    pub async fn start_proxied_with(n: usize, extra: Vec<String>) -> Cluster {
+        Self::start_proxied_with_env(n, extra, Vec::new()).await
+    }
+
+    /// `start_proxied`, each gateway with the extra arguments `extra` and environment `env`.
+    pub async fn start_proxied_with_env(
+        n: usize,
+        extra: Vec<String>,
+        env: Vec<(String, String)>,
+    ) -> Cluster {
+        let mut c = Self::start_with_env(0, extra, env).await;
+        for _ in 0..n {
+            c.add_proxied().await;
+        }
+        c
+    }
+
+    /// Starts gateway number `len` with proxied links (see `start_proxied`); returns its index.
+    pub async fn add_proxied(&mut self) -> usize {
+        let i = self.gateways.len();
+        let links = Links::start(&self.etcd, &self.s3).await;
+        self.links.resize_with(i + 1, || None);
+        self.links[i] = Some(links);
+        self.add().await
+    }
+
+    /// The proxied links of gateway `i`.
+    pub fn link(&self, i: usize) -> &Links {
+        self.links
+            .get(i)
+            .and_then(Option::as_ref)
+            .expect("gateway started with proxied links")
+    }
+
     fn opts(&self, i: usize) -> GatewayOpts {
+        if let Some(links) = self.links.get(i).and_then(Option::as_ref) {
+            let store = Store::S3 {
+                endpoint: links.s3.url(),
+                prefix: "cluster".into(),
+            };
+            let mut o = GatewayOpts::new(store)
+                .arg("--etcd")
+                .arg(links.etcd.url())
+                .arg("--advertise-url")
+                .arg(links.peer.url())
+                .arg("--cluster")
+                .arg(self.name.clone())
+                .arg("--node-id")
+                .arg(format!("gw{i}"));
+            o.extra.extend(self.extra.iter().cloned());
+            o.env.extend(self.env.iter().cloned());
+            o.shards = SHARDS;
+            return o;
+        }
         let mut o = GatewayOpts::new(Store::s3(&self.s3, "cluster"))
             .arg("--etcd")
             .arg(self.etcd.endpoint())
@@ -52,6 +167,7 @@ impl Cluster {
             .arg("--node-id")
             .arg(format!("gw{i}"));
         o.extra.extend(self.extra.iter().cloned());
+        o.env.extend(self.env.iter().cloned());
         o.shards = SHARDS;
         o
     }
@@ -67,7 +183,11 @@ impl Cluster {
     pub async fn restart(&mut self, i: usize) {
         let opts = self.opts(i);
         let log = self.dir.path().join(format!("gw{i}-{}.log", now_ms()));
-        let gw = tokio::task::spawn_blocking(move || opts.start(&log))
+        let listen = self.links.get(i).and_then(Option::as_ref).map_or_else(
+            || "127.0.0.1:0".to_string(),
+            |l| format!("127.0.0.1:{}", l.listen_port),
+        );
+        let gw = tokio::task::spawn_blocking(move || opts.start_on(&log, &listen))
             .await
             .unwrap();
         self.gateways[i] = Some(gw);
@@ -209,6 +329,17 @@ impl Drop for CompactorProc {
 impl Cluster {
     /// `tessera-compactor` against this cluster, configured by the TOML text `config`.
     pub fn compactor_command(&self, id: &str, config: &str, log: &Path) -> std::process::Command {
+        self.compactor_command_via(id, config, log, &self.etcd.endpoint())
+    }
+
+    /// `compactor_command` with the etcd endpoint `etcd` (e.g. a proxy's URL).
+    pub fn compactor_command_via(
+        &self,
+        id: &str,
+        config: &str,
+        log: &Path,
+        etcd: &str,
+    ) -> std::process::Command {
         let cfg = self.dir.path().join(format!("{id}.toml"));
         std::fs::write(&cfg, config).unwrap();
         let mut cmd = std::process::Command::new(super::compactor_bin());
@@ -216,7 +347,7 @@ impl Cluster {
             .arg(cfg)
             .args(["--store", &format!("s3://{}/cluster", super::S3_BUCKET)])
             .args(["--s3-endpoint", &self.s3.endpoint()])
-            .args(["--etcd", &self.etcd.endpoint()])
+            .args(["--etcd", etcd])
             .args(["--cluster", &self.name, "--node-id", id])
             .args(["--log", "info,slatedb=warn"])
             .env("AWS_ACCESS_KEY_ID", super::S3_ACCESS_KEY)
@@ -230,9 +361,14 @@ impl Cluster {
 
     /// Starts a compactor daemon and waits for its metrics endpoint.
     pub fn start_compactor(&self, id: &str, config: &str) -> CompactorProc {
+        self.start_compactor_via(id, config, &self.etcd.endpoint())
+    }
+
+    /// `start_compactor` with the etcd endpoint `etcd` (e.g. a proxy's URL).
+    pub fn start_compactor_via(&self, id: &str, config: &str, etcd: &str) -> CompactorProc {
         let log = self.dir.path().join(format!("{id}-{}.log", now_ms()));
         let mut child = self
-            .compactor_command(id, config, &log)
+            .compactor_command_via(id, config, &log, etcd)
             .args(["--metrics-listen", "127.0.0.1:0"])
             .stdout(std::process::Stdio::piped())
             .spawn()

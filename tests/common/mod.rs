@@ -7,6 +7,7 @@
 #![allow(dead_code)] // each test binary uses a different subset of the fixtures
 
 pub mod cluster;
+pub mod proxy;
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -226,6 +227,8 @@ pub struct GatewayOpts {
     pub store: Store,
     pub shards: u32,
     pub extra: Vec<String>,
+    /// Extra environment variables (e.g. fault-injection hooks).
+    pub env: Vec<(String, String)>,
 }
 
 impl GatewayOpts {
@@ -234,7 +237,13 @@ impl GatewayOpts {
             store,
             shards: 8,
             extra: Vec::new(),
+            env: Vec::new(),
         }
+    }
+
+    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
     }
 
     pub fn arg(mut self, a: impl Into<String>) -> Self {
@@ -244,19 +253,20 @@ impl GatewayOpts {
 
     /// The command line, without starting it.
     pub fn command(&self, log: &Path) -> Command {
+        self.command_on(log, "127.0.0.1:0")
+    }
+
+    /// The command line of a gateway listening on `listen` (e.g. `127.0.0.1:PORT`).
+    pub fn command_on(&self, log: &Path, listen: &str) -> Command {
         let mut cmd = Command::new(gateway_bin());
-        cmd.args([
-            "--listen",
-            "127.0.0.1:0",
-            "--shards",
-            &self.shards.to_string(),
-        ])
-        .args(["--log", "info,slatedb=warn"])
-        .args(&self.extra)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(log).expect("log file"))
-        .env_remove("TESSERA_CONFIG");
+        cmd.args(["--listen", listen, "--shards", &self.shards.to_string()])
+            .args(["--log", "info,slatedb=warn"])
+            .args(&self.extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(log).expect("log file"))
+            .env_remove("TESSERA_CONFIG")
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
         match &self.store {
             Store::Dir(dir) => {
                 cmd.args(["--store", dir.to_str().expect("utf-8 path")]);
@@ -274,7 +284,12 @@ impl GatewayOpts {
 
     /// Starts the gateway and waits until it prints its URL.
     pub fn start(&self, log: &Path) -> Gateway {
-        let mut child = self.command(log).spawn().expect("spawn gateway");
+        self.start_on(log, "127.0.0.1:0")
+    }
+
+    /// Starts the gateway listening on `listen` and waits until it prints its URL.
+    pub fn start_on(&self, log: &Path, listen: &str) -> Gateway {
+        let mut child = self.command_on(log, listen).spawn().expect("spawn gateway");
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
