@@ -18,7 +18,27 @@
 //!    read before a write could land after that write's update was evicted or rejected by
 //!    moka's admission policy.
 //!
-//! So after any read or write of version `v` returns, the cache holds `v` or newer, or nothing.
+//! 4. A write's keys are *marked* (per stripe of its shard) before the write is handed to
+//!    SlateDB, and the mark is cleared only after the write's outcome is recorded (rule 1).
+//!    A strong read serves from the cache only if it found its stripe unmarked, and checks
+//!    that before the lookup. Without it, a write made durable by *another* path before its
+//!    writer's task ran again (a precondition check flushing it to answer 412, a group flush
+//!    revealed by a scan, a follower, a `DELETE If-Match`) would be visible in the database
+//!    while the cache still served the older value: a 412 or a scan could reveal version
+//!    `v`, and a later cached read return `v - 1`.
+//!
+//! So after any read or write of version `v` returns, the cache holds `v` or newer, or nothing;
+//! and a strong read served from the cache is linearizable. Why (rule 4): let the read find
+//! its stripe unmarked at `t` and return version `u` from the cache. Every write of the stripe
+//! submitted before `t` had recorded its outcome before `t`, so at `t` the cache held the
+//! newest durable version or newer (rules 1-3; versions in the cache never go back). Any write
+//! newer than `u` that was revealed before the read returned was submitted after `t`. So
+//! `u` was the current state at some instant in `[t, return]`, inside the read.
+//!
+//! The mark is cleared whatever the request does: the write finishes in a task of its own,
+//! so a request dropped mid-write (client gone, deadline) still records the outcome. A write
+//! whose durability fails leaves its mark until the shard's store is no longer served, since
+//! it might still surface; its cache scope dies with that store.
 //!
 //! **Follower entries** (eventual reads) carry the time they were read and serve only for
 //! `max_age`; they add at most that much to a follower's staleness.

@@ -60,7 +60,7 @@ use crate::objstore::{self, ClusterStore};
 use crate::placement::{self, ClusterView, Member, Owner};
 use crate::shard::{shard_for_key, ShardId};
 use crate::store::{
-    now_ms, BlockCache, Closed, Durability, Entry, Mutation, ShardScan, ShardStore,
+    now_ms, BlockCache, Closed, Durability, Entry, Mutation, PendingWrite, ShardScan, ShardStore,
 };
 
 /// Longest a request waits for its shard to finish reopening before it gets 503.
@@ -216,6 +216,9 @@ pub struct ShardSlot {
     stripes: Vec<Mutex<()>>,
     /// Per stripe: writes made durable and recorded in the cache (see `cache.rs`, rule 3).
     stripe_writes: Vec<AtomicU64>,
+    /// Per stripe: writes handed to SlateDB whose outcome the cache has not recorded yet
+    /// (`cache.rs`, rule 4). While non-zero, strong reads of the stripe skip the cache.
+    stripe_pending: Vec<AtomicU64>,
     /// Where the entries of this slot's open store are cached; dropped when it stops serving.
     hot: Arc<HotCache>,
     /// Held shared by every request for its whole duration; a release takes it exclusively
@@ -242,6 +245,7 @@ impl ShardSlot {
             state: watch::Sender::new(SlotState::NotOwned),
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             stripe_writes: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
+            stripe_pending: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
             hot,
             gate: Arc::new(RwLock::new(())),
         }
@@ -345,6 +349,10 @@ pub struct Node {
     pub(crate) lease_id: std::sync::atomic::AtomicI64,
     /// Cancelled when the node starts leaving: no more acquisitions.
     pub(crate) leaving: CancellationToken,
+    /// Fault injection for tests only (`TESSERA_FAULT_RECORD_DELAY_MS`): a pause between a
+    /// write becoming durable and the cache recording it, which widens the window cache rule
+    /// 4 closes. Never set in production.
+    record_delay: Option<Duration>,
 }
 
 impl Node {
@@ -394,6 +402,10 @@ impl Node {
             etcd,
             lease_id: std::sync::atomic::AtomicI64::new(0),
             leaving: CancellationToken::new(),
+            record_delay: std::env::var("TESSERA_FAULT_RECORD_DELAY_MS")
+                .ok()
+                .and_then(|ms| ms.parse().ok())
+                .map(Duration::from_millis),
             config,
         });
         if node.etcd.is_some() {
@@ -584,8 +596,16 @@ impl Node {
         let slot = &self.shards[shard.0 as usize];
         let entered = self.enter(slot).await?;
         let scope = entered.store.incarnation();
+        let stripe = ShardSlot::stripe(key);
+        // CACHE RULE 4 (cache.rs): a write of this stripe may be durable, and so already
+        // revealed by another path, before its writer records it; until then only the
+        // database's durable state is current. The check comes before the lookup.
+        let cached = if slot.stripe_pending[stripe].load(Ordering::SeqCst) == 0 {
+            self.hot.get(scope, key, None)
+        } else {
+            None
+        };
         // An expired cached value falls through to the database, which decides expiry.
-        let cached = self.hot.get(scope, key, None);
         let read = match cached {
             Some(Cached::Absent { .. }) => Read {
                 entry: None,
@@ -596,7 +616,7 @@ impl Node {
                 source: ReadSource::Cache,
             },
             _ => {
-                let stripe = &slot.stripe_writes[ShardSlot::stripe(key)];
+                let stripe = &slot.stripe_writes[stripe];
                 let before = stripe.load(Ordering::Acquire);
                 let found = self.observe(entered.store.get(key, Durability::Durable).await)?;
                 let filled = found
@@ -787,12 +807,14 @@ impl Node {
                 (op.key.clone(), entry)
             })
             .collect();
-        let pending = {
-            let mut stripes: Vec<usize> = ops.iter().map(|op| ShardSlot::stripe(&op.key)).collect();
-            stripes.sort_unstable();
-            stripes.dedup();
+        let mut stripes: Vec<usize> = ops.iter().map(|op| ShardSlot::stripe(&op.key)).collect();
+        stripes.sort_unstable();
+        stripes.dedup();
+        // The stripe locks are held until SlateDB has the write (ordered in the WAL); durability
+        // is awaited outside them so concurrent writers share WAL flushes.
+        let (pending, mark) = {
             let mut guards = Vec::with_capacity(stripes.len());
-            for s in stripes {
+            for &s in &stripes {
                 guards.push(slot.stripes[s].lock().await);
             }
             for op in &ops {
@@ -809,26 +831,28 @@ impl Node {
                     WriteKind::Delete => Mutation::Delete { key: op.key },
                 })
                 .collect();
+            // CACHE RULE 4: marked before SlateDB has the write, so before anything can reveal
+            // it. Dropped at once if the write is refused (nothing was submitted).
+            let mark = PendingMark::new(slot, &stripes);
             let written = store.write(mutations).await;
-            self.observe(written)?
-            // The stripe locks drop here: the write is ordered in the WAL, durability is awaited
-            // outside the locks so concurrent writers share WAL flushes.
+            (self.observe(written)?, mark)
         };
-        let version = self.observe(pending.durable().await)?;
-        // Before acknowledging: bump the stripes' write counters, then record the new state
-        // (cache.rs, rules 1-3).
-        let scope = store.incarnation();
-        for (key, _) in &touched {
-            slot.stripe_writes[ShardSlot::stripe(key)].fetch_add(1, Ordering::AcqRel);
-        }
-        for (key, entry) in touched {
-            let cached = match entry {
-                Some(e) => Cached::Value(Entry { version, ..e }),
-                None => Cached::Absent { version },
-            };
-            self.hot.record_write(scope, key, cached);
-        }
-        Ok(version)
+        // The rest runs in a task of its own so that it finishes, and the cache learns the
+        // outcome, even if this request is dropped (client gone, deadline passed): the write
+        // may still become durable, and a mark never cleared would only cost cache hits, but
+        // an outcome never recorded would leave the cache behind the database.
+        let finish = tokio::spawn(finish_write(
+            pending,
+            mark,
+            Arc::clone(store),
+            touched,
+            self.cancel.clone(),
+            self.record_delay,
+        ));
+        let version = finish
+            .await
+            .unwrap_or_else(|e| Err(Error::Internal(format!("write task failed: {e}"))));
+        self.observe(version)
     }
 
     /// Validates a write's ops and returns the one shard they all map to.
@@ -1144,6 +1168,83 @@ impl Node {
             )))
         }
     }
+}
+
+/// Stripes of a slot marked as having a write in flight (cache rule 4), until dropped.
+struct PendingMark {
+    slot: Arc<ShardSlot>,
+    stripes: Vec<usize>,
+}
+
+impl PendingMark {
+    fn new(slot: &Arc<ShardSlot>, stripes: &[usize]) -> Self {
+        for &s in stripes {
+            slot.stripe_pending[s].fetch_add(1, Ordering::SeqCst);
+        }
+        PendingMark {
+            slot: Arc::clone(slot),
+            stripes: stripes.to_vec(),
+        }
+    }
+
+    /// Keeps the mark until the slot no longer serves `store` (its cache scope is then dead).
+    async fn hold_while_serving(self, store: Arc<ShardStore>, cancel: CancellationToken) {
+        let mut state = self.slot.state.subscribe();
+        let replaced = state.wait_for(
+            |st| !matches!(st, SlotState::Open { store: open, .. } if Arc::ptr_eq(open, &store)),
+        );
+        tokio::select! {
+            _ = cancel.cancelled() => {}
+            _ = replaced => {}
+        }
+    }
+}
+
+impl Drop for PendingMark {
+    fn drop(&mut self) {
+        for &s in &self.stripes {
+            self.slot.stripe_pending[s].fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+/// Waits for a submitted write to become durable, then records its keys' new state in the hot
+/// cache and clears its mark (cache rules 1, 3 and 4), and returns its version.
+async fn finish_write(
+    pending: PendingWrite,
+    mark: PendingMark,
+    store: Arc<ShardStore>,
+    touched: Vec<(Bytes, Option<Entry>)>,
+    cancel: CancellationToken,
+    record_delay: Option<Duration>,
+) -> Result<u64> {
+    let version = match pending.durable().await {
+        Ok(version) => version,
+        Err(e) => {
+            // The outcome is unknown and the database is stopping (fenced, or a WAL flush
+            // failed): the write may still surface in it or in a follower. Keep the stripes
+            // off the cache for as long as this store is served.
+            tokio::spawn(mark.hold_while_serving(store, cancel));
+            return Err(e);
+        }
+    };
+    if let Some(delay) = record_delay {
+        tokio::time::sleep(delay).await;
+    }
+    let slot = &mark.slot;
+    let scope = store.incarnation();
+    for (key, _) in &touched {
+        slot.stripe_writes[ShardSlot::stripe(key)].fetch_add(1, Ordering::AcqRel);
+    }
+    for (key, entry) in touched {
+        let cached = match entry {
+            Some(e) => Cached::Value(Entry { version, ..e }),
+            None => Cached::Absent { version },
+        };
+        slot.hot.record_write(scope, key, cached);
+    }
+    drop(mark);
+    Ok(version)
 }
 
 async fn close_slot(slot: &ShardSlot) -> Result<()> {
