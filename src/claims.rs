@@ -31,7 +31,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::ClusterConfig;
 use crate::error::{Error, Result};
-use crate::etcd::Etcd;
+use crate::etcd::{Etcd, Registration};
 use crate::lease::{KeepAliveStats, LeaseClock};
 use crate::placement::{plan, ClusterView, Holding, Member, Moves};
 use crate::shard::ShardId;
@@ -59,6 +59,8 @@ pub struct Claims {
     lease: RwLock<(i64, Arc<LeaseClock>)>,
     view: watch::Sender<ClusterView>,
     keepalive: Arc<KeepAliveStats>,
+    /// Daemons only: re-registers a member key deleted under a live lease.
+    registration: Option<Registration>,
     cancel: CancellationToken,
     tasks: TaskTracker,
 }
@@ -87,6 +89,7 @@ impl Claims {
                 cancel.clone(),
             )
             .await?;
+        let registration = member.then(|| Registration::new(etcd.clone(), me.clone()));
         let claims = Arc::new(Claims {
             etcd,
             me,
@@ -95,6 +98,7 @@ impl Claims {
             lease: RwLock::new(lease),
             view: watch::Sender::new(ClusterView::default()),
             keepalive,
+            registration,
             cancel,
             tasks,
         });
@@ -132,16 +136,25 @@ impl Claims {
         self.clock().valid()
     }
 
-    /// True once etcd said the lease is gone: every claim went with it; call [`Self::renew`].
+    /// True once the lease is lost (etcd does not know it, said TTL 0, or a whole TTL passed
+    /// without an acknowledged keep-alive): every claim went with it; call [`Self::renew`].
     pub fn lease_lost(&self) -> bool {
         self.clock().is_lost()
     }
 
+    /// Keep-alive round trips, lease losses and rejoins.
+    pub fn lease_stats(&self) -> &KeepAliveStats {
+        &self.keepalive
+    }
+
     /// Grants a new lease (and registers again) after the old one was lost.
     pub async fn renew(&self) -> Result<()> {
+        let old = self.clock();
         let lease = self
             .etcd
-            .start_lease(
+            .replace_lease(
+                self.lease_id(),
+                &old,
                 self.member.then_some(&self.me),
                 &self.config,
                 Arc::clone(&self.keepalive),
@@ -151,6 +164,17 @@ impl Claims {
             .await?;
         *self.lease.write().unwrap_or_else(|e| e.into_inner()) = lease;
         Ok(())
+    }
+
+    /// Registers again if this daemon's member key has gone missing under a live lease (see
+    /// [`Registration`]). A no-op for batch jobs, which never register.
+    pub async fn keep_registered(&self) {
+        if let Some(registration) = &self.registration {
+            if self.lease_valid() {
+                let present = self.view.borrow().members.contains_key(&self.me.id);
+                registration.check(present, self.lease_id()).await;
+            }
+        }
     }
 
     /// The moves a daemon should make given what it holds (see [`crate::placement::plan`]).

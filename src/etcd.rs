@@ -14,14 +14,18 @@
 //!   can never delete a newer owner's key.
 //! - All of a gateway's keys share its one lease: when it dies or is cut off, etcd deletes its
 //!   member key and every owner key at once, after the TTL.
-//! - etcd-client does not renew leases: [`Etcd::keep_alive`] sends a keep-alive every interval
-//!   and records each acknowledged one in the [`LeaseClock`]; a `TTL 0` answer means the lease
-//!   is gone.
+//! - etcd-client does not renew leases: [`Etcd::start_lease`] runs a keep-alive task that
+//!   sends a keep-alive every interval and records each acknowledged one in the [`LeaseClock`].
+//!   It ends the lease for good on any sign that etcd may have dropped it ([`LeaseLoss`]: not
+//!   found, TTL 0, or a whole TTL without an acknowledgement, e.g. cut off from etcd); the
+//!   holder then joins again with a new lease ([`Etcd::replace_lease`]), never retrying a lease
+//!   etcd has already answered for.
 //! - Compactors use the same keys and protocol one level down, under
 //!   `/tessera/{cluster}/compactor/` ([`Etcd::scoped`]): `compactor/members/{id}` and
 //!   `compactor/owners/{shard:05}` (a shard's compaction claim). Gateways and compactors are
 //!   separate member sets: neither places shards onto the other.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -36,7 +40,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::ClusterConfig;
 use crate::error::{Error, Result};
-use crate::lease::{KeepAliveStats, LeaseClock};
+use crate::lease::{KeepAliveStats, LeaseClock, LeaseLoss};
 use crate::placement::{ClusterView, Member, Owner};
 use crate::shard::ShardId;
 
@@ -85,7 +89,12 @@ impl Etcd {
 
     /// Grants a lease of `ttl`; returns its id and the granted TTL, and records the grant in
     /// `clock` (measured from before the request was sent).
-    async fn grant(&self, ttl: Duration, clock: &LeaseClock, margin: Duration) -> Result<i64> {
+    async fn grant(
+        &self,
+        ttl: Duration,
+        clock: &LeaseClock,
+        margin: Duration,
+    ) -> Result<(i64, Duration)> {
         let sent = Instant::now();
         let resp = self
             .client
@@ -93,13 +102,14 @@ impl Etcd {
             .lease_grant(ttl.as_secs().max(1) as i64, None)
             .await
             .map_err(|e| etcd_err("grant lease", e))?;
-        clock.acked(sent, Duration::from_secs(resp.ttl().max(0) as u64), margin);
-        Ok(resp.id())
+        let granted = Duration::from_secs(resp.ttl().max(0) as u64);
+        clock.acked(sent, granted, margin);
+        Ok((resp.id(), granted))
     }
 
     /// Grants a lease, registers `member` under it (if given: a batch job claims shards without
-    /// joining the member set) and keeps the lease alive on `tasks` until `cancel`. Returns the
-    /// lease id and its clock.
+    /// joining the member set) and keeps the lease alive on `tasks` until `cancel` or until it
+    /// is lost (see [`Etcd::keep_alive`]). Returns the lease id and its clock.
     pub async fn start_lease(
         &self,
         member: Option<&Member>,
@@ -109,21 +119,56 @@ impl Etcd {
         cancel: CancellationToken,
     ) -> Result<(i64, Arc<LeaseClock>)> {
         let clock = Arc::new(LeaseClock::default());
-        let id = self.grant(c.lease_ttl, &clock, c.lease_margin).await?;
+        let (id, ttl) = self.grant(c.lease_ttl, &clock, c.lease_margin).await?;
         if let Some(member) = member {
             self.register(member, id).await?;
         }
         let (etcd, keep) = (self.clone(), Arc::clone(&clock));
         let (interval, margin) = (c.keepalive_interval, c.lease_margin);
         tasks.spawn(async move {
-            etcd.keep_alive(id, keep, stats, interval, margin, cancel)
+            etcd.keep_alive(id, keep, stats, ttl, interval, margin, cancel)
                 .await
         });
         Ok((id, clock))
     }
 
-    /// Registers `member` under `lease`.
-    async fn register(&self, member: &Member, lease: i64) -> Result<()> {
+    /// After `old` (lease `old_id`) was lost: starts a new lease as [`Etcd::start_lease`] does,
+    /// then revokes the old one if etcd may still hold it (given up on the deadline alone), so
+    /// its keys do not block others until it expires. Logs and counts the rejoin.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn replace_lease(
+        &self,
+        old_id: i64,
+        old: &LeaseClock,
+        member: Option<&Member>,
+        c: &ClusterConfig,
+        stats: Arc<KeepAliveStats>,
+        tasks: &TaskTracker,
+        cancel: CancellationToken,
+    ) -> Result<(i64, Arc<LeaseClock>)> {
+        let new = self
+            .start_lease(member, c, Arc::clone(&stats), tasks, cancel)
+            .await?;
+        let (why, lost_at) = old.loss().unwrap_or((LeaseLoss::Deadline, Instant::now()));
+        if why == LeaseLoss::Deadline {
+            if let Err(e) = self.revoke(old_id).await {
+                tracing::debug!(error = %e, "revoking the lost lease failed; it expires by itself");
+            }
+        }
+        let after = lost_at.elapsed();
+        stats.record_rejoin(after);
+        tracing::info!(
+            lease = new.0,
+            lost_lease = old_id,
+            reason = why.as_str(),
+            after_ms = after.as_millis() as u64,
+            "rejoined the cluster with a new lease"
+        );
+        Ok(new)
+    }
+
+    /// Registers `member` under `lease` (idempotent).
+    pub async fn register(&self, member: &Member, lease: i64) -> Result<()> {
         let value = serde_json::to_vec(member).map_err(|e| Error::Internal(e.to_string()))?;
         self.client
             .clone()
@@ -207,54 +252,101 @@ impl Etcd {
         Ok(resp.succeeded())
     }
 
-    /// Keeps `lease` alive every `interval` until `cancel` or until etcd says it is gone
-    /// (then marks `clock` lost and returns). Transient errors are retried; meanwhile the
-    /// deadline in `clock` simply runs out.
-    pub async fn keep_alive(
+    /// Keeps `lease` alive until `cancel`, or until it must be given up: then logs why, counts
+    /// it and marks `clock` lost (the holder joins again with a new lease). Transient errors
+    /// are retried, but only until a whole TTL has passed without an acknowledged keep-alive:
+    /// from then on etcd may have expired the lease, reachable or not (`lease.rs`).
+    #[allow(clippy::too_many_arguments)]
+    async fn keep_alive(
         &self,
         lease: i64,
         clock: Arc<LeaseClock>,
         stats: Arc<KeepAliveStats>,
+        ttl: Duration,
         interval: Duration,
         margin: Duration,
         cancel: CancellationToken,
     ) {
-        'reconnect: while !cancel.is_cancelled() {
+        let why = tokio::select! {
+            _ = cancel.cancelled() => return,
+            () = clock.expired() => LeaseLoss::Deadline,
+            why = self.renew(lease, &clock, &stats, ttl, interval, margin) => why,
+        };
+        tracing::warn!(
+            lease,
+            reason = why.as_str(),
+            "lease lost: dropping what it covered; joining again with a new lease"
+        );
+        stats.record_loss(why);
+        clock.lose(why);
+    }
+
+    /// Renews `lease` every `interval`, reconnecting on transient errors, until etcd answers
+    /// that the lease is gone. Keep-alives are pipelined: one is sent every interval whatever
+    /// the answers do, and each answer acknowledges the oldest unanswered one (the stream is
+    /// ordered), so one slow answer does not delay the next renewal.
+    async fn renew(
+        &self,
+        lease: i64,
+        clock: &LeaseClock,
+        stats: &KeepAliveStats,
+        ttl: Duration,
+        interval: Duration,
+        margin: Duration,
+    ) -> LeaseLoss {
+        loop {
+            let sent = Instant::now();
             let (mut keeper, mut stream) = match self.client.clone().lease_keep_alive(lease).await {
                 Ok(pair) => pair,
+                // etcd-client opens the stream with one keep-alive and reports a TTL-0 answer
+                // to it as this error (its only other cause, a full local channel, cannot
+                // happen on a new stream): etcd no longer has the lease.
+                Err(etcd_client::Error::LeaseKeepAliveError(_)) => return LeaseLoss::NotFound,
                 Err(e) => {
                     tracing::warn!(error = %e, "lease keep-alive stream failed; retrying");
-                    if sleep_or_cancel(interval, &cancel).await {
-                        return;
-                    }
-                    continue 'reconnect;
+                    tokio::time::sleep(interval).await;
+                    continue;
                 }
             };
+            // The opening keep-alive was answered with TTL > 0: etcd renewed the lease to its
+            // granted TTL.
+            clock.acked(sent, ttl, margin);
+            stats.record(sent.elapsed());
+            let mut unanswered: VecDeque<Instant> = VecDeque::new();
+            let mut ticks = tokio::time::interval(interval);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ticks.tick().await; // the first tick is immediate
             loop {
-                let sent = Instant::now();
-                if let Err(e) = keeper.keep_alive().await {
-                    tracing::warn!(error = %e, "lease keep-alive send failed");
-                    continue 'reconnect;
-                }
-                match tokio::time::timeout(interval * 2, stream.message()).await {
-                    Ok(Ok(Some(resp))) if resp.ttl() > 0 => {
-                        clock.acked(sent, Duration::from_secs(resp.ttl() as u64), margin);
-                        stats.record(sent.elapsed());
+                tokio::select! {
+                    _ = ticks.tick() => {
+                        // A stream that answers nothing for two intervals is stuck: reopen it.
+                        if unanswered.front().is_some_and(|s| s.elapsed() > interval * 2) {
+                            tracing::warn!("lease keep-alive answers missing; reconnecting");
+                            break;
+                        }
+                        let now = Instant::now();
+                        if let Err(e) = keeper.keep_alive().await {
+                            tracing::warn!(error = %e, "lease keep-alive send failed");
+                            break;
+                        }
+                        unanswered.push_back(now);
                     }
-                    Ok(Ok(Some(_))) => {
-                        tracing::warn!(lease, "lease expired at etcd");
-                        clock.lose();
-                        return;
-                    }
-                    Ok(Ok(None)) | Ok(Err(_)) | Err(_) => {
-                        tracing::warn!("lease keep-alive answer missing; reconnecting");
-                        continue 'reconnect;
-                    }
-                }
-                if sleep_or_cancel(interval, &cancel).await {
-                    return;
+                    msg = stream.message() => match msg {
+                        Ok(Some(resp)) if resp.ttl() > 0 => {
+                            if let Some(sent) = unanswered.pop_front() {
+                                clock.acked(sent, Duration::from_secs(resp.ttl() as u64), margin);
+                                stats.record(sent.elapsed());
+                            }
+                        }
+                        Ok(Some(_)) => return LeaseLoss::TtlZero,
+                        Ok(None) | Err(_) => {
+                            tracing::warn!("lease keep-alive stream ended; reconnecting");
+                            break;
+                        }
+                    },
                 }
             }
+            tokio::time::sleep(interval / 4).await;
         }
     }
 
@@ -358,6 +450,53 @@ impl Etcd {
                     view.owners.remove(&shard);
                 }
             }
+        }
+    }
+}
+
+/// How long a member may be missing from its own view before it registers again.
+const MISSING_GRACE: Duration = Duration::from_secs(2);
+
+/// Keeps a member registered while its lease lives. A member key deleted under a live lease
+/// (by an operator, by an etcd restore) would otherwise leave the member out of placement
+/// for good: it never re-registers, and rebalancing skips a member it cannot see.
+pub struct Registration {
+    etcd: Etcd,
+    me: Member,
+    missing_since: std::sync::Mutex<Option<Instant>>,
+}
+
+impl Registration {
+    /// For `me`, through `etcd`.
+    pub fn new(etcd: Etcd, me: Member) -> Self {
+        Registration {
+            etcd,
+            me,
+            missing_since: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Registers again under `lease` once the member has been missing from its view
+    /// (`present` false) for [`MISSING_GRACE`]; a fresh registration the watch has not shown
+    /// yet is not missing. Registering is idempotent.
+    pub async fn check(&self, present: bool, lease: i64) {
+        let overdue = {
+            let mut since = self.missing_since.lock().unwrap_or_else(|e| e.into_inner());
+            if present {
+                *since = None;
+            }
+            let first = *since.get_or_insert_with(Instant::now);
+            !present && first.elapsed() >= MISSING_GRACE
+        };
+        if !overdue {
+            return;
+        }
+        match self.etcd.register(&self.me, lease).await {
+            Ok(()) => {
+                tracing::warn!(member = %self.me.id, "registration missing under a live lease; registered again");
+                *self.missing_since.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            }
+            Err(e) => tracing::warn!(error = %e, "registering again failed; retrying"),
         }
     }
 }

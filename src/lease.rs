@@ -14,21 +14,77 @@
 //!   opened the shard, so the value read was the latest. A write is acknowledged only once it is
 //!   durable; SlateDB's fencing makes a write that raced with a new owner's open fail instead.
 //!
+//!
+//! Recovery rule (a partition, a pause, an expiry): the session with a lease ends, for good,
+//! as soon as the lease may be gone at etcd, and every cause ends it the same way
+//! ([`LeaseLoss`]): etcd answers that it does not know the lease, a keep-alive is answered with
+//! TTL 0, or no keep-alive has been acknowledged for a whole TTL (`now >= sent + TTL`, the
+//! earliest etcd could have expired it, whether or not etcd is reachable). The holder then
+//! drops everything the lease covered (already unservable since the deadline) and joins again
+//! with a new lease as soon as etcd answers. A late answer between the deadline and
+//! `sent + TTL` still counts: TTL > 0 proves etcd never expired the lease, so nobody else
+//! can have taken what it covers. Nothing ever revives a lost lease.
+//!
 //! The clock is injected (`Instant`s are passed in), so the rule is unit-tested without etcd.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use tokio::sync::watch;
+
+/// Why a lease was given up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseLoss {
+    /// etcd does not know the lease: it expired or was revoked.
+    NotFound,
+    /// A keep-alive was answered with TTL 0.
+    TtlZero,
+    /// No keep-alive was acknowledged for a whole TTL: etcd may have expired the lease.
+    Deadline,
+}
+
+impl LeaseLoss {
+    /// Every reason, in metric order.
+    pub const ALL: [LeaseLoss; 3] = [LeaseLoss::NotFound, LeaseLoss::TtlZero, LeaseLoss::Deadline];
+
+    /// The name used in logs and in the `reason` label of metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LeaseLoss::NotFound => "not_found",
+            LeaseLoss::TtlZero => "ttl_zero",
+            LeaseLoss::Deadline => "deadline",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
 /// The serving deadline of one etcd lease.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct LeaseClock {
     state: Mutex<State>,
+    /// Set once, when the lease is lost (and when).
+    lost: watch::Sender<Option<(LeaseLoss, Instant)>>,
+}
+
+impl Default for LeaseClock {
+    fn default() -> Self {
+        LeaseClock {
+            state: Mutex::default(),
+            lost: watch::Sender::new(None),
+        }
+    }
 }
 
 #[derive(Debug, Default, Clone, Copy)]
 struct State {
+    /// Serve until then: last acknowledged send + TTL - margin.
     deadline: Option<Instant>,
+    /// From then on etcd may have expired the lease: last acknowledged send + TTL.
+    expiry: Option<Instant>,
     lost: bool,
 }
 
@@ -36,7 +92,11 @@ impl LeaseClock {
     /// A clock that is valid forever (the embedded single-node mode has no lease).
     pub fn forever() -> Self {
         let clock = LeaseClock::default();
-        clock.lock().deadline = Some(Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600));
+        let far = Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600);
+        let mut s = clock.lock();
+        s.deadline = Some(far);
+        s.expiry = Some(far);
+        drop(s);
         clock
     }
 
@@ -55,13 +115,25 @@ impl LeaseClock {
         if s.deadline.is_none_or(|d| candidate > d) {
             s.deadline = Some(candidate);
         }
+        let expiry = sent_at + ttl;
+        if s.expiry.is_none_or(|e| expiry > e) {
+            s.expiry = Some(expiry);
+        }
     }
 
-    /// Marks the lease as gone (etcd answered TTL 0, or revoked): invalid from now on.
-    pub fn lose(&self) {
+    /// Marks the lease as gone for `why`: invalid from now on. The first reason is kept.
+    pub fn lose(&self, why: LeaseLoss) {
         let mut s = self.lock();
         s.lost = true;
         s.deadline = None;
+        drop(s);
+        self.lost.send_if_modified(|lost| {
+            if lost.is_some() {
+                return false;
+            }
+            *lost = Some((why, Instant::now()));
+            true
+        });
     }
 
     /// True while the lease may be relied on at `now`.
@@ -75,18 +147,55 @@ impl LeaseClock {
         self.valid_at(Instant::now())
     }
 
+    /// True if etcd may have expired the lease by `now`: a whole TTL without an acknowledged
+    /// keep-alive.
+    pub fn expired_at(&self, now: Instant) -> bool {
+        self.lock().expiry.is_some_and(|e| now >= e)
+    }
+
+    /// Resolves once [`LeaseClock::expired_at`] holds (never for a clock with no grant yet).
+    pub async fn expired(&self) {
+        loop {
+            let Some(expiry) = self.lock().expiry else {
+                return std::future::pending().await;
+            };
+            tokio::time::sleep_until(tokio::time::Instant::from_std(expiry)).await;
+            if self.expired_at(Instant::now()) {
+                return;
+            }
+        }
+    }
+
+    /// Why and when the lease was lost, if it was.
+    pub fn loss(&self) -> Option<(LeaseLoss, Instant)> {
+        *self.lost.borrow()
+    }
+
     /// True once the lease was lost for good.
     pub fn is_lost(&self) -> bool {
-        self.lock().lost
+        self.loss().is_some()
+    }
+
+    /// Resolves once the lease is lost, with why.
+    pub async fn lost(&self) -> LeaseLoss {
+        let mut rx = self.lost.subscribe();
+        let lost = rx.wait_for(Option::is_some).await;
+        // The sender lives in `self`, so the wait cannot end without a value.
+        lost.ok()
+            .and_then(|l| *l)
+            .map_or(LeaseLoss::Deadline, |(why, _)| why)
     }
 }
 
-/// Round trips of acknowledged keep-alives (for metrics).
+/// Keep-alive round trips, lease losses and rejoins (for metrics).
 #[derive(Debug, Default)]
 pub struct KeepAliveStats {
     count: AtomicU64,
     sum_micros: AtomicU64,
     last_micros: AtomicU64,
+    losses: [AtomicU64; 3],
+    rejoins: AtomicU64,
+    last_rejoin_micros: AtomicU64,
 }
 
 impl KeepAliveStats {
@@ -104,6 +213,31 @@ impl KeepAliveStats {
             self.count.load(Ordering::Relaxed),
             Duration::from_micros(self.sum_micros.load(Ordering::Relaxed)),
             Duration::from_micros(self.last_micros.load(Ordering::Relaxed)),
+        )
+    }
+
+    /// Records a lease given up for `why`.
+    pub fn record_loss(&self, why: LeaseLoss) {
+        self.losses[why.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records a new lease granted `after` the previous one was lost.
+    pub fn record_rejoin(&self, after: Duration) {
+        self.rejoins.fetch_add(1, Ordering::Relaxed);
+        self.last_rejoin_micros
+            .store(after.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// Leases lost, by reason (in [`LeaseLoss::ALL`] order).
+    pub fn losses(&self) -> [(LeaseLoss, u64); 3] {
+        LeaseLoss::ALL.map(|why| (why, self.losses[why.index()].load(Ordering::Relaxed)))
+    }
+
+    /// (rejoins, time from the last loss to its new lease).
+    pub fn rejoins(&self) -> (u64, Duration) {
+        (
+            self.rejoins.load(Ordering::Relaxed),
+            Duration::from_micros(self.last_rejoin_micros.load(Ordering::Relaxed)),
         )
     }
 }
@@ -135,11 +269,34 @@ mod tests {
     }
 
     #[test]
-    fn lost_is_final() {
+    fn expiry_is_send_time_plus_ttl() {
+        let c = LeaseClock::default();
+        let t0 = Instant::now();
+        assert!(
+            !c.expired_at(t0 + Duration::from_secs(3600)),
+            "no grant yet"
+        );
+        c.acked(t0, Duration::from_secs(3), Duration::from_secs(1));
+        // Between the deadline and the expiry: not servable, but not lost either.
+        let between = t0 + Duration::from_millis(2500);
+        assert!(!c.valid_at(between) && !c.expired_at(between));
+        assert!(c.expired_at(t0 + Duration::from_secs(3)));
+        // A keep-alive acknowledged meanwhile (TTL > 0: etcd still has it) moves both on.
+        c.acked(
+            t0 + Duration::from_millis(2400),
+            Duration::from_secs(3),
+            Duration::from_secs(1),
+        );
+        assert!(c.valid_at(between) && !c.expired_at(t0 + Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn lost_is_final_and_keeps_its_first_reason() {
         let c = LeaseClock::default();
         let t0 = Instant::now();
         c.acked(t0, Duration::from_secs(3), Duration::ZERO);
-        c.lose();
+        c.lose(LeaseLoss::NotFound);
+        c.lose(LeaseLoss::Deadline);
         assert!(!c.valid_at(t0));
         c.acked(
             t0 + Duration::from_secs(1),
@@ -150,6 +307,24 @@ mod tests {
             !c.valid_at(t0 + Duration::from_secs(2)),
             "a lost lease stays lost"
         );
+        assert_eq!(c.loss().map(|(why, _)| why), Some(LeaseLoss::NotFound));
         assert!(LeaseClock::forever().valid());
+    }
+
+    #[tokio::test]
+    async fn expired_and_lost_resolve() {
+        let c = std::sync::Arc::new(LeaseClock::default());
+        let t0 = Instant::now();
+        c.acked(t0, Duration::from_millis(200), Duration::ZERO);
+        let waiter = {
+            let c = std::sync::Arc::clone(&c);
+            tokio::spawn(async move { c.lost().await })
+        };
+        tokio::time::timeout(Duration::from_secs(10), c.expired())
+            .await
+            .expect("expires after the TTL");
+        assert!(t0.elapsed() >= Duration::from_millis(200));
+        c.lose(LeaseLoss::Deadline);
+        assert_eq!(waiter.await.unwrap(), LeaseLoss::Deadline);
     }
 }

@@ -13,8 +13,11 @@
 //!   slot `Draining` so new requests go elsewhere, wait for in-flight requests (the slot gate),
 //!   flush and close the database, then delete the owner key guarded by the epoch. The next
 //!   owner opens a cleanly closed database: no WAL to replay.
-//! - **Lease lost** (etcd says TTL 0): every owner key is gone with it; drop every slot without
-//!   serving another request, then join again with a new lease.
+//! - **Lease lost** (etcd does not know it, says TTL 0, or a whole TTL passed without an
+//!   acknowledged keep-alive, e.g. cut off from etcd: `lease.rs`): every owner key is gone
+//!   with it, or soon will be; drop every slot without serving another request (they have been
+//!   unservable since the deadline), then join again with a new lease as soon as etcd answers,
+//!   retrying with backoff. A lost lease is never retried: etcd has answered for it.
 //! - Membership changes are acted on after `rebalance_delay` of quiet, so a flapping member
 //!   does not move shards back and forth; owner-key changes (releases, expiries) at once.
 
@@ -26,6 +29,7 @@ use std::time::Duration;
 use futures::{FutureExt, StreamExt};
 
 use crate::error::Result;
+use crate::etcd::Registration;
 use crate::node::{Node, ShardSlot, SlotState};
 use crate::placement::{plan, Holding};
 use crate::shard::ShardId;
@@ -100,13 +104,21 @@ impl Node {
         let mut changes = self.view.subscribe();
         let delay = self.config.cluster.rebalance_delay;
         let mut members = BTreeMap::new();
+        let etcd = self.etcd.clone().expect("cluster mode");
+        let registration = Registration::new(etcd, self.me.clone());
         loop {
-            // Wake on a view change, or periodically to retry what failed.
+            // Wake on a view change, on the lease's loss, or periodically to retry what failed.
+            let lease = self.lease();
             tokio::select! {
                 _ = self.cancel.cancelled() => return,
                 _ = self.leaving.cancelled() => return,
                 _ = changes.changed() => {}
+                _ = lease.lost() => {}
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+            if self.lease().is_lost() {
+                self.rejoin().await;
+                continue;
             }
             // Quiet period after a membership change: let a burst (a flapping member, several
             // joins) settle before moving shards. Owner-key changes alone (a release, an
@@ -121,9 +133,10 @@ impl Node {
                     _ = tokio::time::sleep(delay) => {}
                 }
             }
-            if self.lease().is_lost() {
-                self.recover_lost_lease().await;
-                continue;
+            if self.lease().valid() {
+                let present = self.view.borrow().members.contains_key(&self.me.id);
+                let lease = self.lease_id.load(Ordering::SeqCst);
+                registration.check(present, lease).await;
             }
             self.rebalance().await;
         }
@@ -243,13 +256,51 @@ impl Node {
         }
     }
 
-    async fn recover_lost_lease(self: &Arc<Self>) {
-        tracing::warn!("lease lost: dropping every shard and rejoining");
+    /// After the lease was lost: stops serving every shard at once, then joins again with a
+    /// new lease, retrying with backoff until etcd answers (or the node stops or leaves).
+    async fn rejoin(self: &Arc<Self>) {
+        // Unservable since the deadline already: stop at once, and close the databases in the
+        // background (a new owner may have fenced them: nothing in them is unacknowledged).
+        let mut closing = Vec::new();
         for slot in &self.shards {
-            self.drop_slot(slot).await;
+            if let SlotState::Open { store, .. } = slot.set(SlotState::NotOwned) {
+                self.stats.ownership_changes.fetch_add(1, Ordering::Relaxed);
+                closing.push(store);
+            }
         }
-        if let Err(e) = self.new_lease().await {
-            tracing::warn!(error = %e, "rejoin failed; retrying");
+        self.tasks.spawn(async move {
+            futures::future::join_all(closing.iter().map(|store| store.close())).await;
+        });
+        let etcd = self.etcd.clone().expect("cluster mode");
+        let old = self.lease();
+        let old_id = self.lease_id.load(Ordering::SeqCst);
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let replaced = etcd
+                .replace_lease(
+                    old_id,
+                    &old,
+                    Some(&self.me),
+                    &self.config.cluster,
+                    Arc::clone(&self.stats.keepalive),
+                    &self.tasks,
+                    self.cancel.clone(),
+                )
+                .await;
+            match replaced {
+                Ok((id, clock)) => {
+                    self.lease_id.store(id, Ordering::SeqCst);
+                    *self.lease.write().unwrap_or_else(|e| e.into_inner()) = clock;
+                    return;
+                }
+                Err(e) => tracing::warn!(error = %e, "rejoin failed; retrying"),
+            }
+            tokio::select! {
+                _ = self.cancel.cancelled() => return,
+                _ = self.leaving.cancelled() => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(1));
         }
     }
 

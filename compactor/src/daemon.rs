@@ -2,7 +2,9 @@
 //! compacts and garbage-collects them, and follows the member set as compactors come and go.
 //!
 //! One loop, woken by view changes and every [`TICK`]:
-//! 1. Lease lost (etcd said TTL 0): every claim went with it; stop every job, grant a new lease.
+//! 1. Lease lost (etcd does not know it or said TTL 0, or a whole TTL passed without an
+//!    acknowledged keep-alive, e.g. cut off from etcd): every claim went with it; stop every
+//!    job, then grant a new lease, retried every tick until etcd answers.
 //! 2. A job whose claim no longer holds (lease deadline passed, claim key gone) stops at once.
 //!    A job that stopped on its own (fenced by another compactor, object-store failure, a
 //!    shard no gateway has created yet) is counted as failed and its claim released; the shard
@@ -122,14 +124,19 @@ struct Daemon {
 impl Daemon {
     async fn step(&mut self, rebalance: bool) {
         if self.claims.lease_lost() {
-            tracing::warn!("lease lost: stopping every shard and rejoining");
             let held = std::mem::take(&mut self.held);
-            join_all(held.into_values().map(|h| self.stop(h))).await;
+            if !held.is_empty() {
+                tracing::warn!(shards = held.len(), "lease lost: stopping every shard");
+                join_all(held.into_values().map(|h| self.stop(h))).await;
+                self.metrics.set_claimed(0);
+            }
             if let Err(e) = self.claims.renew().await {
                 tracing::warn!(error = %e, "rejoin failed; retrying");
             }
+            self.metrics.lease(self.claims.lease_stats());
             return;
         }
+        self.claims.keep_registered().await;
         // Work only while the claim holds (lease deadline and claim key).
         let gone: Vec<ShardId> = self
             .held
@@ -203,6 +210,7 @@ impl Daemon {
             }
         }
         self.metrics.set_claimed(self.held.len());
+        self.metrics.lease(self.claims.lease_stats());
     }
 
     /// Stops `h`'s job and records its final counters (and its failure, if it failed).

@@ -11,6 +11,7 @@ use std::sync::{Arc, OnceLock};
 use axum::extract::State;
 use axum::routing::get;
 use prometheus::{Encoder, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use tessera::lease::KeepAliveStats;
 use tessera::objstore::RequestCounts;
 use tessera::ShardId;
 use tokio_util::sync::CancellationToken;
@@ -21,6 +22,8 @@ use crate::engine::{Counters, ShardStats};
 pub struct Metrics {
     registry: Registry,
     claimed: IntGauge,
+    leases_lost: IntCounterVec,
+    lease_rejoins: IntCounterVec,
     l0: IntGaugeVec,
     sorted_runs: IntGaugeVec,
     bytes_written: IntCounterVec,
@@ -75,8 +78,32 @@ impl Metrics {
         registry
             .register(Box::new(object_store_requests.clone()))
             .expect("unique metric");
+        let leases_lost = IntCounterVec::new(
+            Opts::new(
+                "lease_lost_total",
+                "Leases given up (every claim went with them), by reason: not_found, ttl_zero, \
+                 deadline (a whole TTL without an acknowledged keep-alive)",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        let lease_rejoins = IntCounterVec::new(
+            Opts::new(
+                "lease_rejoins_total",
+                "New leases granted after a lease was lost",
+            ),
+            &[],
+        )
+        .expect("valid metric");
+        for c in [&leases_lost, &lease_rejoins] {
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
+        }
         Metrics {
             claimed,
+            leases_lost,
+            lease_rejoins,
             object_store_requests,
             requests: OnceLock::new(),
             l0: gauge("l0_ssts", "L0 SSTs in the shard's manifest"),
@@ -104,6 +131,18 @@ impl Metrics {
     /// Records the number of shards held.
     pub fn set_claimed(&self, n: usize) {
         self.claimed.set(n as i64);
+    }
+
+    /// Brings the lease counters up to `stats`.
+    pub fn lease(&self, stats: &KeepAliveStats) {
+        let catch_up = |c: prometheus::IntCounter, n: u64| c.inc_by(n.saturating_sub(c.get()));
+        for (why, n) in stats.losses() {
+            catch_up(self.leases_lost.with_label_values(&[why.as_str()]), n);
+        }
+        catch_up(
+            self.lease_rejoins.with_label_values(&[] as &[&str]),
+            stats.rejoins().0,
+        );
     }
 
     /// Records a manifest reading of a held shard.

@@ -32,6 +32,9 @@ pub struct Metrics {
     keepalives: IntCounter,
     keepalive_seconds: Counter,
     keepalive_last: Gauge,
+    leases_lost: IntCounterVec,
+    lease_rejoins: IntCounter,
+    lease_rejoin_last: Gauge,
     shards_unowned: IntGauge,
     unowned_seconds: CounterVec,
     reads: IntCounterVec,
@@ -169,6 +172,35 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
+            leases_lost: register(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "lease_lost_total",
+                        "Leases given up, by reason: not_found (etcd does not know it), \
+                         ttl_zero (a keep-alive answered TTL 0), deadline (a whole TTL without \
+                         an acknowledged keep-alive, e.g. cut off from etcd)",
+                    ),
+                    &["reason"],
+                )
+                .expect("valid metric"),
+            ),
+            lease_rejoins: register(
+                &r,
+                IntCounter::new(
+                    "lease_rejoins_total",
+                    "New leases granted after a lease was lost (the gateway joined again)",
+                )
+                .expect("valid metric"),
+            ),
+            lease_rejoin_last: register(
+                &r,
+                Gauge::new(
+                    "lease_rejoin_last_seconds",
+                    "Time from the last lease loss to its new lease",
+                )
+                .expect("valid metric"),
+            ),
             shards_unowned: register(
                 &r,
                 IntGauge::new(
@@ -298,6 +330,12 @@ impl Metrics {
         catch_up(&self.keepalives, count);
         catch_up_f64(&self.keepalive_seconds, sum.as_secs_f64());
         self.keepalive_last.set(last.as_secs_f64());
+        for (why, n) in stats.keepalive.losses() {
+            catch_up(&self.leases_lost.with_label_values(&[why.as_str()]), n);
+        }
+        let (rejoins, after) = stats.keepalive.rejoins();
+        catch_up(&self.lease_rejoins, rejoins);
+        self.lease_rejoin_last.set(after.as_secs_f64());
         for (i, source) in ["strong", "cache", "eventual"].iter().enumerate() {
             catch_up(
                 &self.reads.with_label_values(&[source]),
