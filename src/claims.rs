@@ -31,7 +31,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::ClusterConfig;
 use crate::error::{Error, Result};
-use crate::etcd::{Etcd, Registration};
+use crate::etcd::{Etcd, LeaseHolder, Registration};
 use crate::lease::{KeepAliveStats, LeaseClock};
 use crate::placement::{plan, ClusterView, Holding, Member, Moves};
 use crate::shard::ShardId;
@@ -80,15 +80,14 @@ impl Claims {
             .scoped(COMPACTOR_KEYS);
         let keepalive = Arc::new(KeepAliveStats::default());
         let (cancel, tasks) = (CancellationToken::new(), TaskTracker::new());
-        let lease = etcd
-            .start_lease(
-                member.then_some(&me),
-                config,
-                Arc::clone(&keepalive),
-                &tasks,
-                cancel.clone(),
-            )
-            .await?;
+        let holder = LeaseHolder {
+            member: member.then_some(&me),
+            config,
+            stats: &keepalive,
+            tasks: &tasks,
+            cancel: &cancel,
+        };
+        let lease = etcd.start_lease(&holder).await?;
         let registration = member.then(|| Registration::new(etcd.clone(), me.clone()));
         let claims = Arc::new(Claims {
             etcd,
@@ -150,17 +149,16 @@ impl Claims {
     /// Grants a new lease (and registers again) after the old one was lost.
     pub async fn renew(&self) -> Result<()> {
         let old = self.clock();
+        let holder = LeaseHolder {
+            member: self.member.then_some(&self.me),
+            config: &self.config,
+            stats: &self.keepalive,
+            tasks: &self.tasks,
+            cancel: &self.cancel,
+        };
         let lease = self
             .etcd
-            .replace_lease(
-                self.lease_id(),
-                &old,
-                self.member.then_some(&self.me),
-                &self.config,
-                Arc::clone(&self.keepalive),
-                &self.tasks,
-                self.cancel.clone(),
-            )
+            .replace_lease(self.lease_id(), &old, &holder)
             .await?;
         *self.lease.write().unwrap_or_else(|e| e.into_inner()) = lease;
         Ok(())

@@ -51,6 +51,20 @@ pub struct Etcd {
     prefix: String,
 }
 
+/// Who holds a lease and where its keep-alive runs ([`Etcd::start_lease`]).
+pub struct LeaseHolder<'a> {
+    /// Registered under the lease; `None` for a batch job, which claims without joining.
+    pub member: Option<&'a Member>,
+    /// TTL, keep-alive interval and margin.
+    pub config: &'a ClusterConfig,
+    /// Where keep-alives, losses and rejoins are counted.
+    pub stats: &'a Arc<KeepAliveStats>,
+    /// Runs the keep-alive task.
+    pub tasks: &'a TaskTracker,
+    /// Stops the keep-alive.
+    pub cancel: &'a CancellationToken,
+}
+
 fn etcd_err(context: &str, e: etcd_client::Error) -> Error {
     Error::Coordination(format!("{context}: {e}"))
 }
@@ -107,25 +121,20 @@ impl Etcd {
         Ok((resp.id(), granted))
     }
 
-    /// Grants a lease, registers `member` under it (if given: a batch job claims shards without
-    /// joining the member set) and keeps the lease alive on `tasks` until `cancel` or until it
-    /// is lost (see [`Etcd::keep_alive`]). Returns the lease id and its clock.
-    pub async fn start_lease(
-        &self,
-        member: Option<&Member>,
-        c: &ClusterConfig,
-        stats: Arc<KeepAliveStats>,
-        tasks: &TaskTracker,
-        cancel: CancellationToken,
-    ) -> Result<(i64, Arc<LeaseClock>)> {
+    /// Grants a lease, registers the holder's member key under it (if it has one) and keeps
+    /// the lease alive on the holder's tasks until it cancels or the lease is lost (see
+    /// [`Etcd::keep_alive`]). Returns the lease id and its clock.
+    pub async fn start_lease(&self, holder: &LeaseHolder<'_>) -> Result<(i64, Arc<LeaseClock>)> {
+        let c = holder.config;
         let clock = Arc::new(LeaseClock::default());
         let (id, ttl) = self.grant(c.lease_ttl, &clock, c.lease_margin).await?;
-        if let Some(member) = member {
+        if let Some(member) = holder.member {
             self.register(member, id).await?;
         }
         let (etcd, keep) = (self.clone(), Arc::clone(&clock));
+        let (stats, cancel) = (Arc::clone(holder.stats), holder.cancel.clone());
         let (interval, margin) = (c.keepalive_interval, c.lease_margin);
-        tasks.spawn(async move {
+        holder.tasks.spawn(async move {
             etcd.keep_alive(id, keep, stats, ttl, interval, margin, cancel)
                 .await
         });
@@ -135,20 +144,13 @@ impl Etcd {
     /// After `old` (lease `old_id`) was lost: starts a new lease as [`Etcd::start_lease`] does,
     /// then revokes the old one if etcd may still hold it (given up on the deadline alone), so
     /// its keys do not block others until it expires. Logs and counts the rejoin.
-    #[allow(clippy::too_many_arguments)]
     pub async fn replace_lease(
         &self,
         old_id: i64,
         old: &LeaseClock,
-        member: Option<&Member>,
-        c: &ClusterConfig,
-        stats: Arc<KeepAliveStats>,
-        tasks: &TaskTracker,
-        cancel: CancellationToken,
+        holder: &LeaseHolder<'_>,
     ) -> Result<(i64, Arc<LeaseClock>)> {
-        let new = self
-            .start_lease(member, c, Arc::clone(&stats), tasks, cancel)
-            .await?;
+        let new = self.start_lease(holder).await?;
         let (why, lost_at) = old.loss().unwrap_or((LeaseLoss::Deadline, Instant::now()));
         if why == LeaseLoss::Deadline {
             if let Err(e) = self.revoke(old_id).await {
@@ -156,7 +158,7 @@ impl Etcd {
             }
         }
         let after = lost_at.elapsed();
-        stats.record_rejoin(after);
+        holder.stats.record_rejoin(after);
         tracing::info!(
             lease = new.0,
             lost_lease = old_id,

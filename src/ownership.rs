@@ -29,7 +29,7 @@ use std::time::Duration;
 use futures::{FutureExt, StreamExt};
 
 use crate::error::Result;
-use crate::etcd::Registration;
+use crate::etcd::{LeaseHolder, Registration};
 use crate::node::{Node, ShardSlot, SlotState};
 use crate::placement::{plan, Holding};
 use crate::shard::ShardId;
@@ -59,18 +59,21 @@ impl Node {
     /// Grants a fresh lease, registers this member under it and starts its keep-alive.
     async fn new_lease(self: &Arc<Self>) -> Result<()> {
         let etcd = self.etcd.as_ref().expect("cluster mode");
-        let (id, clock) = etcd
-            .start_lease(
-                Some(&self.me),
-                &self.config.cluster,
-                Arc::clone(&self.stats.keepalive),
-                &self.tasks,
-                self.cancel.clone(),
-            )
-            .await?;
+        let (id, clock) = etcd.start_lease(&self.lease_holder()).await?;
         self.lease_id.store(id, Ordering::SeqCst);
         *self.lease.write().unwrap_or_else(|e| e.into_inner()) = clock;
         Ok(())
+    }
+
+    /// This gateway as the holder of its lease: registered as a member.
+    fn lease_holder(&self) -> LeaseHolder<'_> {
+        LeaseHolder {
+            member: Some(&self.me),
+            config: &self.config.cluster,
+            stats: &self.stats.keepalive,
+            tasks: &self.tasks,
+            cancel: &self.cancel,
+        }
     }
 
     /// True while `epoch` is this node's current ownership of `shard`, per the lease and view.
@@ -276,17 +279,7 @@ impl Node {
         let old_id = self.lease_id.load(Ordering::SeqCst);
         let mut backoff = Duration::from_millis(100);
         loop {
-            let replaced = etcd
-                .replace_lease(
-                    old_id,
-                    &old,
-                    Some(&self.me),
-                    &self.config.cluster,
-                    Arc::clone(&self.stats.keepalive),
-                    &self.tasks,
-                    self.cancel.clone(),
-                )
-                .await;
+            let replaced = etcd.replace_lease(old_id, &old, &self.lease_holder()).await;
             match replaced {
                 Ok((id, clock)) => {
                     self.lease_id.store(id, Ordering::SeqCst);

@@ -23,7 +23,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use common::cluster::{shard_of, Cluster};
+use common::cluster::{shard_of, Cluster, ClusterOpts};
 use common::{client, Gateway, GatewayOpts, Store};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -66,6 +66,27 @@ async fn cached(http: &reqwest::Client, url: &str) -> u64 {
         }
         assert!(Instant::now() < deadline, "v1 never served from the cache");
     }
+}
+
+/// The values of a strong scan of the keys starting with `prefix` (read from the database).
+async fn scan(http: &reqwest::Client, gw: &Gateway, prefix: &str) -> Vec<String> {
+    let page: Value = http
+        .get(format!("{}/v1/kv?prefix={prefix}", gw.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let b64 = base64::engine::general_purpose::STANDARD;
+    page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|item| {
+            String::from_utf8(b64.decode(item["value"].as_str().unwrap()).unwrap()).unwrap()
+        })
+        .collect()
 }
 
 /// Starts `PUT url = v2` in the background (its writer then waits before recording it).
@@ -141,19 +162,9 @@ async fn a_scan_then_a_cached_read() {
     let url = gw.kv("k");
     cached(&http, &url).await;
     let writer = write_v2(&http, &url);
-    let b64 = base64::engine::general_purpose::STANDARD;
     let deadline = Instant::now() + Duration::from_secs(1);
     loop {
-        let page: Value = http
-            .get(format!("{}/v1/kv?prefix=k", gw.url))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let value = page["items"][0]["value"].as_str().unwrap();
-        if b64.decode(value).unwrap() == b"v2" {
+        if scan(&http, &gw, "k").await == ["v2"] {
             break;
         }
         assert!(Instant::now() < deadline, "the scan never showed v2");
@@ -196,15 +207,7 @@ async fn ttl_expiry_then_a_cached_read() {
     // once, whatever the cache holds.
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let page: Value = http
-            .get(format!("{}/v1/kv?prefix=t", gw.url))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if page["items"].as_array().unwrap().is_empty() {
+        if scan(&http, &gw, "t").await.is_empty() {
             break;
         }
         assert!(Instant::now() < deadline, "never expired");
@@ -222,7 +225,11 @@ async fn ttl_expiry_then_a_cached_read() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_eventual_read_by_a_follower_then_a_cached_read() {
     // Followers poll every second: the writer must wait longer than that.
-    let c = Cluster::start_with_env(2, Vec::new(), vec![(DELAY_VAR.into(), "4000".into())]).await;
+    let opts = ClusterOpts {
+        env: vec![(DELAY_VAR.into(), "4000".into())],
+        ..ClusterOpts::default()
+    };
+    let c = Cluster::start_opts(2, opts).await;
     let owners = c.await_stable(&[0, 1], Duration::from_secs(30)).await;
     let key = (0..)
         .map(|i| format!("ev{i}"))

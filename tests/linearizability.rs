@@ -33,7 +33,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::cluster::Cluster;
+use common::cluster::{Cluster, ClusterOpts};
 use reqwest::StatusCode;
 
 /// What an operation did. `None` is an absent key.
@@ -233,11 +233,23 @@ fn gateway_env() -> Vec<(String, String)> {
 }
 
 /// What the clients recorded.
-#[derive(Default, Clone)]
+#[derive(Clone)]
 struct Recorded {
+    /// Times are nanoseconds since then.
+    origin: Instant,
     histories: Histories,
     /// (key, value) of every eventual read that returned a value.
     eventual: Arc<Mutex<Vec<(String, String)>>>,
+}
+
+impl Default for Recorded {
+    fn default() -> Self {
+        Recorded {
+            origin: Instant::now(),
+            histories: Arc::default(),
+            eventual: Arc::default(),
+        }
+    }
 }
 
 /// A small deterministic generator, one per client.
@@ -262,17 +274,63 @@ fn write_outcome(res: &reqwest::Result<reqwest::Response>, ok: StatusCode) -> Op
     }
 }
 
-/// Runs `clients` clients over `keys` through `urls` until `stop`, recording into `rec`.
-/// With `eventual`, one operation in ten is an eventual read (checked for phantoms only).
+/// A 3-gateway cluster (links through cuttable proxies if `proxied`) running with the
+/// record-delay hook, once every shard has its owner.
+async fn cluster(proxied: bool) -> Cluster {
+    let opts = ClusterOpts {
+        env: gateway_env(),
+        proxied,
+        ..ClusterOpts::default()
+    };
+    let c = Cluster::start_opts(3, opts).await;
+    c.await_stable(&[0, 1, 2], Duration::from_secs(30)).await;
+    c
+}
+
+/// Clients running against a cluster until [`Load::finish`].
+struct Load {
+    urls: Vec<String>,
+    stop: Arc<AtomicBool>,
+    clients: Vec<tokio::task::JoinHandle<()>>,
+    rec: Recorded,
+}
+
+impl Load {
+    /// Starts `clients` clients over `keys` through every gateway of `c`. With `eventual`,
+    /// one operation in ten is an eventual read (checked for phantoms only).
+    fn start(c: &Cluster, keys: &'static [&'static str], clients: usize, eventual: bool) -> Load {
+        let urls: Vec<String> = c.live().iter().map(|&i| c.gw(i).url.clone()).collect();
+        let (stop, rec) = (Arc::new(AtomicBool::new(false)), Recorded::default());
+        let clients = start_clients(&urls, keys, clients, eventual, stop.clone(), &rec);
+        Load {
+            urls,
+            stop,
+            clients,
+            rec,
+        }
+    }
+
+    /// Stops the clients and checks what they recorded. Returns (operations, eventual reads).
+    async fn finish(self) -> (usize, usize) {
+        self.stop.store(true, Ordering::Relaxed);
+        for cl in self.clients {
+            cl.await.unwrap();
+        }
+        let total = check(&self.rec);
+        let eventual = self.rec.eventual.lock().unwrap().len();
+        (total, eventual)
+    }
+}
+
 fn start_clients(
     urls: &[String],
     keys: &'static [&'static str],
     clients: usize,
     eventual: bool,
-    origin: Instant,
     stop: Arc<AtomicBool>,
     rec: &Recorded,
 ) -> Vec<tokio::task::JoinHandle<()>> {
+    let origin = rec.origin;
     (0..clients)
         .map(|cl| {
             let (urls, stop, rec) = (urls.to_vec(), stop.clone(), rec.clone());
@@ -488,26 +546,13 @@ async fn await_serving(urls: &[String], keys: &[&str], within: Duration, after: 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cas_heavy_with_the_cache_is_linearizable_without_faults() {
     const KEYS: &[&str] = &["cas-a", "cas-b", "cas-c", "cas-d", "cas-e", "cas-f"];
-    let c = Cluster::start_with_env(3, Vec::new(), gateway_env()).await;
-    c.await_stable(&[0, 1, 2], Duration::from_secs(30)).await;
-    let urls: Vec<String> = (0..3).map(|i| c.gw(i).url.clone()).collect();
-    let (origin, stop, rec) = (
-        Instant::now(),
-        Arc::new(AtomicBool::new(false)),
-        Recorded::default(),
-    );
-    let clients = start_clients(&urls, KEYS, 12, false, origin, stop.clone(), &rec);
+    let c = cluster(false).await;
+    let load = Load::start(&c, KEYS, 12, false);
     tokio::time::sleep(Duration::from_secs(secs())).await;
-    stop.store(true, Ordering::Relaxed);
-    for cl in clients {
-        cl.await.unwrap();
-    }
-    let total = check(&rec);
+    let (total, _) = load.finish().await;
     assert!(total > 200, "enough operations were recorded: {total}");
-    let hits = common::metric(
-        &common::get_text(&common::client(), format!("{}/metrics", urls[0])).await,
-        "tessera_cache_hits_total",
-    );
+    let metrics = common::get_text(&common::client(), format!("{}/metrics", c.gw(0).url)).await;
+    let hits = common::metric(&metrics, "tessera_cache_hits_total");
     eprintln!("gw0 cache hits: {hits}");
 }
 
@@ -515,15 +560,8 @@ async fn cas_heavy_with_the_cache_is_linearizable_without_faults() {
 async fn strong_operations_are_linearizable_under_kill_and_pause() {
     const KEYS: &[&str] = &["lin-a", "lin-b", "lin-c"];
     let secs = secs();
-    let mut c = Cluster::start_with_env(3, Vec::new(), gateway_env()).await;
-    c.await_stable(&[0, 1, 2], Duration::from_secs(30)).await;
-    let urls: Vec<String> = (0..3).map(|i| c.gw(i).url.clone()).collect();
-    let (origin, stop, rec) = (
-        Instant::now(),
-        Arc::new(AtomicBool::new(false)),
-        Recorded::default(),
-    );
-    let clients = start_clients(&urls, KEYS, 6, true, origin, stop.clone(), &rec);
+    let mut c = cluster(false).await;
+    let load = Load::start(&c, KEYS, 6, true);
     // Faults: kill -9 gw1 after a quarter of the run; pause gw2 past its lease at half time.
     tokio::time::sleep(Duration::from_millis(secs * 250)).await;
     c.gateways[1].as_mut().unwrap().kill9();
@@ -532,13 +570,8 @@ async fn strong_operations_are_linearizable_under_kill_and_pause() {
     tokio::time::sleep(Duration::from_millis(4500)).await;
     common::signal(&c.gw(2).child, "CONT");
     tokio::time::sleep(Duration::from_millis(secs * 500)).await;
-    stop.store(true, Ordering::Relaxed);
-    for cl in clients {
-        cl.await.unwrap();
-    }
-    let total = check(&rec);
+    let (total, eventual) = load.finish().await;
     assert!(total > 100, "enough operations were recorded: {total}");
-    let eventual = rec.eventual.lock().unwrap().len();
     assert!(eventual > 20, "enough eventual reads: {eventual}");
 }
 
@@ -547,15 +580,9 @@ async fn strong_operations_are_linearizable_under_partitions() {
     const KEYS: &[&str] = &["part-a", "part-b", "part-c", "part-d"];
     // A heal must bring every shard back within TTL + 2 s (leases: TTL 3 s).
     const REJOIN: Duration = Duration::from_secs(5);
-    let c = Cluster::start_proxied_with_env(3, Vec::new(), gateway_env()).await;
-    c.await_stable(&[0, 1, 2], Duration::from_secs(30)).await;
-    let urls: Vec<String> = (0..3).map(|i| c.gw(i).url.clone()).collect();
-    let (origin, stop, rec) = (
-        Instant::now(),
-        Arc::new(AtomicBool::new(false)),
-        Recorded::default(),
-    );
-    let clients = start_clients(&urls, KEYS, 8, true, origin, stop.clone(), &rec);
+    let c = cluster(true).await;
+    let load = Load::start(&c, KEYS, 8, true);
+    let urls = load.urls.clone();
     let quiet = Duration::from_millis(secs() * 125);
     tokio::time::sleep(quiet).await;
     // gw0 cut from etcd past its lease: it must rejoin after the heal.
@@ -568,13 +595,8 @@ async fn strong_operations_are_linearizable_under_partitions() {
     c.link(1).s3.cut();
     tokio::time::sleep(Duration::from_secs(4)).await;
     c.link(1).s3.heal();
-    await_serving(
-        &urls,
-        KEYS,
-        Duration::from_secs(20),
-        "gw1 healed from an S3 cut",
-    )
-    .await;
+    let bound = Duration::from_secs(20);
+    await_serving(&urls, KEYS, bound, "gw1 healed from an S3 cut").await;
     tokio::time::sleep(quiet).await;
     // gw2 cut from its peers: requests forwarded to it stall, then recover.
     c.link(2).peer.cut();
@@ -587,11 +609,7 @@ async fn strong_operations_are_linearizable_under_partitions() {
     c.link(1).heal_all();
     await_serving(&urls, KEYS, REJOIN, "gw1 healed from a full cut").await;
     tokio::time::sleep(quiet).await;
-    stop.store(true, Ordering::Relaxed);
-    for cl in clients {
-        cl.await.unwrap();
-    }
+    let (total, _) = load.finish().await;
     c.await_stable(&[0, 1, 2], Duration::from_secs(30)).await;
-    let total = check(&rec);
     assert!(total > 100, "enough operations were recorded: {total}");
 }

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::cluster::{log_tail, samples, shard_of, Cluster, SHARDS};
+use common::cluster::{log_tail, samples, shard_of, Cluster, ClusterOpts, SHARDS};
 use common::proxy::Proxy;
 use common::{client, metric};
 use reqwest::StatusCode;
@@ -407,27 +407,68 @@ async fn assert_rejoined(c: &Cluster, i: usize) {
 // ---------------------------------------------------------------------------------------------
 // Partitions of a cluster.
 
-/// A gateway cut off etcd for longer than its lease stops serving, its shards move to the
-/// others, and once healed it joins again with a new lease and gets its shards back.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn gateway_cut_from_etcd_past_its_lease_rejoins() {
-    let c = Cluster::start_proxied(3).await;
-    let before = c.await_stable(&[0, 1, 2], Duration::from_secs(30)).await;
-    let http = client();
-    let all: Vec<u32> = (0..SHARDS).collect();
-    let keys = keys_on(&all, 2, "k");
+/// Writes `per_shard` keys (named `{prefix}N`) on each of `shards` through gateway `via`,
+/// with values `value(key)`; returns the keys and the acknowledged values.
+async fn write_keys(
+    c: &Cluster,
+    via: usize,
+    shards: &[u32],
+    per_shard: usize,
+    prefix: &str,
+    value: impl Fn(&str) -> String,
+) -> (Vec<String>, BTreeMap<String, String>) {
+    let keys = keys_on(shards, per_shard, prefix);
     let mut acked = BTreeMap::new();
     let deadline = Instant::now() + Duration::from_secs(10);
     write_all(
-        &http,
-        &c.gw(0).url,
+        &client(),
+        &c.gw(via).url,
         &keys,
-        |k| format!("{k}-a"),
+        value,
         &mut acked,
         deadline,
     )
     .await
     .unwrap();
+    (keys, acked)
+}
+
+/// The shards `owner` holds in `owners` (asserted not empty).
+fn owned_by(owners: &BTreeMap<u32, String>, owner: &str) -> Vec<u32> {
+    let mine: Vec<u32> = owners
+        .iter()
+        .filter(|(_, o)| *o == owner)
+        .map(|(s, _)| *s)
+        .collect();
+    assert!(!mine.is_empty(), "{owner} owns nothing: {owners:?}");
+    mine
+}
+
+/// Three proxied gateways, once stable, with `per_shard` keys on every shard written
+/// (`{key}-{tag}`) through gw0. Returns the cluster, its shard → owner map, the keys and the
+/// acknowledged values.
+async fn written_cluster(
+    per_shard: usize,
+    tag: &str,
+) -> (
+    Cluster,
+    BTreeMap<u32, String>,
+    Vec<String>,
+    BTreeMap<String, String>,
+) {
+    let c = Cluster::start_proxied(3).await;
+    let owners = c.await_stable(&[0, 1, 2], Duration::from_secs(30)).await;
+    let all: Vec<u32> = (0..SHARDS).collect();
+    let (keys, acked) = write_keys(&c, 0, &all, per_shard, "k", |k| format!("{k}-{tag}")).await;
+    (c, owners, keys, acked)
+}
+
+/// A gateway cut off etcd for longer than its lease stops serving, its shards move to the
+/// others, and once healed it joins again with a new lease and gets its shards back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_cut_from_etcd_past_its_lease_rejoins() {
+    let (c, before, keys, mut acked) = written_cluster(2, "a").await;
+    let http = client();
 
     // Cut gw0 from etcd for 8 s: gw1 and gw2 take every shard and serve every key.
     let cut = Instant::now();
@@ -505,23 +546,8 @@ async fn gateway_cut_from_etcd_past_its_lease_rejoins() {
 /// Each gateway in turn is cut off etcd past its lease and healed; the cluster ends whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_gateway_cut_from_etcd_in_turn_then_whole_cluster_serves() {
-    let c = Cluster::start_proxied(3).await;
-    c.await_stable(&[0, 1, 2], Duration::from_secs(30)).await;
+    let (c, _, keys, mut acked) = written_cluster(1, "0").await;
     let http = client();
-    let all: Vec<u32> = (0..SHARDS).collect();
-    let keys = keys_on(&all, 1, "k");
-    let mut acked = BTreeMap::new();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    write_all(
-        &http,
-        &c.gw(0).url,
-        &keys,
-        |k| format!("{k}-0"),
-        &mut acked,
-        deadline,
-    )
-    .await
-    .unwrap();
 
     let mut healed = Instant::now();
     for victim in 0..3 {
@@ -624,28 +650,16 @@ async fn gateway_cut_from_s3_then_healed() {
     // A request deadline shorter than the cut, so writes fail during it (with the default
     // 10 s they only stall, then succeed at the heal) and their outcome is unknown.
     let extra = vec!["--request-timeout".to_string(), "2s".to_string()];
-    let c = Cluster::start_proxied_with(3, extra).await;
+    let opts = ClusterOpts {
+        extra,
+        proxied: true,
+        ..ClusterOpts::default()
+    };
+    let c = Cluster::start_opts(3, opts).await;
     let owners = c.await_stable(&[0, 1, 2], Duration::from_secs(30)).await;
-    let mine: Vec<u32> = owners
-        .iter()
-        .filter(|(_, o)| *o == "gw0")
-        .map(|(s, _)| *s)
-        .collect();
-    assert!(!mine.is_empty(), "gw0 owns nothing: {owners:?}");
-    let keys = keys_on(&mine, 1, "s");
+    let mine = owned_by(&owners, "gw0");
+    let (keys, mut acked) = write_keys(&c, 0, &mine, 1, "s", |k| format!("{k}#0")).await;
     let http = client();
-    let mut acked = BTreeMap::new();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    write_all(
-        &http,
-        &c.gw(0).url,
-        &keys,
-        |k| format!("{k}#0"),
-        &mut acked,
-        deadline,
-    )
-    .await
-    .unwrap();
 
     // Writes to gw0's shards during a 6 s cut of its S3 link, and until one after the heal is
     // acknowledged for each key (within 15 s of the heal).
@@ -728,27 +742,10 @@ async fn gateway_cut_from_s3_then_healed() {
 async fn gateway_cut_from_peers_then_healed() {
     let c = Cluster::start_proxied(3).await;
     let owners = c.await_stable(&[0, 1, 2], Duration::from_secs(30)).await;
-    let mine: Vec<u32> = owners
-        .iter()
-        .filter(|(_, o)| *o == "gw0")
-        .map(|(s, _)| *s)
-        .collect();
-    assert!(!mine.is_empty(), "gw0 owns nothing: {owners:?}");
+    let mine = owned_by(&owners, "gw0");
     let http = client();
     let all: Vec<u32> = (0..SHARDS).collect();
-    let keys = keys_on(&all, 1, "p");
-    let mut acked = BTreeMap::new();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    write_all(
-        &http,
-        &c.gw(1).url,
-        &keys,
-        |k| format!("{k}#0"),
-        &mut acked,
-        deadline,
-    )
-    .await
-    .unwrap();
+    let (keys, mut acked) = write_keys(&c, 1, &all, 1, "p", |k| format!("{k}#0")).await;
 
     c.link(0).peer.cut();
     let cut = Instant::now();

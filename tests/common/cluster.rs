@@ -66,58 +66,59 @@ impl Links {
     }
 }
 
+/// How a test cluster's gateways start.
+#[derive(Clone, Default)]
+pub struct ClusterOpts {
+    /// Extra arguments of every gateway.
+    pub extra: Vec<String>,
+    /// Extra environment variables of every gateway (fault-injection hooks).
+    pub env: Vec<(String, String)>,
+    /// Each gateway's links through cuttable proxies (`Cluster::start_proxied`).
+    pub proxied: bool,
+}
+
 impl Cluster {
     pub async fn start(n: usize) -> Cluster {
-        Self::start_with(n, Vec::new()).await
+        Self::start_opts(n, ClusterOpts::default()).await
     }
 
     /// Starts `n` gateways, each with the extra arguments `extra`.
     pub async fn start_with(n: usize, extra: Vec<String>) -> Cluster {
-        Self::start_with_env(n, extra, Vec::new()).await
+        let opts = ClusterOpts {
+            extra,
+            ..ClusterOpts::default()
+        };
+        Self::start_opts(n, opts).await
     }
 
-    /// Starts `n` gateways, each with the extra arguments `extra` and environment `env`.
-    pub async fn start_with_env(
-        n: usize,
-        extra: Vec<String>,
-        env: Vec<(String, String)>,
-    ) -> Cluster {
+    /// Starts `n` gateways whose links to etcd, to S3 and from their peers each go through a
+    /// cuttable proxy of their own (`Cluster::links`).
+    pub async fn start_proxied(n: usize) -> Cluster {
+        let opts = ClusterOpts {
+            proxied: true,
+            ..ClusterOpts::default()
+        };
+        Self::start_opts(n, opts).await
+    }
+
+    /// Starts `n` gateways as `opts` says.
+    pub async fn start_opts(n: usize, opts: ClusterOpts) -> Cluster {
         let mut c = Cluster {
             etcd: EtcdServer::start(),
             s3: S3Server::start(),
             dir: tempfile::tempdir().unwrap(),
             gateways: Vec::new(),
             name: "test".into(),
-            extra,
-            env,
+            extra: opts.extra,
+            env: opts.env,
             links: Vec::new(),
         };
         for _ in 0..n {
-            c.add().await;
-        }
-        c
-    }
-
-    /// Starts `n` gateways whose links to etcd, to S3 and from their peers each go through a
-    /// cuttable proxy of their own (`Cluster::links`).
-    pub async fn start_proxied(n: usize) -> Cluster {
-        Self::start_proxied_with(n, Vec::new()).await
-    }
-
-    /// `start_proxied`, each gateway with the extra arguments `extra`.
-    pub async fn start_proxied_with(n: usize, extra: Vec<String>) -> Cluster {
-        Self::start_proxied_with_env(n, extra, Vec::new()).await
-    }
-
-    /// `start_proxied`, each gateway with the extra arguments `extra` and environment `env`.
-    pub async fn start_proxied_with_env(
-        n: usize,
-        extra: Vec<String>,
-        env: Vec<(String, String)>,
-    ) -> Cluster {
-        let mut c = Self::start_with_env(0, extra, env).await;
-        for _ in 0..n {
-            c.add_proxied().await;
+            if opts.proxied {
+                c.add_proxied().await;
+            } else {
+                c.add().await;
+            }
         }
         c
     }
@@ -140,32 +141,27 @@ impl Cluster {
     }
 
     fn opts(&self, i: usize) -> GatewayOpts {
-        if let Some(links) = self.links.get(i).and_then(Option::as_ref) {
-            let store = Store::S3 {
-                endpoint: links.s3.url(),
-                prefix: "cluster".into(),
-            };
-            let mut o = GatewayOpts::new(store)
-                .arg("--etcd")
-                .arg(links.etcd.url())
-                .arg("--advertise-url")
-                .arg(links.peer.url())
-                .arg("--cluster")
-                .arg(self.name.clone())
-                .arg("--node-id")
-                .arg(format!("gw{i}"));
-            o.extra.extend(self.extra.iter().cloned());
-            o.env.extend(self.env.iter().cloned());
-            o.shards = SHARDS;
-            return o;
-        }
-        let mut o = GatewayOpts::new(Store::s3(&self.s3, "cluster"))
+        // A proxied gateway reaches etcd and S3 through its proxies and is reached through its
+        // peer proxy.
+        let links = self.links.get(i).and_then(Option::as_ref);
+        let (etcd, s3, advertise) = match links {
+            Some(l) => (l.etcd.url(), l.s3.url(), Some(l.peer.url())),
+            None => (self.etcd.endpoint(), self.s3.endpoint(), None),
+        };
+        let store = Store::S3 {
+            endpoint: s3,
+            prefix: "cluster".into(),
+        };
+        let mut o = GatewayOpts::new(store)
             .arg("--etcd")
-            .arg(self.etcd.endpoint())
+            .arg(etcd)
             .arg("--cluster")
             .arg(self.name.clone())
             .arg("--node-id")
             .arg(format!("gw{i}"));
+        if let Some(url) = advertise {
+            o = o.arg("--advertise-url").arg(url);
+        }
         o.extra.extend(self.extra.iter().cloned());
         o.env.extend(self.env.iter().cloned());
         o.shards = SHARDS;
