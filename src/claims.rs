@@ -165,7 +165,7 @@ impl Claims {
     }
 
     /// Registers again if this daemon's member key has gone missing under a live lease (see
-    /// [`Registration`]). A no-op for batch jobs, which never register.
+    /// `etcd::Registration`). A no-op for batch jobs, which never register.
     pub async fn keep_registered(&self) {
         if let Some(registration) = &self.registration {
             if self.lease_valid() {

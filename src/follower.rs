@@ -5,7 +5,7 @@
 //! after `reads.follower_idle_timeout` without reads. Opening runs in a task of its own, so a
 //! read that stops waiting (the gateway answered it from the owner meanwhile, or its deadline
 //! passed) never cancels it; and a read of a key the owner answered first finishes in the
-//! background ([`Followers::read`]), so that the blocks it fetches reach the block cache.
+//! background (`Followers::read`), so that the blocks it fetches reach the block cache.
 //! Eventual reads never need the owner, so they keep working while it is dead, paused or
 //! partitioned.
 //!

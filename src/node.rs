@@ -10,7 +10,7 @@
 //! error, e.g. a WAL flush that exhausted its retries while the object store was down, and a
 //! background task is reopening it), `Fenced` (another process opened the database: we must
 //! never serve it again) or `Closed` (shutdown). Requests reach a store only through
-//! [`ShardSlot::store`], so nothing is served from a database in any state but `Open`; a
+//! `ShardSlot::store`, so nothing is served from a database in any state but `Open`; a
 //! request that finds its shard `Reopening` waits for it (bounded by [`REOPEN_WAIT`]).
 //!
 //! A supervisor task per open database watches its status: when the database stops on its own

@@ -32,7 +32,7 @@
 //!   `expire_ts` with the wall clock and treats expired rows as absent.
 //! - **Retries.** `object_store_max_retries` is bounded (config `object_store.max_retries`): an
 //!   unreachable store fails the operation instead of retrying forever. A WAL flush that fails
-//!   puts the database in a fatal state ([`ShardStore::is_closed`]); the owner reopens it.
+//!   puts the database in a fatal state ([`ShardStore::wait_closed`] returns); the owner reopens it.
 //! - **Fencing.** Opening the database claims a new writer epoch and fences any previous writer.
 //!   A fenced database reports [`Error::Fenced`]; its pending writes never become durable, so
 //!   they are never acknowledged.

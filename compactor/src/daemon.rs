@@ -1,7 +1,7 @@
 //! The daemon: joins the compactors' member set, claims the shards rendezvous hashing gives it,
 //! compacts and garbage-collects them, and follows the member set as compactors come and go.
 //!
-//! One loop, woken by view changes and every [`TICK`]:
+//! One loop, woken by view changes and every `TICK`:
 //! 1. Lease lost (etcd does not know it or said TTL 0, or a whole TTL passed without an
 //!    acknowledged keep-alive, e.g. cut off from etcd): every claim went with it; stop every
 //!    job, then grant a new lease, retried every tick until etcd answers.
@@ -9,7 +9,7 @@
 //!    A job that stopped on its own (fenced by another compactor, object-store failure, a
 //!    shard no gateway has created yet) is counted as failed and its claim released; the shard
 //!    is claimed and started afresh after a backoff (`poll_interval`, doubling per consecutive
-//!    failure up to [`MAX_BACKOFF`]), so a shard that cannot be compacted costs no steady
+//!    failure up to `MAX_BACKOFF`), so a shard that cannot be compacted costs no steady
 //!    stream of claims, jobs and etcd writes.
 //! 3. Unless a membership change is younger than `rebalance_delay`: release the shards another
 //!    live compactor should have (stop the job first, then delete the claim) and claim the
