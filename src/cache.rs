@@ -41,7 +41,10 @@
 //! it might still surface; its cache scope dies with that store.
 //!
 //! **Follower entries** (eventual reads) carry the time they were read and serve only for
-//! `max_age`; they add at most that much to a follower's staleness.
+//! `max_age`; they add at most that much to a follower's staleness. They also carry the
+//! follower's replay position when read, and a read that must not go back before a floor (a
+//! version this gateway, or the one forwarding to it, already returned for the shard) takes
+//! only entries read at or after it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -92,6 +95,10 @@ impl Cached {
 struct Slot {
     cached: Cached,
     filled: Instant,
+    /// Follower entries: the follower's replay position (`durable_seq`) when read, so a read
+    /// that must not go back before a floor never takes an entry read before it. 0 for owner
+    /// entries (never asked for a floor).
+    as_of: u64,
 }
 
 /// Cache counters for metrics.
@@ -136,8 +143,14 @@ impl HotCache {
     }
 
     /// The cached state of `key` in `scope`, if it was filled less than `max_age` ago
-    /// (`None`: any age). Counts a hit or a miss.
-    pub fn get(&self, scope: u64, key: &[u8], max_age: Option<Duration>) -> Option<Cached> {
+    /// (`None`: any age) as of replay position `min_as_of` or later. Counts a hit or a miss.
+    pub fn get(
+        &self,
+        scope: u64,
+        key: &[u8],
+        max_age: Option<Duration>,
+        min_as_of: u64,
+    ) -> Option<Cached> {
         let found = self
             .cache
             .get(&CacheKey {
@@ -145,6 +158,7 @@ impl HotCache {
                 key: Bytes::copy_from_slice(key),
             })
             .filter(|slot| max_age.is_none_or(|age| slot.filled.elapsed() < age))
+            .filter(|slot| slot.as_of >= min_as_of)
             .map(|slot| slot.cached);
         let counter = if found.is_some() {
             &self.stats.hits
@@ -155,11 +169,19 @@ impl HotCache {
         found
     }
 
-    /// Records what a read found, unless `unchanged()` (checked atomically with respect to
-    /// [`HotCache::record_write`] of the same key) says a write may have overtaken the read,
-    /// or the cache already holds a newer version. The same version is stored again, which
-    /// renews its fill time (follower entries serve only while young).
-    pub fn fill(&self, scope: u64, key: Bytes, found: Cached, unchanged: impl FnOnce() -> bool) {
+    /// Records what a read found (as of replay position `as_of`, for follower entries), unless
+    /// `unchanged()` (checked atomically with respect to [`HotCache::record_write`] of the same
+    /// key) says a write may have overtaken the read, or the cache already holds a newer
+    /// version. The same version is stored again, which renews its fill time and position
+    /// (follower entries serve only while young).
+    pub fn fill(
+        &self,
+        scope: u64,
+        key: Bytes,
+        found: Cached,
+        as_of: u64,
+        unchanged: impl FnOnce() -> bool,
+    ) {
         self.cache
             .entry(CacheKey { scope, key })
             .and_compute_with(|current| {
@@ -171,6 +193,7 @@ impl HotCache {
                     Op::Put(Slot {
                         cached: found,
                         filled: Instant::now(),
+                        as_of,
                     })
                 }
             });
@@ -188,6 +211,7 @@ impl HotCache {
                     Op::Put(Slot {
                         cached: written,
                         filled: Instant::now(),
+                        as_of: 0,
                     })
                 }
             });
@@ -233,7 +257,7 @@ mod tests {
     }
 
     fn version(c: &HotCache, scope: u64) -> Option<u64> {
-        c.get(scope, b"k", None).map(|c| c.version())
+        c.get(scope, b"k", None, 0).map(|c| c.version())
     }
 
     #[test]
@@ -242,12 +266,12 @@ mod tests {
         let k = || Bytes::from_static(b"k");
         c.record_write(1, k(), value(5, "five"));
         c.record_write(1, k(), value(3, "three"));
-        c.fill(1, k(), value(4, "four"), || true);
+        c.fill(1, k(), value(4, "four"), 0, || true);
         assert_eq!(version(&c, 1), Some(5));
         c.record_write(1, k(), Cached::Absent { version: 7 });
-        c.fill(1, k(), value(5, "five"), || true);
+        c.fill(1, k(), value(5, "five"), 0, || true);
         assert_eq!(version(&c, 1), Some(7));
-        assert!(c.get(1, b"k", None).unwrap().live(0).is_none());
+        assert!(c.get(1, b"k", None, 0).unwrap().live(0).is_none());
         // Another scope (a later opening of the shard) sees nothing.
         assert_eq!(version(&c, 2), None);
     }
@@ -255,9 +279,9 @@ mod tests {
     #[test]
     fn fill_skipped_when_a_write_overtook_the_read() {
         let c = HotCache::new(1 << 20);
-        c.fill(1, Bytes::from_static(b"k"), value(4, "four"), || false);
+        c.fill(1, Bytes::from_static(b"k"), value(4, "four"), 0, || false);
         assert_eq!(version(&c, 1), None);
-        c.fill(1, Bytes::from_static(b"k"), value(4, "four"), || true);
+        c.fill(1, Bytes::from_static(b"k"), value(4, "four"), 0, || true);
         assert_eq!(version(&c, 1), Some(4));
         c.drop_scope(1);
         assert_eq!(version(&c, 1), None);
@@ -267,12 +291,26 @@ mod tests {
     fn refilling_the_same_version_renews_a_follower_entry() {
         let c = HotCache::new(1 << 20);
         let age = Some(Duration::from_millis(20));
-        c.fill(1, Bytes::from_static(b"k"), value(4, "four"), || true);
-        assert!(c.get(1, b"k", age).is_some());
+        c.fill(1, Bytes::from_static(b"k"), value(4, "four"), 0, || true);
+        assert!(c.get(1, b"k", age, 0).is_some());
         std::thread::sleep(Duration::from_millis(30));
-        assert!(c.get(1, b"k", age).is_none(), "too old");
-        c.fill(1, Bytes::from_static(b"k"), value(4, "four"), || true);
-        assert!(c.get(1, b"k", age).is_some(), "renewed");
+        assert!(c.get(1, b"k", age, 0).is_none(), "too old");
+        c.fill(1, Bytes::from_static(b"k"), value(4, "four"), 0, || true);
+        assert!(c.get(1, b"k", age, 0).is_some(), "renewed");
+    }
+
+    #[test]
+    fn a_follower_entry_serves_only_reads_whose_floor_it_has_reached() {
+        let c = HotCache::new(1 << 20);
+        c.fill(1, Bytes::from_static(b"k"), value(1, "one"), 5, || true);
+        assert!(c.get(1, b"k", None, 5).is_some());
+        assert!(
+            c.get(1, b"k", None, 6).is_none(),
+            "read before the floor: it may be older than what was returned"
+        );
+        // Read again after the follower replayed further: the same version, a later position.
+        c.fill(1, Bytes::from_static(b"k"), value(1, "one"), 9, || true);
+        assert!(c.get(1, b"k", None, 6).is_some());
     }
 
     #[test]

@@ -34,6 +34,10 @@ use crate::objstore::ClusterStore;
 use crate::shard::ShardId;
 use crate::store::{BlockCache, Entry, ShardReader};
 
+/// How long a read waits after its follower reached the floor, for SlateDB to install the
+/// replayed state (see [`Followers::get`]).
+const INSTALL_GRACE: Duration = Duration::from_millis(2);
+
 /// Most follower reads finishing in tasks of their own at once (see [`Followers::read`]).
 const MAX_READS_IN_TASKS: usize = 1024;
 
@@ -241,18 +245,27 @@ impl Followers {
         *follower.last_used.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
         let floor = floor.max(self.watermarks.get(shard));
         if follower.reader.durable_seq() < floor {
-            let mut status = follower.reader.subscribe();
-            let caught_up = tokio::time::timeout(
-                self.bound,
-                status.wait_for(|s| s.durable_seq >= floor || s.close_reason.is_some()),
-            )
-            .await;
-            if !matches!(caught_up, Ok(Ok(s)) if s.close_reason.is_none()) {
+            let caught_up = {
+                let mut status = follower.reader.subscribe();
+                let waited = tokio::time::timeout(
+                    self.bound,
+                    status.wait_for(|s| s.durable_seq >= floor || s.close_reason.is_some()),
+                )
+                .await;
+                matches!(waited, Ok(Ok(s)) if s.close_reason.is_none())
+            };
+            if !caught_up {
                 return Err(Error::ShardUnavailable {
                     shard,
                     reason: "the follower has not caught up with what was already served".into(),
                 });
             }
+            // SlateDB 0.18's DbReader advances `durable_seq` (waking this wait) just *before*
+            // it installs the replayed WAL as its readable state (`maybe_replay_new_wals`,
+            // no await in between). A read on another thread in that window saw the state
+            // before the floor: caught in CI as an eventual read and an eventual scan older
+            // than the floor. The install takes microseconds; wait that out.
+            tokio::time::sleep(INSTALL_GRACE).await;
         }
         Ok(follower)
     }

@@ -601,7 +601,7 @@ impl Node {
         // revealed by another path, before its writer records it; until then only the
         // database's durable state is current. The check comes before the lookup.
         let cached = if slot.stripe_pending[stripe].load(Ordering::SeqCst) == 0 {
-            self.hot.get(scope, key, None)
+            self.hot.get(scope, key, None, 0)
         } else {
             None
         };
@@ -623,7 +623,7 @@ impl Node {
                     .clone()
                     .map_or(Cached::Absent { version: 0 }, Cached::Value);
                 self.hot
-                    .fill(scope, Bytes::copy_from_slice(key), filled, || {
+                    .fill(scope, Bytes::copy_from_slice(key), filled, 0, || {
                         stripe.load(Ordering::Acquire) == before
                     });
                 Read {
@@ -648,10 +648,14 @@ impl Node {
                 other => return other,
             }
         }
+        // The follower serves only once it has replayed up to the floor (the caller's, or what
+        // this gateway returned for the shard); so does its cache: an entry read before the
+        // follower got there may be older than a version already returned.
+        let floor = floor.max(self.watermark(shard));
         let follower = self.followers.get(shard, floor).await?;
         let scope = follower.reader.incarnation();
         let max_age = Some(self.config.reads.follower_cache_ttl);
-        let cached = self.hot.get(scope, key, max_age);
+        let cached = self.hot.get(scope, key, max_age, floor);
         let entry = match cached {
             Some(Cached::Absent { .. }) => None,
             Some(Cached::Value(e)) if e.expires_at_ms.is_none_or(|t| t > now_ms()) => Some(e),
@@ -665,7 +669,7 @@ impl Node {
                     .clone()
                     .map_or(Cached::Absent { version: 0 }, Cached::Value);
                 self.hot
-                    .fill(scope, Bytes::copy_from_slice(key), filled, || {
+                    .fill(scope, Bytes::copy_from_slice(key), filled, before, || {
                         follower.reader.durable_seq() == before
                     });
                 found

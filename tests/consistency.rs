@@ -758,3 +758,59 @@ async fn eventual_reads_share_one_follower_per_shard() {
         "the scan took {scan_took:?}"
     );
 }
+
+/// A follower's cached answer never goes back before the floor a read carries: an entry read
+/// before the follower reached the floor may be older than a version the forwarding gateway
+/// already returned. (Found by `eventual_reads_share_one_follower_per_shard` failing once in a
+/// CI run, when the follower caught up less than `follower_cache_ttl` after caching the old
+/// value; here the cache keeps entries for 10 s, so the stale entry is always young.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cached_follower_answer_never_goes_back_before_the_floor() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(
+        &config,
+        "[reads]\nfollower_gateways = 1\nfollower_hedge_after = \"1h\"\nfollower_cache_ttl = \"10s\"\n",
+    )
+    .unwrap();
+    let c = Cluster::start_with(3, vec!["--config".into(), config.display().to_string()]).await;
+    let owners = c.await_stable(&[0, 1, 2], Duration::from_secs(30)).await;
+    let http = client();
+    let members: Vec<tessera::Member> = (0..3)
+        .map(|i| tessera::Member {
+            id: format!("gw{i}"),
+            url: String::new(),
+        })
+        .collect();
+    let (&shard, owner) = owners.iter().next().unwrap();
+    let others: Vec<_> = members.iter().filter(|m| &m.id != owner).collect();
+    let home = &tessera::placement::ranked(tessera::ShardId(shard), others)[0].id;
+    let index = |id: &str| id[2..].parse::<usize>().unwrap();
+    let (o, h) = (index(owner), index(home));
+    let g = 3 - o - h;
+    let key = key_in(shard, "floor");
+    put(&http, c.gw(o).kv(&key), "v1").await;
+    // g's eventual reads go to h, whose follower caches v1.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = get_eventual(&http, c.gw(g), &key).await;
+        if r.status() == StatusCode::OK && read_by(&r) == "eventual" {
+            assert_eq!(r.text().await.unwrap(), "v1");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no follower answered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let v2 = put(&http, c.gw(o).kv(&key), "v2").await;
+    // A strong read through g raises g's floor for the shard to v2's version.
+    let r = http.get(c.gw(g).kv(&key)).send().await.unwrap();
+    assert_eq!(r.text().await.unwrap(), "v2");
+    let r = get_eventual(&http, c.gw(g), &key).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(read_by(&r), "eventual");
+    assert_eq!(
+        r.headers()["etag"],
+        format!("\"{v2}\"").as_str(),
+        "the follower gateway answered from a cache entry older than the floor"
+    );
+}
