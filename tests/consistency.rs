@@ -656,6 +656,38 @@ async fn a_failed_follower_read_asks_the_owner_at_once() {
     assert!(metric(&text, "tessera_storage_errors_total") >= 1.0);
 }
 
+/// Three gateways with `reads.follower_gateways = 1` and hedging off (the owner never answers
+/// an eventual point read), plus the `[reads]` settings in `reads`. Returns the cluster, its
+/// shard → owner map and the directory holding the config (keep it alive).
+async fn one_follower_gateway_cluster(
+    reads: &str,
+) -> (Cluster, BTreeMap<u32, String>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gateway.toml");
+    let toml = format!("[reads]\nfollower_gateways = 1\nfollower_hedge_after = \"1h\"\n{reads}");
+    std::fs::write(&config, toml).unwrap();
+    let c = Cluster::start_with(3, vec!["--config".into(), config.display().to_string()]).await;
+    let owners = c.await_stable(&[0, 1, 2], Duration::from_secs(30)).await;
+    (c, owners, dir)
+}
+
+/// A shard's gateways in such a cluster: (owner, follower gateway, the one forwarding to it),
+/// the follower gateway being the first non-owner by rendezvous hashing.
+fn roles(shard: u32, owner: &str) -> (usize, usize, usize) {
+    let others: Vec<tessera::Member> = (0..3)
+        .map(|i| format!("gw{i}"))
+        .filter(|id| id != owner)
+        .map(|id| tessera::Member {
+            id,
+            url: String::new(),
+        })
+        .collect();
+    let home = &tessera::placement::ranked(tessera::ShardId(shard), others.iter())[0].id;
+    let index = |id: &str| id[2..].parse::<usize>().unwrap();
+    let (o, h) = (index(owner), index(home));
+    (o, h, 3 - o - h)
+}
+
 /// With `reads.follower_gateways = 1` each shard has one follower, on the first non-owner by
 /// rendezvous hashing; the third gateway forwards its eventual reads (point reads and its
 /// part of scans) there, with its watermark as a floor, so they never go back before what it
@@ -664,32 +696,15 @@ async fn a_failed_follower_read_asks_the_owner_at_once() {
 /// point read here.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eventual_reads_share_one_follower_per_shard() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("gateway.toml");
-    std::fs::write(
-        &config,
-        "[reads]\nfollower_gateways = 1\nfollower_hedge_after = \"1h\"\n",
-    )
-    .unwrap();
-    let c = Cluster::start_with(3, vec!["--config".into(), config.display().to_string()]).await;
-    let owners = c.await_stable(&[0, 1, 2], Duration::from_secs(30)).await;
+    let (c, owners, _dir) = one_follower_gateway_cluster("").await;
     let http = client();
-    let members: Vec<tessera::Member> = (0..3)
-        .map(|i| tessera::Member {
-            id: format!("gw{i}"),
-            url: String::new(),
-        })
-        .collect();
     // Per shard: its key, owner, follower gateway and the gateway that forwards to it.
     let mut shards = Vec::new();
     for (&shard, owner) in &owners {
-        let others: Vec<_> = members.iter().filter(|m| &m.id != owner).collect();
-        let home = tessera::placement::ranked(tessera::ShardId(shard), others)[0];
-        let index = |id: &str| id[2..].parse::<usize>().unwrap();
-        let (o, h) = (index(owner), index(&home.id));
+        let (o, h, g) = roles(shard, owner);
         let key = key_in(shard, "share");
         put(&http, c.gw(0).kv(&key), &format!("{key}=1")).await;
-        shards.push((key, o, h, 3 - o - h));
+        shards.push((key, o, h, g));
     }
     // Every gateway's eventual reads see every key; the forwarded ones come from a follower.
     for (key, _, h, g) in &shards {
@@ -766,28 +781,10 @@ async fn eventual_reads_share_one_follower_per_shard() {
 /// value; here the cache keeps entries for 10 s, so the stale entry is always young.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cached_follower_answer_never_goes_back_before_the_floor() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("gateway.toml");
-    std::fs::write(
-        &config,
-        "[reads]\nfollower_gateways = 1\nfollower_hedge_after = \"1h\"\nfollower_cache_ttl = \"10s\"\n",
-    )
-    .unwrap();
-    let c = Cluster::start_with(3, vec!["--config".into(), config.display().to_string()]).await;
-    let owners = c.await_stable(&[0, 1, 2], Duration::from_secs(30)).await;
+    let (c, owners, _dir) = one_follower_gateway_cluster("follower_cache_ttl = \"10s\"\n").await;
     let http = client();
-    let members: Vec<tessera::Member> = (0..3)
-        .map(|i| tessera::Member {
-            id: format!("gw{i}"),
-            url: String::new(),
-        })
-        .collect();
     let (&shard, owner) = owners.iter().next().unwrap();
-    let others: Vec<_> = members.iter().filter(|m| &m.id != owner).collect();
-    let home = &tessera::placement::ranked(tessera::ShardId(shard), others)[0].id;
-    let index = |id: &str| id[2..].parse::<usize>().unwrap();
-    let (o, h) = (index(owner), index(home));
-    let g = 3 - o - h;
+    let (o, _, g) = roles(shard, owner);
     let key = key_in(shard, "floor");
     put(&http, c.gw(o).kv(&key), "v1").await;
     // g's eventual reads go to h, whose follower caches v1.
