@@ -5,36 +5,33 @@
 //! `{prefix}/shards/{shard:05}`. This crate holds everything but the network front end:
 //!
 //! ```text
-//!  gateway (HTTP, axum)                 gateway/ crate: parse → call core → map errors
+//!  gateway (HTTP, axum)            gateway/ crate: parse → call core → map errors
 //!    │
 //!    ▼
-//!  Node ── key → shard (shard.rs) ──▶ ShardSlot (node.rs: Open | Reopening | Fenced | Closed)
-//!                                         │  stripe lock, precondition check
-//!                                         ▼
-//!                                     ShardStore (store.rs, the only SlateDB user)
-//!                                         │  WAL + SSTs
-//!                                         ▼
-//!                                     object store (objstore.rs: file, memory, s3)
+//!  Node ── key → shard (shard.rs) ──▶ shard slot (node/: Open | Draining | Reopening | …)
+//!    │                                   │  read: hot-key cache (reads/) or database
+//!    │                                   │  write: stripe lock, precondition, then SlateDB
+//!    │                                   ▼
+//!    │                               ShardStore (storage/store.rs, the only SlateDB writer)
+//!    │                                   │  WAL + SSTs
+//!    │                                   ▼
+//!    │                               object store (storage/objstore.rs: file, memory, s3)
+//!    ▼
+//!  Session (cluster/): which shards this process holds, for how long (etcd lease, placement)
 //! ```
 //!
 //! ## Module map
+//! - [`cluster`]: the ownership session shared by gateways and compactors, the lease
+//!   deadline, rendezvous placement, and the etcd driver.
+//! - [`node`]: the shards a gateway serves (slot lifecycle, a pure state machine) and the
+//!   read, write and scan services over them.
+//! - [`reads`]: the hot-key cache and followers for eventual reads.
+//! - [`storage`]: object storage, the cluster metadata object, and shard databases.
 //! - [`config`]: configuration structs with documented defaults and `validate()`.
 //! - [`error`]: the core [`Error`] and what a caller must do about each kind.
 //! - [`shard`]: the stable key → shard function (XXH3, Redis-style hash tags).
-//! - [`objstore`]: object store from a URL.
-//! - [`meta`]: the cluster metadata object that pins the shard count.
-//! - [`placement`]: members, owners, and rendezvous hashing of shards onto members.
-//! - [`lease`]: the local lease deadline and its safety argument.
-//! - `etcd`: the etcd driver (membership, owner keys, keep-alive, watch).
-//! - `ownership`: cluster mode: join, acquire, release, rebalance.
-//! - [`claims`]: compaction claims of `tessera-compactor` processes (same protocol, own
-//!   member set).
-//! - [`store`]: one shard's SlateDB database (and read-only followers); durability, versions
-//!   and TTL decisions.
-//! - [`cache`]: the hot-key cache and why a strong read from it is never stale.
-//! - [`follower`]: followers of other gateways' shards, for eventual reads.
+//! - [`tasks`]: background tasks, each named and cancelled on shutdown.
 //! - [`process`]: logging set-up and the shutdown signal, shared by the binaries.
-//! - [`node`]: the shards a process serves and the key-value operations over them.
 //!
 //! ## Guarantees
 //! - A write is acknowledged only after it is durable in the object store; a crash loses only
@@ -44,24 +41,21 @@
 //! - A batch is atomic within one shard. There is no cross-shard atomicity.
 //! - Expired values are never returned, though they occupy storage until compaction.
 
-pub mod cache;
-pub mod claims;
 #[cfg(feature = "cli")]
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod error;
-mod etcd;
-pub mod follower;
-pub mod lease;
-pub mod meta;
 pub mod node;
-pub mod objstore;
-mod ownership;
-pub mod placement;
 pub mod process;
+pub mod reads;
 pub mod shard;
-pub mod store;
+pub mod storage;
+pub mod tasks;
 
+// Paths the binaries and tests use.
+pub use cluster::placement;
+pub use cluster::placement::{ClusterView, Member, Owner};
 pub use config::{
     ClusterConfig, LimitsConfig, NodeConfig, ObjectStoreConfig, ReadsConfig, StorageConfig,
 };
@@ -70,6 +64,6 @@ pub use node::{
     Consistency, Located, Node, NodeStats, Precondition, Read, ReadSource, ScanPage, ScanRequest,
     WriteKind, WriteOp,
 };
-pub use placement::{ClusterView, Member, Owner};
 pub use shard::{shard_for_key, ShardId};
-pub use store::Entry;
+pub use storage::objstore;
+pub use storage::store::Entry;

@@ -1,30 +1,28 @@
 //! The daemon: joins the compactors' member set, claims the shards rendezvous hashing gives it,
 //! compacts and garbage-collects them, and follows the member set as compactors come and go.
 //!
-//! One loop, woken by view changes and every `TICK`:
-//! 1. Lease lost (etcd does not know it or said TTL 0, or a whole TTL passed without an
-//!    acknowledged keep-alive, e.g. cut off from etcd): every claim went with it; stop every
-//!    job, then grant a new lease, retried every tick until etcd answers.
-//! 2. A job whose claim no longer holds (lease deadline passed, claim key gone) stops at once.
+//! The ownership protocol (lease, membership, placement, claim and release, rejoining after a
+//! lost lease) is the gateways' session (`tessera::cluster::session`); this module is the
+//! compactor's [`ShardHost`]: opening a shard starts its compaction job, closing stops it.
+//! On every pass (each view change and every `TICK`):
+//! 1. A job whose claim no longer holds (lease deadline passed, claim key gone) stops at once.
 //!    A job that stopped on its own (fenced by another compactor, object-store failure, a
 //!    shard no gateway has created yet) is counted as failed and its claim released; the shard
 //!    is claimed and started afresh after a backoff (`poll_interval`, doubling per consecutive
 //!    failure up to `MAX_BACKOFF`), so a shard that cannot be compacted costs no steady
 //!    stream of claims, jobs and etcd writes.
-//! 3. Unless a membership change is younger than `rebalance_delay`: release the shards another
-//!    live compactor should have (stop the job first, then delete the claim) and claim the
-//!    unclaimed shards this compactor should have.
-//! 4. Every `poll_interval`: read each held shard's manifest into the metrics.
+//! 2. Every `poll_interval`: read each held shard's manifest into the metrics.
 //!
-//! Shutdown stops every job, then releases its claim, then deregisters and revokes the lease.
+//! Shutdown hands every shard over (stop the job, then release its claim), then deregisters
+//! and revokes the lease.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
-use tessera::claims::{Claim, Claims};
+use tessera::cluster::session::{Claim, Role, Session, ShardHost};
 use tessera::objstore::ClusterStore;
 use tessera::placement::Holding;
 use tessera::{Member, ShardId};
@@ -60,52 +58,33 @@ pub async fn run(
     metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
-    let claims = Claims::join(&cfg.cluster, me, true).await?;
-    tracing::info!(member = %claims.me().id, shards = shard_count, "compactor joined");
-    let mut daemon = Daemon {
+    let session = Session::join(&cfg.cluster, me, Role::Compactor).await?;
+    tracing::info!(member = %session.me().id, shards = shard_count, "compactor joined");
+    let job_timeout = cfg.compaction.job_timeout;
+    let daemon = Arc::new(Daemon {
         cfg,
         store,
         shard_count,
-        claims,
+        session: Arc::clone(&session),
         metrics,
-        held: BTreeMap::new(),
-        backoff: BTreeMap::new(),
-    };
-    let mut changes = daemon.claims.subscribe();
-    let mut members = BTreeMap::new();
-    let mut quiet_until = Instant::now();
-    let mut next_stats = Instant::now();
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => break,
-            _ = changes.changed() => {}
-            _ = tokio::time::sleep(TICK) => {}
-        }
-        let view_members = changes.borrow_and_update().members.clone();
-        if view_members != members {
-            members = view_members;
-            quiet_until = Instant::now() + daemon.cfg.cluster.rebalance_delay;
-        }
-        daemon.step(Instant::now() >= quiet_until).await;
-        if Instant::now() >= next_stats {
-            daemon.refresh_stats().await;
-            next_stats = Instant::now() + daemon.cfg.compaction.poll_interval;
-        }
-    }
-    tracing::info!(shards = daemon.held.len(), "stopping: releasing claims");
+        state: Mutex::default(),
+    });
+    session.start(Arc::clone(&daemon), 1, TICK).await?;
+    shutdown.await;
+    tracing::info!(
+        shards = daemon.lock().held.len(),
+        "stopping: releasing claims"
+    );
     // All shards at once, and at most `job_timeout`: with the object store or etcd down each
     // stop waits out its retries. Leaving is safe: a claim not released expires with the
     // lease, and SlateDB's compactor fencing covers a job cut off mid-way, as after a crash.
-    let held = std::mem::take(&mut daemon.held);
-    let release = join_all(held.into_values().map(|h| daemon.stop_and_release(h)));
-    if tokio::time::timeout(daemon.cfg.compaction.job_timeout, release)
+    if tokio::time::timeout(job_timeout, session.leave(daemon.as_ref()))
         .await
         .is_err()
     {
         tracing::warn!("shards not stopped within compaction.job_timeout; leaving them to expire");
     }
-    daemon.claims.close().await;
+    session.close().await;
     Ok(())
 }
 
@@ -113,115 +92,135 @@ struct Daemon {
     cfg: CompactorConfig,
     store: ClusterStore,
     shard_count: u32,
-    claims: Arc<Claims>,
+    session: Arc<Session>,
     metrics: Arc<Metrics>,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
     held: BTreeMap<ShardId, Held>,
     /// Shards whose last job failed: consecutive failures, and when to claim again. Cleared by
     /// the first reading of an existing manifest while the shard's next job runs.
     backoff: BTreeMap<ShardId, (u32, Instant)>,
+    /// When to read the held shards' manifests next.
+    next_stats: Option<Instant>,
 }
 
-impl Daemon {
-    async fn step(&mut self, rebalance: bool) {
-        if self.claims.lease_lost() {
-            let held = std::mem::take(&mut self.held);
-            if !held.is_empty() {
-                tracing::warn!(shards = held.len(), "lease lost: stopping every shard");
-                join_all(held.into_values().map(|h| self.stop(h))).await;
-                self.metrics.set_claimed(0);
-            }
-            if let Err(e) = self.claims.renew().await {
-                tracing::warn!(error = %e, "rejoin failed; retrying");
-            }
-            self.metrics.lease(self.claims.lease_stats());
-            return;
+#[async_trait::async_trait]
+impl ShardHost for Daemon {
+    fn holdings(&self) -> Vec<(ShardId, Holding)> {
+        let now = Instant::now();
+        let state = self.lock();
+        (0..self.shard_count)
+            .map(ShardId)
+            .map(|s| {
+                let holding = match (state.held.get(&s), state.backoff.get(&s)) {
+                    (Some(h), _) => Holding::Held(h.claim.epoch),
+                    (None, Some((_, retry_at))) if *retry_at > now => Holding::Busy,
+                    (None, _) => Holding::Free,
+                };
+                (s, holding)
+            })
+            .collect()
+    }
+
+    async fn open(&self, claim: Claim) -> tessera::Result<()> {
+        let job = ShardJob::start(
+            &self.store,
+            &self.cfg.object_store,
+            &self.cfg.compaction,
+            claim.shard,
+            true,
+        );
+        tracing::info!(shard = %claim.shard, epoch = claim.epoch, "claimed shard");
+        let held = Held {
+            claim,
+            job,
+            reported: Counters::default(),
+            runs: None,
+        };
+        let mut state = self.lock();
+        state.held.insert(claim.shard, held);
+        self.metrics.set_claimed(state.held.len());
+        Ok(())
+    }
+
+    async fn close(&self, claim: Claim) {
+        if let Some(h) = self.take(claim) {
+            self.stop(h).await;
+            tracing::info!(shard = %claim.shard, "released shard");
         }
-        self.claims.keep_registered().await;
+    }
+
+    async fn drop_claim(&self, claim: Claim) {
+        if let Some(h) = self.take(claim) {
+            tracing::warn!(shard = %claim.shard, epoch = claim.epoch, "compaction claim lost; stopping");
+            self.stop(h).await;
+        }
+    }
+
+    async fn tick(&self) {
         // Work only while the claim holds (lease deadline and claim key).
-        let gone: Vec<ShardId> = self
-            .held
-            .iter()
-            .filter(|(_, h)| !self.claims.holds(&h.claim) || h.job.finished())
-            .map(|(s, _)| *s)
-            .collect();
-        for shard in gone {
-            let Some(h) = self.held.remove(&shard) else {
-                continue;
-            };
+        let gone: Vec<Held> = {
+            let mut state = self.lock();
+            let shards: Vec<ShardId> = state
+                .held
+                .iter()
+                .filter(|(_, h)| !self.session.holds(&h.claim) || h.job.finished())
+                .map(|(s, _)| *s)
+                .collect();
+            shards.iter().filter_map(|s| state.held.remove(s)).collect()
+        };
+        for h in gone {
+            let (shard, claim) = (h.job.shard(), h.claim);
             if h.job.finished() {
                 // Free the shard so a later pass claims it and starts afresh.
-                self.stop_and_release(h).await;
-                let failures = self.backoff.get(&shard).map_or(0, |(n, _)| *n) + 1;
+                self.stop(h).await;
+                self.session.release(claim).await;
+                let mut state = self.lock();
+                let failures = state.backoff.get(&shard).map_or(0, |(n, _)| *n) + 1;
                 let wait = self
                     .cfg
                     .compaction
                     .poll_interval
                     .saturating_mul(1 << (failures - 1).min(16))
                     .min(MAX_BACKOFF);
-                self.backoff
+                state
+                    .backoff
                     .insert(shard, (failures, Instant::now() + wait));
             } else {
-                tracing::warn!(%shard, epoch = h.claim.epoch, "compaction claim lost; stopping");
+                tracing::warn!(%shard, epoch = claim.epoch, "compaction claim lost; stopping");
                 self.stop(h).await;
             }
         }
-        if !rebalance {
-            return;
+        let due = self.lock().next_stats.is_none_or(|t| Instant::now() >= t);
+        if due {
+            self.refresh_stats().await;
+            self.lock().next_stats = Some(Instant::now() + self.cfg.compaction.poll_interval);
         }
-        let now = Instant::now();
-        let holdings = (0..self.shard_count).map(ShardId).map(|s| {
-            let holding = match (self.held.get(&s), self.backoff.get(&s)) {
-                (Some(h), _) => Holding::Held(h.claim.epoch),
-                (None, Some((_, retry_at))) if *retry_at > now => Holding::Busy,
-                (None, _) => Holding::Free,
-            };
-            (s, holding)
-        });
-        let moves = self.claims.plan(holdings);
-        for (shard, _) in moves.lost.into_iter().chain(moves.release) {
-            if let Some(h) = self.held.remove(&shard) {
-                self.stop_and_release(h).await;
-                tracing::info!(%shard, "released shard");
-            }
+        self.metrics.set_claimed(self.lock().held.len());
+        self.metrics.lease(self.session.keepalive());
+    }
+}
+
+impl Daemon {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes `claim`'s shard out of the held set, if this daemon holds it under that claim.
+    fn take(&self, claim: Claim) -> Option<Held> {
+        let mut state = self.lock();
+        if state.held.get(&claim.shard)?.claim != claim {
+            return None;
         }
-        for shard in moves.acquire {
-            match self.claims.claim(shard).await {
-                Ok(Some(claim)) => {
-                    let job = ShardJob::start(
-                        &self.store,
-                        &self.cfg.object_store,
-                        &self.cfg.compaction,
-                        shard,
-                        true,
-                    );
-                    tracing::info!(%shard, epoch = claim.epoch, "claimed shard");
-                    self.held.insert(
-                        shard,
-                        Held {
-                            claim,
-                            job,
-                            reported: Counters::default(),
-                            runs: None,
-                        },
-                    );
-                }
-                Ok(None) => {} // claimed by someone else; the watch will tell us
-                Err(e) => tracing::warn!(%shard, error = %e, "claim failed"),
-            }
-        }
-        self.metrics.set_claimed(self.held.len());
-        self.metrics.lease(self.claims.lease_stats());
+        let held = state.held.remove(&claim.shard);
+        self.metrics.set_claimed(state.held.len());
+        held
     }
 
     /// Stops `h`'s job and records its final counters (and its failure, if it failed).
-    /// Stops `h`'s job, then deletes its claim. ORDERING: compacting stops before the claim
-    /// goes, so the next holder never overlaps with us.
-    async fn stop_and_release(&self, h: Held) {
-        let claim = h.claim;
-        self.stop(h).await;
-        self.claims.release(claim).await;
-    }
-
     async fn stop(&self, mut h: Held) {
         let shard = h.job.shard();
         let (counters, outcome) = h.job.stop().await;
@@ -245,16 +244,18 @@ impl Daemon {
 
     /// Reads every held shard's manifest (concurrently, so the loop stays responsive) into the
     /// metrics, with the jobs' counters.
-    async fn refresh_stats(&mut self) {
-        let shards: Vec<ShardId> = self.held.keys().copied().collect();
+    async fn refresh_stats(&self) {
+        let shards: Vec<ShardId> = self.lock().held.keys().copied().collect();
         let (store, object_store) = (&self.store, &self.cfg.object_store);
         let readings =
             join_all(shards.iter().map(|&shard| async move {
                 (shard, read_stats(store, object_store, shard).await)
             }))
             .await;
+        let mut state = self.lock();
+        let State { held, backoff, .. } = &mut *state;
         for (shard, stats) in readings {
-            let Some(h) = self.held.get_mut(&shard) else {
+            let Some(h) = held.get_mut(&shard) else {
                 continue;
             };
             let now = h.job.counters();
@@ -268,16 +269,12 @@ impl Daemon {
                     h.runs = Some(runs);
                     self.metrics.observe(shard, &stats);
                     if stats.exists {
-                        self.backoff.remove(&shard);
+                        backoff.remove(&shard);
                     }
                 }
                 Err(e) => tracing::warn!(%shard, error = %e, "reading the manifest failed"),
             }
-            let mut reported = h.reported;
-            self.report(shard, &mut reported, now, compactions);
-            if let Some(h) = self.held.get_mut(&shard) {
-                h.reported = reported;
-            }
+            self.report(shard, &mut h.reported, now, compactions);
         }
     }
 }

@@ -40,7 +40,8 @@ pub use config::CompactorConfig;
 pub use error::{CompactorError, Result};
 
 use tessera::objstore::{self, ClusterStore};
-use tessera::{meta, Error};
+use tessera::storage::meta;
+use tessera::Error;
 
 /// Opens the cluster's object store and reads its shard count from `cluster.json`.
 pub async fn open_cluster(cfg: &CompactorConfig) -> Result<(ClusterStore, u32)> {

@@ -11,7 +11,7 @@ use std::sync::{Arc, OnceLock};
 use axum::extract::State;
 use axum::routing::get;
 use prometheus::{Encoder, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
-use tessera::lease::KeepAliveStats;
+use tessera::cluster::lease::KeepAliveStats;
 use tessera::objstore::RequestCounts;
 use tessera::ShardId;
 use tokio_util::sync::CancellationToken;

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use tessera::claims::Claims;
+use tessera::cluster::session::{Claim, Role, Session};
 use tessera::objstore::ClusterStore;
 use tessera::{Member, ShardId};
 
@@ -129,7 +129,7 @@ pub async fn run(
 ) -> Result<Summary> {
     let started = Instant::now();
     let deadline = started + cfg.compaction.once_timeout;
-    let claims = Claims::join(&cfg.cluster, me, false).await?;
+    let claims = Session::join(&cfg.cluster, me, Role::BatchJob).await?;
     progress.start(shard_count as u64);
     let mut shards: Vec<ShardReport> = futures::stream::iter((0..shard_count).map(ShardId))
         .map(|shard| {
@@ -154,7 +154,7 @@ pub async fn run(
 async fn one_shard(
     cfg: &CompactorConfig,
     store: &ClusterStore,
-    claims: &Claims,
+    claims: &Session,
     shard: ShardId,
     deadline: Instant,
 ) -> ShardReport {
@@ -224,8 +224,8 @@ async fn one_shard(
 async fn compact(
     cfg: &CompactorConfig,
     store: &ClusterStore,
-    claims: &Claims,
-    claim: &tessera::claims::Claim,
+    claims: &Session,
+    claim: &Claim,
     deadline: Instant,
     report: &mut ShardReport,
 ) -> Outcome {

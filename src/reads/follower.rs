@@ -27,12 +27,12 @@ use std::time::{Duration, Instant};
 use futures::future::BoxFuture;
 use tokio::sync::Semaphore;
 
-use crate::cache::HotCache;
 use crate::config::{ObjectStoreConfig, ReadsConfig};
 use crate::error::{Error, Result};
-use crate::objstore::ClusterStore;
+use crate::reads::cache::HotCache;
 use crate::shard::ShardId;
-use crate::store::{BlockCache, Entry, ShardReader};
+use crate::storage::objstore::ClusterStore;
+use crate::storage::store::{BlockCache, Entry, ShardReader};
 
 /// How long a read waits after its follower reached the floor, for SlateDB to install the
 /// replayed state (see [`Followers::get`]).
@@ -334,7 +334,7 @@ impl Followers {
                     *a = Advance {
                         from: a.to,
                         to: seq,
-                        at_ms: crate::store::now_ms(),
+                        at_ms: crate::storage::store::now_ms(),
                     };
                 }
             }

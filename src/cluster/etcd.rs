@@ -34,15 +34,13 @@ use etcd_client::{
     WatchOptions,
 };
 use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
 
-use tokio_util::task::TaskTracker;
-
+use crate::cluster::lease::{KeepAliveStats, LeaseClock, LeaseLoss};
+use crate::cluster::placement::{ClusterView, Member, Owner};
 use crate::config::ClusterConfig;
 use crate::error::{Error, Result};
-use crate::lease::{KeepAliveStats, LeaseClock, LeaseLoss};
-use crate::placement::{ClusterView, Member, Owner};
 use crate::shard::ShardId;
+use crate::tasks::Tasks;
 
 /// A connection to the cluster's etcd, scoped to one cluster's key prefix.
 #[derive(Clone)]
@@ -59,10 +57,8 @@ pub struct LeaseHolder<'a> {
     pub config: &'a ClusterConfig,
     /// Where keep-alives, losses and rejoins are counted.
     pub stats: &'a Arc<KeepAliveStats>,
-    /// Runs the keep-alive task.
-    pub tasks: &'a TaskTracker,
-    /// Stops the keep-alive.
-    pub cancel: &'a CancellationToken,
+    /// Runs the keep-alive task (which stops when they shut down).
+    pub tasks: &'a Tasks,
 }
 
 fn etcd_err(context: &str, e: etcd_client::Error) -> Error {
@@ -109,7 +105,7 @@ impl Etcd {
         clock: &LeaseClock,
         margin: Duration,
     ) -> Result<(i64, Duration)> {
-        let sent = Instant::now();
+        let sent = clock.now();
         let resp = self
             .client
             .clone()
@@ -122,7 +118,7 @@ impl Etcd {
     }
 
     /// Grants a lease, registers the holder's member key under it (if it has one) and keeps
-    /// the lease alive on the holder's tasks until it cancels or the lease is lost (see
+    /// the lease alive on the holder's tasks until they shut down or the lease is lost (see
     /// [`Etcd::keep_alive`]). Returns the lease id and its clock.
     pub async fn start_lease(&self, holder: &LeaseHolder<'_>) -> Result<(i64, Arc<LeaseClock>)> {
         let c = holder.config;
@@ -132,10 +128,10 @@ impl Etcd {
             self.register(member, id).await?;
         }
         let (etcd, keep) = (self.clone(), Arc::clone(&clock));
-        let (stats, cancel) = (Arc::clone(holder.stats), holder.cancel.clone());
+        let stats = Arc::clone(holder.stats);
         let (interval, margin) = (c.keepalive_interval, c.lease_margin);
-        holder.tasks.spawn(async move {
-            etcd.keep_alive(id, keep, stats, ttl, interval, margin, cancel)
+        holder.tasks.spawn("lease keep-alive", async move {
+            etcd.keep_alive(id, keep, stats, ttl, interval, margin)
                 .await
         });
         Ok((id, clock))
@@ -151,13 +147,13 @@ impl Etcd {
         holder: &LeaseHolder<'_>,
     ) -> Result<(i64, Arc<LeaseClock>)> {
         let new = self.start_lease(holder).await?;
-        let (why, lost_at) = old.loss().unwrap_or((LeaseLoss::Deadline, Instant::now()));
+        let (why, lost_at) = old.loss().unwrap_or((LeaseLoss::Deadline, old.now()));
         if why == LeaseLoss::Deadline {
             if let Err(e) = self.revoke(old_id).await {
                 tracing::debug!(error = %e, "revoking the lost lease failed; it expires by itself");
             }
         }
-        let after = lost_at.elapsed();
+        let after = old.now().saturating_duration_since(lost_at);
         holder.stats.record_rejoin(after);
         tracing::info!(
             lease = new.0,
@@ -254,11 +250,10 @@ impl Etcd {
         Ok(resp.succeeded())
     }
 
-    /// Keeps `lease` alive until `cancel`, or until it must be given up: then logs why, counts
-    /// it and marks `clock` lost (the holder joins again with a new lease). Transient errors
+    /// Keeps `lease` alive until it must be given up: then logs why, counts it and marks
+    /// `clock` lost (the holder joins again with a new lease). Transient errors
     /// are retried, but only until a whole TTL has passed without an acknowledged keep-alive:
     /// from then on etcd may have expired the lease, reachable or not (`lease.rs`).
-    #[allow(clippy::too_many_arguments)]
     async fn keep_alive(
         &self,
         lease: i64,
@@ -267,10 +262,8 @@ impl Etcd {
         ttl: Duration,
         interval: Duration,
         margin: Duration,
-        cancel: CancellationToken,
     ) {
         let why = tokio::select! {
-            _ = cancel.cancelled() => return,
             () = clock.expired() => LeaseLoss::Deadline,
             why = self.renew(lease, &clock, &stats, ttl, interval, margin) => why,
         };
@@ -297,7 +290,7 @@ impl Etcd {
         margin: Duration,
     ) -> LeaseLoss {
         loop {
-            let sent = Instant::now();
+            let sent = clock.now();
             let (mut keeper, mut stream) = match self.client.clone().lease_keep_alive(lease).await {
                 Ok(pair) => pair,
                 // etcd-client opens the stream with one keep-alive and reports a TTL-0 answer
@@ -326,7 +319,7 @@ impl Etcd {
                             tracing::warn!("lease keep-alive answers missing; reconnecting");
                             break;
                         }
-                        let now = Instant::now();
+                        let now = clock.now();
                         if let Err(e) = keeper.keep_alive().await {
                             tracing::warn!(error = %e, "lease keep-alive send failed");
                             break;
@@ -352,24 +345,18 @@ impl Etcd {
         }
     }
 
-    /// Maintains `view` from etcd until `cancel`: a snapshot, then a watch from the snapshot's
-    /// revision; on any error, a new snapshot.
-    pub async fn watch_view(&self, view: watch::Sender<ClusterView>, cancel: CancellationToken) {
-        while !cancel.is_cancelled() {
-            if let Err(e) = self.watch_once(&view, &cancel).await {
+    /// Maintains `view` from etcd, for as long as the task runs: a snapshot, then a watch from
+    /// the snapshot's revision; on any error, a new snapshot.
+    pub async fn watch_view(&self, view: watch::Sender<ClusterView>) {
+        loop {
+            if let Err(e) = self.watch_once(&view).await {
                 tracing::warn!(error = %e, "cluster watch failed; resyncing");
-                if sleep_or_cancel(Duration::from_millis(500), &cancel).await {
-                    return;
-                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
             }
         }
     }
 
-    async fn watch_once(
-        &self,
-        view: &watch::Sender<ClusterView>,
-        cancel: &CancellationToken,
-    ) -> Result<()> {
+    async fn watch_once(&self, view: &watch::Sender<ClusterView>) -> Result<()> {
         let mut client = self.client.clone();
         let snapshot = client
             .get(self.prefix.clone(), Some(GetOptions::new().with_prefix()))
@@ -400,10 +387,10 @@ impl Etcd {
             .await
             .map_err(|e| etcd_err("watch cluster state", e))?;
         loop {
-            let msg = tokio::select! {
-                _ = cancel.cancelled() => return Ok(()),
-                m = stream.message() => m.map_err(|e| etcd_err("watch cluster state", e))?,
-            };
+            let msg = stream
+                .message()
+                .await
+                .map_err(|e| etcd_err("watch cluster state", e))?;
             let Some(resp) = msg else {
                 return Err(Error::Coordination("watch stream ended".into()));
             };
@@ -500,13 +487,5 @@ impl Registration {
             }
             Err(e) => tracing::warn!(error = %e, "registering again failed; retrying"),
         }
-    }
-}
-
-/// Sleeps `d`; returns true if `cancel` fired first.
-async fn sleep_or_cancel(d: Duration, cancel: &CancellationToken) -> bool {
-    tokio::select! {
-        _ = cancel.cancelled() => true,
-        _ = tokio::time::sleep(d) => false,
     }
 }

@@ -9,7 +9,7 @@ use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::objstore::ClusterStore;
+use crate::storage::objstore::ClusterStore;
 
 /// The format version this build writes and understands.
 pub const FORMAT_VERSION: u32 = 1;
@@ -88,7 +88,7 @@ mod tests {
 
     #[tokio::test]
     async fn first_writer_wins_and_mismatch_is_refused() {
-        let store = crate::objstore::open(&ObjectStoreConfig {
+        let store = crate::storage::objstore::open(&ObjectStoreConfig {
             url: "memory://".into(),
             ..Default::default()
         })

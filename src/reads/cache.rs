@@ -1,7 +1,7 @@
 //! `HotCache`: the process-wide cache of hot keys (moka, bounded by bytes).
 //!
 //! Entries are keyed by `(scope, key)`, where `scope` is the incarnation of the open database
-//! (owner) or follower that produced them ([`crate::store::ShardStore::incarnation`]). A new
+//! (owner) or follower that produced them ([`crate::storage::store::ShardStore::incarnation`]). A new
 //! opening of a shard gets a new scope, so entries of a lost shard are never served again; they
 //! are also invalidated in bulk ([`HotCache::drop_scope`]) to give their memory back.
 //!
@@ -54,7 +54,7 @@ use bytes::Bytes;
 use moka::ops::compute::Op;
 use moka::sync::Cache;
 
-use crate::store::Entry;
+use crate::storage::store::Entry;
 
 /// Per-entry bookkeeping bytes counted on top of key and value.
 const ENTRY_OVERHEAD: usize = 96;

@@ -71,8 +71,8 @@ use slatedb::{
 
 use crate::config::{ObjectStoreConfig, StorageConfig};
 use crate::error::{Error, Result};
-use crate::objstore::ClusterStore;
 use crate::shard::ShardId;
+use crate::storage::objstore::ClusterStore;
 
 /// Which writes a read may observe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -25,13 +25,52 @@
 //! `sent + TTL` still counts: TTL > 0 proves etcd never expired the lease, so nobody else
 //! can have taken what it covers. Nothing ever revives a lost lease.
 //!
-//! The clock is injected (`Instant`s are passed in), so the rule is unit-tested without etcd.
+//! Time comes from a [`Clock`], so the rule is unit-tested without etcd or real time
+//! ([`ManualClock`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
+
+/// Where lease deadlines read the time: monotonic, never the wall clock.
+pub trait Clock: Send + Sync + std::fmt::Debug {
+    /// Now.
+    fn now(&self) -> Instant;
+}
+
+/// The process's monotonic clock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+}
+
+/// A clock that moves only when told to: for tests that drive lease deadlines.
+#[derive(Debug)]
+pub struct ManualClock(Mutex<Instant>);
+
+impl ManualClock {
+    /// Starts at the real now.
+    pub fn new() -> Arc<Self> {
+        Arc::new(ManualClock(Mutex::new(Instant::now())))
+    }
+
+    /// Moves the clock forward by `d`.
+    pub fn advance(&self, d: Duration) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) += d;
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Instant {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
 
 /// Why a lease was given up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +104,7 @@ impl LeaseLoss {
 /// The serving deadline of one etcd lease.
 #[derive(Debug)]
 pub struct LeaseClock {
+    clock: Arc<dyn Clock>,
     state: Mutex<State>,
     /// Set once, when the lease is lost (and when).
     lost: watch::Sender<Option<(LeaseLoss, Instant)>>,
@@ -72,10 +112,7 @@ pub struct LeaseClock {
 
 impl Default for LeaseClock {
     fn default() -> Self {
-        LeaseClock {
-            state: Mutex::default(),
-            lost: watch::Sender::new(None),
-        }
+        LeaseClock::new(Arc::new(SystemClock))
     }
 }
 
@@ -89,15 +126,29 @@ struct State {
 }
 
 impl LeaseClock {
+    /// A lease not granted yet, timed by `clock`.
+    pub fn new(clock: Arc<dyn Clock>) -> Self {
+        LeaseClock {
+            clock,
+            state: Mutex::default(),
+            lost: watch::Sender::new(None),
+        }
+    }
+
     /// A clock that is valid forever (the embedded single-node mode has no lease).
     pub fn forever() -> Self {
         let clock = LeaseClock::default();
-        let far = Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600);
+        let far = clock.now() + Duration::from_secs(100 * 365 * 24 * 3600);
         let mut s = clock.lock();
         s.deadline = Some(far);
         s.expiry = Some(far);
         drop(s);
         clock
+    }
+
+    /// Now, by this lease's clock: what keep-alive send times are measured with.
+    pub fn now(&self) -> Instant {
+        self.clock.now()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -131,36 +182,33 @@ impl LeaseClock {
             if lost.is_some() {
                 return false;
             }
-            *lost = Some((why, Instant::now()));
+            *lost = Some((why, self.clock.now()));
             true
         });
     }
 
-    /// True while the lease may be relied on at `now`.
-    pub fn valid_at(&self, now: Instant) -> bool {
+    /// True while the lease may be relied on now.
+    pub fn valid(&self) -> bool {
+        let now = self.clock.now();
         let s = *self.lock();
         !s.lost && s.deadline.is_some_and(|d| now < d)
     }
 
-    /// True while the lease may be relied on now.
-    pub fn valid(&self) -> bool {
-        self.valid_at(Instant::now())
-    }
-
-    /// True if etcd may have expired the lease by `now`: a whole TTL without an acknowledged
+    /// True if etcd may have expired the lease by now: a whole TTL without an acknowledged
     /// keep-alive.
-    pub fn expired_at(&self, now: Instant) -> bool {
+    pub fn is_expired(&self) -> bool {
+        let now = self.clock.now();
         self.lock().expiry.is_some_and(|e| now >= e)
     }
 
-    /// Resolves once [`LeaseClock::expired_at`] holds (never for a clock with no grant yet).
+    /// Resolves once [`LeaseClock::is_expired`] holds (never for a clock with no grant yet).
     pub async fn expired(&self) {
         loop {
             let Some(expiry) = self.lock().expiry else {
                 return std::future::pending().await;
             };
-            tokio::time::sleep_until(tokio::time::Instant::from_std(expiry)).await;
-            if self.expired_at(Instant::now()) {
+            tokio::time::sleep(expiry.saturating_duration_since(self.clock.now())).await;
+            if self.is_expired() {
                 return;
             }
         }
@@ -246,78 +294,75 @@ impl KeepAliveStats {
 mod tests {
     use super::*;
 
+    const SEC: Duration = Duration::from_secs(1);
+
+    fn manual() -> (Arc<ManualClock>, LeaseClock) {
+        let time = ManualClock::new();
+        let lease = LeaseClock::new(time.clone());
+        (time, lease)
+    }
+
     #[test]
     fn deadline_is_send_time_plus_ttl_minus_margin() {
-        let c = LeaseClock::default();
-        let t0 = Instant::now();
-        assert!(!c.valid_at(t0), "no ack yet");
-        c.acked(t0, Duration::from_secs(3), Duration::from_secs(1));
-        assert!(c.valid_at(t0 + Duration::from_millis(1999)));
-        assert!(
-            !c.valid_at(t0 + Duration::from_secs(2)),
-            "stops at sent + ttl - margin"
-        );
+        let (time, c) = manual();
+        let t0 = c.now();
+        assert!(!c.valid(), "no ack yet");
+        c.acked(t0, 3 * SEC, SEC);
+        time.advance(Duration::from_millis(1999));
+        assert!(c.valid());
+        time.advance(Duration::from_millis(1));
+        assert!(!c.valid(), "stops at sent + ttl - margin");
         // A late ack of an older keep-alive never moves the deadline back.
-        c.acked(
-            t0 + Duration::from_secs(1),
-            Duration::from_secs(3),
-            Duration::from_secs(1),
-        );
-        c.acked(t0, Duration::from_secs(3), Duration::from_secs(1));
-        assert!(c.valid_at(t0 + Duration::from_millis(2999)));
-        assert!(!c.valid_at(t0 + Duration::from_secs(3)));
+        c.acked(t0 + SEC, 3 * SEC, SEC);
+        c.acked(t0, 3 * SEC, SEC);
+        time.advance(Duration::from_millis(999));
+        assert!(c.valid());
+        time.advance(Duration::from_millis(1));
+        assert!(!c.valid());
     }
 
     #[test]
     fn expiry_is_send_time_plus_ttl() {
-        let c = LeaseClock::default();
-        let t0 = Instant::now();
-        assert!(
-            !c.expired_at(t0 + Duration::from_secs(3600)),
-            "no grant yet"
-        );
-        c.acked(t0, Duration::from_secs(3), Duration::from_secs(1));
+        let (time, c) = manual();
+        time.advance(3600 * SEC);
+        assert!(!c.is_expired(), "no grant yet");
+        c.acked(c.now(), 3 * SEC, SEC);
         // Between the deadline and the expiry: not servable, but not lost either.
-        let between = t0 + Duration::from_millis(2500);
-        assert!(!c.valid_at(between) && !c.expired_at(between));
-        assert!(c.expired_at(t0 + Duration::from_secs(3)));
+        time.advance(Duration::from_millis(2500));
+        assert!(!c.valid() && !c.is_expired());
         // A keep-alive acknowledged meanwhile (TTL > 0: etcd still has it) moves both on.
-        c.acked(
-            t0 + Duration::from_millis(2400),
-            Duration::from_secs(3),
-            Duration::from_secs(1),
+        c.acked(c.now() - Duration::from_millis(100), 3 * SEC, SEC);
+        assert!(c.valid());
+        time.advance(2 * SEC);
+        assert!(!c.is_expired());
+        time.advance(SEC);
+        assert!(
+            c.is_expired(),
+            "expires a TTL after the last acknowledged send"
         );
-        assert!(c.valid_at(between) && !c.expired_at(t0 + Duration::from_secs(5)));
     }
 
     #[test]
     fn lost_is_final_and_keeps_its_first_reason() {
-        let c = LeaseClock::default();
-        let t0 = Instant::now();
-        c.acked(t0, Duration::from_secs(3), Duration::ZERO);
+        let (time, c) = manual();
+        c.acked(c.now(), 3 * SEC, Duration::ZERO);
         c.lose(LeaseLoss::NotFound);
         c.lose(LeaseLoss::Deadline);
-        assert!(!c.valid_at(t0));
-        c.acked(
-            t0 + Duration::from_secs(1),
-            Duration::from_secs(3),
-            Duration::ZERO,
-        );
-        assert!(
-            !c.valid_at(t0 + Duration::from_secs(2)),
-            "a lost lease stays lost"
-        );
+        assert!(!c.valid());
+        time.advance(SEC);
+        c.acked(c.now(), 3 * SEC, Duration::ZERO);
+        assert!(!c.valid(), "a lost lease stays lost");
         assert_eq!(c.loss().map(|(why, _)| why), Some(LeaseLoss::NotFound));
         assert!(LeaseClock::forever().valid());
     }
 
     #[tokio::test]
     async fn expired_and_lost_resolve() {
-        let c = std::sync::Arc::new(LeaseClock::default());
+        let c = Arc::new(LeaseClock::default());
         let t0 = Instant::now();
         c.acked(t0, Duration::from_millis(200), Duration::ZERO);
         let waiter = {
-            let c = std::sync::Arc::clone(&c);
+            let c = Arc::clone(&c);
             tokio::spawn(async move { c.lost().await })
         };
         tokio::time::timeout(Duration::from_secs(10), c.expired())

@@ -1,0 +1,621 @@
+//! The ownership session: which shards this process may work on, and for how long. Gateways
+//! (serving shards) and compactors (compacting them) run the same protocol through it; each
+//! plugs in what opening and closing a shard means ([`ShardHost`]).
+//!
+//! Protocol (keys in `etcd.rs`; the deadline's safety argument in `lease.rs`):
+//!
+//! - **Join**: grant a lease, register `members/{id}` under it (batch jobs do not register:
+//!   nothing is placed onto them), keep it alive, watch the member set and the claims. Every
+//!   claim this process creates hangs off the same lease.
+//! - **Claim** (the shard has no holder and this member is its rendezvous choice,
+//!   [`crate::cluster::placement::plan`]): create the shard's key in a transaction that requires
+//!   it to be absent; its create revision is the claim's *epoch*. Only then open the shard
+//!   ([`ShardHost::open`]): for a gateway that opens the database, which fences any previous
+//!   writer. A previous holder's key is gone only if it released it or its lease expired,
+//!   and either way it no longer works on the shard.
+//! - **Work** on a shard only while the lease deadline holds (last acknowledged keep-alive
+//!   sent + TTL − margin, `lease.rs`) and the claim is in the view ([`Session::holds`]).
+//! - **Release** (planned: another live member is the rendezvous choice, or leaving): close
+//!   the shard first ([`ShardHost::close`]: drain, flush), then delete the key guarded by its
+//!   epoch, so the next holder never overlaps with us and a stale holder can never delete a
+//!   newer one's key.
+//! - **Lost** (the key is gone or another's): stop at once ([`ShardHost::drop_claim`]).
+//! - **Lease lost** (etcd does not know it, says TTL 0, or a whole TTL passed without an
+//!   acknowledged keep-alive): every claim went with it; drop them all, then join again with a
+//!   new lease as soon as etcd answers, retrying with backoff. A lost lease is never retried.
+//! - Membership changes are acted on after `rebalance_delay` of quiet, so a flapping member
+//!   does not move shards back and forth; claim changes (releases, expiries) at once.
+//!
+//! The embedded (single-process) mode is a session without etcd that holds every shard
+//! forever: its lease never ends, and it opens every shard at start-up.
+//!
+//! The session gives availability, not safety: a paused process may outlive its deadline.
+//! Safety comes from fencing at the storage (SlateDB's writer and compactor epochs).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use futures::{FutureExt, StreamExt};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::cluster::etcd::{Etcd, LeaseHolder, Registration};
+use crate::cluster::lease::{KeepAliveStats, LeaseClock};
+use crate::cluster::placement::{plan, ClusterView, Holding, Member, Moves, Owner};
+use crate::config::ClusterConfig;
+use crate::error::{Error, Result};
+use crate::shard::ShardId;
+use crate::tasks::Tasks;
+
+/// Claims taken or released concurrently by one placement pass.
+const MOVE_CONCURRENCY: usize = 8;
+
+/// Longest pause between attempts to join again after the lease was lost.
+const MAX_REJOIN_BACKOFF: Duration = Duration::from_secs(1);
+
+/// A claim this process holds on a shard: the right to work on it while the lease holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Claim {
+    /// The claimed shard.
+    pub shard: ShardId,
+    /// The claim's epoch: the create revision of its etcd key (0 in embedded mode).
+    pub epoch: i64,
+}
+
+/// Who runs a session: which key space it uses and whether shards are placed onto it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// A gateway: a member of the gateways' set, claiming shards to serve.
+    Gateway,
+    /// A compactor daemon: a member of the compactors' set (`compactor/` keys).
+    Compactor,
+    /// A batch compaction job: claims in the compactors' key space without joining their
+    /// member set, so daemons never place shards onto it.
+    BatchJob,
+}
+
+impl Role {
+    /// The etcd sub-prefix of its keys, if any.
+    fn keys(self) -> Option<&'static str> {
+        match self {
+            Role::Gateway => None,
+            Role::Compactor | Role::BatchJob => Some("compactor"),
+        }
+    }
+
+    fn registers(self) -> bool {
+        self != Role::BatchJob
+    }
+}
+
+/// What a session's holder does with the shards it is given.
+#[async_trait::async_trait]
+pub trait ShardHost: Send + Sync + 'static {
+    /// What this process holds of every shard now (the input to placement).
+    fn holdings(&self) -> Vec<(ShardId, Holding)>;
+
+    /// Starts work on a freshly claimed shard. On an error the session deletes the claim.
+    async fn open(&self, claim: Claim) -> Result<()>;
+
+    /// Planned hand-over: finish in-flight work and stop. The session deletes the claim
+    /// once this returns.
+    async fn close(&self, claim: Claim);
+
+    /// The claim is gone (its key was deleted or taken, or the lease was lost): stop at once,
+    /// without waiting for in-flight work.
+    async fn drop_claim(&self, claim: Claim);
+
+    /// Runs once per placement pass, before placement, also while membership settles.
+    async fn tick(&self) {}
+}
+
+/// How a session reaches agreement with the other processes. One per process: boxing the
+/// large variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
+enum Coordinator {
+    /// One process holds every shard forever.
+    Embedded,
+    /// Through etcd; daemons also keep their registration.
+    Etcd {
+        etcd: Etcd,
+        registration: Option<Registration>,
+    },
+}
+
+/// One process's ownership session.
+pub struct Session {
+    coordinator: Coordinator,
+    role: Role,
+    me: Member,
+    config: ClusterConfig,
+    /// The lease id and its serving deadline.
+    lease: RwLock<(i64, Arc<LeaseClock>)>,
+    /// Members and claims as last seen.
+    view: watch::Sender<ClusterView>,
+    keepalive: Arc<KeepAliveStats>,
+    /// Runs the placement loop, which returns at its next wait once `leaving` is cancelled.
+    placing: Tasks,
+    /// Cancelled on leaving: no more claims.
+    leaving: CancellationToken,
+    /// The keep-alive and the watch; shut down last.
+    tasks: Tasks,
+}
+
+impl Session {
+    /// A session without etcd that holds all `shard_count` shards forever, as `me`.
+    pub fn embedded(me: Member, shard_count: u32, config: &ClusterConfig) -> Arc<Session> {
+        let mut view = ClusterView::default();
+        view.members.insert(me.id.clone(), me.clone());
+        for shard in 0..shard_count {
+            let owner = Owner {
+                id: me.id.clone(),
+                url: me.url.clone(),
+                epoch: 0,
+            };
+            view.owners.insert(shard, owner);
+        }
+        let tasks = Tasks::new();
+        Arc::new(Session {
+            coordinator: Coordinator::Embedded,
+            role: Role::Gateway,
+            me,
+            config: config.clone(),
+            lease: RwLock::new((0, Arc::new(LeaseClock::forever()))),
+            view: watch::Sender::new(view),
+            keepalive: Arc::default(),
+            placing: tasks.child(),
+            leaving: CancellationToken::new(),
+            tasks,
+        })
+    }
+
+    /// Connects to etcd, grants a lease (registering `me` unless a batch job) and starts
+    /// following the view of `role`'s member set.
+    pub async fn join(config: &ClusterConfig, me: Member, role: Role) -> Result<Arc<Session>> {
+        if !config.is_clustered() {
+            return Err(Error::Config(
+                "joining a cluster needs etcd: set cluster.etcd_endpoints (--etcd)".into(),
+            ));
+        }
+        config.validate()?;
+        let mut etcd =
+            Etcd::connect(&config.etcd_endpoints, &config.name, config.etcd_timeout).await?;
+        if let Some(keys) = role.keys() {
+            etcd = etcd.scoped(keys);
+        }
+        let keepalive = Arc::new(KeepAliveStats::default());
+        let tasks = Tasks::new();
+        let holder = LeaseHolder {
+            member: role.registers().then_some(&me),
+            config,
+            stats: &keepalive,
+            tasks: &tasks,
+        };
+        let lease = etcd.start_lease(&holder).await?;
+        let registration = role
+            .registers()
+            .then(|| Registration::new(etcd.clone(), me.clone()));
+        let session = Arc::new(Session {
+            coordinator: Coordinator::Etcd {
+                etcd: etcd.clone(),
+                registration,
+            },
+            role,
+            me,
+            config: config.clone(),
+            lease: RwLock::new(lease),
+            view: watch::Sender::new(ClusterView::default()),
+            keepalive,
+            placing: tasks.child(),
+            leaving: CancellationToken::new(),
+            tasks,
+        });
+        let view = session.view.clone();
+        session
+            .tasks
+            .spawn("cluster watch", async move { etcd.watch_view(view).await });
+        tracing::info!(member = %session.me.id, url = %session.me.url, role = ?role, "joined the cluster");
+        Ok(session)
+    }
+
+    /// Starts giving shards to `host`. An embedded session opens every shard now, at most
+    /// `open_concurrency` at once, and fails if any fails; a cluster session starts the
+    /// placement loop, which makes a pass on every view change and at least every `tick`.
+    pub async fn start<H: ShardHost>(
+        self: &Arc<Self>,
+        host: Arc<H>,
+        open_concurrency: usize,
+        tick: Duration,
+    ) -> Result<()> {
+        match &self.coordinator {
+            Coordinator::Embedded => {
+                let shards = self
+                    .view
+                    .borrow()
+                    .owners
+                    .keys()
+                    .copied()
+                    .collect::<Vec<_>>();
+                futures::stream::iter(shards)
+                    .map(|shard| {
+                        host.open(Claim {
+                            shard: ShardId(shard),
+                            epoch: 0,
+                        })
+                    })
+                    .buffer_unordered(open_concurrency.max(1))
+                    .collect::<Vec<Result<()>>>()
+                    .await
+                    .into_iter()
+                    .collect()
+            }
+            Coordinator::Etcd { .. } => {
+                let session = Arc::clone(self);
+                self.placing
+                    .spawn("placement", async move { session.place(host, tick).await });
+                Ok(())
+            }
+        }
+    }
+
+    /// This process as a member.
+    pub fn me(&self) -> &Member {
+        &self.me
+    }
+
+    /// The view as last seen. Do not hold it across an await.
+    pub fn view(&self) -> watch::Ref<'_, ClusterView> {
+        self.view.borrow()
+    }
+
+    /// Changes of the view.
+    pub fn subscribe(&self) -> watch::Receiver<ClusterView> {
+        self.view.subscribe()
+    }
+
+    /// The lease clock in force.
+    pub fn lease(&self) -> Arc<LeaseClock> {
+        Arc::clone(&self.lease.read().unwrap_or_else(|e| e.into_inner()).1)
+    }
+
+    fn lease_id(&self) -> i64 {
+        self.lease.read().unwrap_or_else(|e| e.into_inner()).0
+    }
+
+    /// True while the lease deadline holds.
+    pub fn lease_valid(&self) -> bool {
+        self.lease().valid()
+    }
+
+    /// Keep-alive round trips, lease losses and rejoins.
+    pub fn keepalive(&self) -> &Arc<KeepAliveStats> {
+        &self.keepalive
+    }
+
+    /// True if a shard this session lost (e.g. fenced at the storage) can come back through
+    /// placement; false in embedded mode, which holds every shard once and for all.
+    pub fn places(&self) -> bool {
+        matches!(self.coordinator, Coordinator::Etcd { .. })
+    }
+
+    /// True while this process may work on `claim`'s shard: the lease deadline holds and the
+    /// view shows the claim (or predates it).
+    pub fn holds(&self, claim: &Claim) -> bool {
+        if !self.lease_valid() {
+            return false;
+        }
+        let view = self.view.borrow();
+        match view.owners.get(&claim.shard.0) {
+            Some(o) => o.id == self.me.id && o.epoch == claim.epoch,
+            None => view.revision < claim.epoch,
+        }
+    }
+
+    /// Claims `shard` if nobody holds it. `None` if it is claimed, or if our lease is not
+    /// valid (before or after claiming: then the claim is deleted again).
+    pub async fn claim(&self, shard: ShardId) -> Result<Option<Claim>> {
+        let Coordinator::Etcd { etcd, .. } = &self.coordinator else {
+            return Ok(Some(Claim { shard, epoch: 0 }));
+        };
+        if !self.lease_valid() {
+            return Ok(None);
+        }
+        let Some(epoch) = etcd.acquire(shard, &self.me, self.lease_id()).await? else {
+            return Ok(None);
+        };
+        let claim = Claim { shard, epoch };
+        // Working on the shard (opening fences the previous writer) needs a valid lease:
+        // otherwise our key may already be gone and another holder on its way.
+        if !self.lease_valid() {
+            self.release(claim).await;
+            return Ok(None);
+        }
+        Ok(Some(claim))
+    }
+
+    /// Deletes `claim`'s key if it still has its epoch. Stop working on the shard first.
+    pub async fn release(&self, claim: Claim) {
+        if let Coordinator::Etcd { etcd, .. } = &self.coordinator {
+            if let Err(e) = etcd.release(claim.shard, claim.epoch).await {
+                tracing::warn!(shard = %claim.shard, error = %e, "deleting the claim failed; it expires with the lease");
+            }
+        }
+    }
+
+    /// The placement loop: one pass per view change, lease loss or `tick`, until leaving.
+    async fn place<H: ShardHost>(self: Arc<Self>, host: Arc<H>, tick: Duration) {
+        let mut changes = self.view.subscribe();
+        let mut members = BTreeMap::new();
+        let mut quiet_until = Instant::now();
+        loop {
+            let lease = self.lease();
+            let wait = quiet_until
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(1));
+            // The only point where the loop stops for leaving: a pass in progress (an open, a
+            // drain) always completes.
+            tokio::select! {
+                _ = self.leaving.cancelled() => return,
+                _ = changes.changed() => {}
+                _ = lease.lost() => {}
+                _ = tokio::time::sleep(tick.min(wait)) => {}
+            }
+            if lease.is_lost() {
+                let held = claims(host.as_ref());
+                if !held.is_empty() {
+                    tracing::warn!(shards = held.len(), "lease lost: dropping every shard");
+                }
+                futures::future::join_all(held.into_iter().map(|c| host.drop_claim(c))).await;
+                self.rejoin(&lease).await;
+                continue;
+            }
+            // Quiet period after a membership change: let a burst (a flapping member, several
+            // joins) settle before moving shards. Only the member set must hold still: claim
+            // changes (a release, an expiry) are the critical path of every hand-over, and a
+            // steady stream of them would otherwise keep this member from ever placing.
+            let now_members = self.view.borrow().members.clone();
+            if now_members != members {
+                members = now_members;
+                quiet_until = Instant::now() + self.config.rebalance_delay;
+            }
+            host.tick().await;
+            if Instant::now() < quiet_until {
+                continue;
+            }
+            self.keep_registered().await;
+            self.pass(&host).await;
+        }
+    }
+
+    /// One placement pass: drop the claims that are gone, release the shards another live
+    /// member should have, claim the unclaimed shards this member should have.
+    async fn pass<H: ShardHost>(&self, host: &Arc<H>) {
+        let Moves {
+            acquire,
+            release,
+            lost,
+        } = self.plan(host.holdings());
+        for (shard, epoch) in lost {
+            tracing::warn!(%shard, epoch, "claim lost; dropping shard");
+            host.drop_claim(Claim { shard, epoch }).await;
+        }
+        let mut moves: Vec<futures::future::BoxFuture<'_, ()>> = Vec::new();
+        for shard in acquire {
+            moves.push(
+                async move {
+                    match self.claim(shard).await {
+                        Ok(Some(claim)) => {
+                            if let Err(e) = host.open(claim).await {
+                                tracing::warn!(%shard, error = %e, "opening a claimed shard failed; releasing it");
+                                self.release(claim).await;
+                            }
+                        }
+                        Ok(None) => {} // someone else holds it; the watch will tell us
+                        Err(e) => tracing::warn!(%shard, error = %e, "claim failed"),
+                    }
+                }
+                .boxed(),
+            );
+        }
+        for (shard, epoch) in release {
+            moves.push(
+                self.hand_over(host.as_ref(), Claim { shard, epoch })
+                    .boxed(),
+            );
+        }
+        futures::stream::iter(moves)
+            .buffer_unordered(MOVE_CONCURRENCY)
+            .collect::<Vec<()>>()
+            .await;
+    }
+
+    /// ORDERING: the host stops working on the shard before its key goes, so the next holder
+    /// never overlaps with us.
+    async fn hand_over<H: ShardHost>(&self, host: &H, claim: Claim) {
+        host.close(claim).await;
+        self.release(claim).await;
+    }
+
+    /// The moves placement asks for, given what the host holds (see
+    /// [`crate::cluster::placement::plan`]). Empty until the lease is valid and this member's
+    /// registration is visible (or while leaving).
+    pub fn plan(&self, holdings: impl IntoIterator<Item = (ShardId, Holding)>) -> Moves {
+        let view = self.view.borrow().clone();
+        if !self.lease_valid() || !view.members.contains_key(&self.me.id) {
+            return Moves::default();
+        }
+        plan(&view, &self.me.id, holdings)
+    }
+
+    /// Registers again if this member's key has gone missing under a live lease (see
+    /// `etcd::Registration`). A no-op for batch jobs, which never register.
+    async fn keep_registered(&self) {
+        let Coordinator::Etcd {
+            registration: Some(registration),
+            ..
+        } = &self.coordinator
+        else {
+            return;
+        };
+        if self.lease_valid() {
+            let present = self.view.borrow().members.contains_key(&self.me.id);
+            registration.check(present, self.lease_id()).await;
+        }
+    }
+
+    /// After `old` was lost: joins again with a new lease, retrying with backoff until etcd
+    /// answers or the session is leaving.
+    async fn rejoin(&self, old: &LeaseClock) {
+        let Coordinator::Etcd { etcd, .. } = &self.coordinator else {
+            return;
+        };
+        let holder = LeaseHolder {
+            member: self.role.registers().then_some(&self.me),
+            config: &self.config,
+            stats: &self.keepalive,
+            tasks: &self.tasks,
+        };
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match etcd.replace_lease(self.lease_id(), old, &holder).await {
+                Ok(lease) => {
+                    *self.lease.write().unwrap_or_else(|e| e.into_inner()) = lease;
+                    return;
+                }
+                Err(e) => tracing::warn!(error = %e, "rejoin failed; retrying"),
+            }
+            tokio::select! {
+                _ = self.leaving.cancelled() => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(MAX_REJOIN_BACKOFF);
+        }
+    }
+
+    /// Planned departure: stop placing, deregister so the others take over, then hand every
+    /// held shard over ([`ShardHost::close`], then delete the claim). Returns how many. An
+    /// embedded session has nobody to hand over to: it keeps every shard until closed.
+    pub async fn leave<H: ShardHost>(&self, host: &H) -> usize {
+        self.leaving.cancel();
+        self.placing.finished().await;
+        let Coordinator::Etcd { etcd, .. } = &self.coordinator else {
+            return 0;
+        };
+        if self.role.registers() {
+            if let Err(e) = etcd.deregister(&self.me.id).await {
+                tracing::warn!(error = %e, "deregister failed");
+            }
+        }
+        let held = claims(host);
+        let count = held.len();
+        futures::stream::iter(held.into_iter().map(|claim| self.hand_over(host, claim)))
+            .buffer_unordered(MOVE_CONCURRENCY)
+            .collect::<Vec<()>>()
+            .await;
+        tracing::info!(shards = count, "left");
+        count
+    }
+
+    /// Stops the keep-alive and the watch and revokes the lease (every claim still held goes
+    /// with it). Hand shards over first ([`Session::leave`]).
+    pub async fn close(&self) {
+        self.placing.shutdown().await;
+        self.tasks.shutdown().await;
+        if let Coordinator::Etcd { etcd, .. } = &self.coordinator {
+            if let Err(e) = etcd.revoke(self.lease_id()).await {
+                tracing::warn!(error = %e, "revoking the lease failed; it will expire");
+            }
+        }
+    }
+}
+
+/// The claims `host` holds.
+fn claims<H: ShardHost + ?Sized>(host: &H) -> Vec<Claim> {
+    host.holdings()
+        .into_iter()
+        .filter_map(|(shard, h)| match h {
+            Holding::Held(epoch) => Some(Claim { shard, epoch }),
+            Holding::Free | Holding::Busy => None,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// A host that records what it was asked to do.
+    #[derive(Default)]
+    struct Recorder {
+        held: Mutex<BTreeMap<ShardId, i64>>,
+        log: Mutex<Vec<String>>,
+    }
+
+    #[async_trait::async_trait]
+    impl ShardHost for Recorder {
+        fn holdings(&self) -> Vec<(ShardId, Holding)> {
+            let held = self.held.lock().unwrap();
+            (0..4)
+                .map(ShardId)
+                .map(|s| (s, held.get(&s).map_or(Holding::Free, |e| Holding::Held(*e))))
+                .collect()
+        }
+        async fn open(&self, claim: Claim) -> Result<()> {
+            self.log
+                .lock()
+                .unwrap()
+                .push(format!("open {}", claim.shard));
+            self.held.lock().unwrap().insert(claim.shard, claim.epoch);
+            Ok(())
+        }
+        async fn close(&self, claim: Claim) {
+            self.log
+                .lock()
+                .unwrap()
+                .push(format!("close {}", claim.shard));
+            self.held.lock().unwrap().remove(&claim.shard);
+        }
+        async fn drop_claim(&self, claim: Claim) {
+            self.log
+                .lock()
+                .unwrap()
+                .push(format!("drop {}", claim.shard));
+            self.held.lock().unwrap().remove(&claim.shard);
+        }
+    }
+
+    fn me() -> Member {
+        Member {
+            id: "a".into(),
+            url: "http://127.0.0.1:1".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_embedded_session_holds_every_shard_forever() {
+        let session = Session::embedded(me(), 4, &ClusterConfig::default());
+        let host = Arc::new(Recorder::default());
+        session
+            .start(Arc::clone(&host), 2, Duration::from_secs(1))
+            .await
+            .unwrap();
+        assert_eq!(host.held.lock().unwrap().len(), 4, "every shard opened");
+        for shard in 0..4 {
+            assert!(session.holds(&Claim {
+                shard: ShardId(shard),
+                epoch: 0
+            }));
+        }
+        assert!(session.lease_valid() && !session.places());
+        assert_eq!(session.plan(host.holdings()), Moves::default());
+        assert_eq!(
+            session.leave(host.as_ref()).await,
+            0,
+            "nobody to hand over to"
+        );
+        assert_eq!(host.held.lock().unwrap().len(), 4);
+        session.close().await;
+    }
+}

@@ -1,0 +1,266 @@
+//! The shards a gateway serves: the slot registry, and what opening, closing and recovering a
+//! shard means for a gateway. This is the gateway's [`ShardHost`]: the session decides which
+//! shards to hold, this carries it out through each slot's lifecycle (`lifecycle.rs`).
+//!
+//! A supervisor task per open database watches its status: when the database stops on its own
+//! the slot is told ([`Event::Stopped`]) and either gives the shard up (fenced) or reopens it,
+//! so shards recover after an outage without waiting for a request to notice.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::cluster::placement::Holding;
+use crate::cluster::session::{Claim, Session, ShardHost};
+use crate::config::NodeConfig;
+use crate::error::Result;
+use crate::node::lifecycle::{Action, Event};
+use crate::node::slot::ShardSlot;
+use crate::node::NodeStats;
+use crate::reads::cache::HotCache;
+use crate::shard::ShardId;
+use crate::storage::objstore::ClusterStore;
+use crate::storage::store::{BlockCache, Closed, ShardStore};
+use crate::tasks::Tasks;
+
+/// Longest pause between attempts to reopen a stopped database.
+const MAX_REOPEN_BACKOFF: Duration = Duration::from_secs(2);
+
+/// Every shard slot of a node, and how they open and close.
+pub(crate) struct Shards {
+    slots: Vec<Arc<ShardSlot>>,
+    config: NodeConfig,
+    store: ClusterStore,
+    cache: BlockCache,
+    session: Arc<Session>,
+    stats: Arc<NodeStats>,
+    tasks: Tasks,
+}
+
+/// The gateway's open/close hooks for its session.
+pub(crate) struct Host(pub(crate) Arc<Shards>);
+
+impl Shards {
+    pub(crate) fn new(
+        config: NodeConfig,
+        store: ClusterStore,
+        cache: BlockCache,
+        hot: &Arc<HotCache>,
+        session: Arc<Session>,
+        stats: Arc<NodeStats>,
+        tasks: Tasks,
+    ) -> Arc<Self> {
+        Arc::new(Shards {
+            slots: (0..config.storage.shard_count)
+                .map(|n| Arc::new(ShardSlot::new(ShardId(n), Arc::clone(hot))))
+                .collect(),
+            config,
+            store,
+            cache,
+            session,
+            stats,
+            tasks,
+        })
+    }
+
+    /// The slot of `shard` (which must be below the shard count).
+    pub(crate) fn slot(&self, shard: ShardId) -> &Arc<ShardSlot> {
+        &self.slots[shard.0 as usize]
+    }
+
+    /// The slot of `shard`, if the shard exists.
+    pub(crate) fn get(&self, shard: ShardId) -> Option<&Arc<ShardSlot>> {
+        self.slots.get(shard.0 as usize)
+    }
+
+    /// Every slot.
+    pub(crate) fn all(&self) -> &[Arc<ShardSlot>] {
+        &self.slots
+    }
+
+    /// Opens `shard`'s database with this node's settings, fencing any previous writer.
+    async fn open_store(&self, shard: ShardId) -> Result<Arc<ShardStore>> {
+        let store = ShardStore::open(
+            shard,
+            &self.store,
+            &self.config.storage,
+            &self.config.object_store,
+            &self.cache,
+            self.config.embedded_compaction(),
+        )
+        .await?;
+        Ok(Arc::new(store))
+    }
+
+    /// Applies `event` to `slot` and carries out what follows.
+    async fn apply(self: &Arc<Self>, slot: &Arc<ShardSlot>, event: Event<ShardStore>) {
+        let actions = slot.apply(event, self.session.places());
+        for action in actions {
+            match action {
+                // Dropped by `ShardSlot::apply`.
+                Action::Forget(_) => {}
+                Action::Supervise(store) => self.supervise(Arc::clone(slot), store),
+                Action::Drain(store) => {
+                    // ORDERING: in-flight requests finish, then the store closes; the session
+                    // deletes the claim only after this returns.
+                    let _drained = slot.drained().await;
+                    if let Err(e) = store.close().await {
+                        tracing::warn!(shard = %slot.id, error = %e, "closing released shard failed");
+                    }
+                    slot.apply(Event::Released, self.session.places());
+                }
+                // A newer owner may have fenced it: nothing in it is unacknowledged.
+                Action::Close(store) => self.tasks.spawn("close store", async move {
+                    let _ = store.close().await;
+                }),
+                Action::CloseAndWait(store) => {
+                    if let Err(e) = store.close().await {
+                        tracing::warn!(shard = %slot.id, error = %e, "closing shard failed");
+                    }
+                }
+                Action::ReleaseClaim(epoch) => {
+                    self.session
+                        .release(Claim {
+                            shard: slot.id,
+                            epoch,
+                        })
+                        .await
+                }
+                Action::Reopen(epoch) => self.spawn_reopen(Arc::clone(slot), epoch),
+            }
+        }
+    }
+
+    /// Watches `store` until it stops on its own, and tells its slot.
+    fn supervise(self: &Arc<Self>, slot: Arc<ShardSlot>, store: Arc<ShardStore>) {
+        let shards = Arc::clone(self);
+        self.tasks.spawn("supervise shard", async move {
+            let fenced = match store.wait_closed().await {
+                Closed::Fenced => true,
+                Closed::Other => false,
+            };
+            if slot.serves(&store) {
+                if fenced {
+                    tracing::warn!(shard = %slot.id, "shard fenced by another writer; no longer served");
+                } else {
+                    tracing::warn!(shard = %slot.id, "shard database stopped; reopening");
+                }
+            }
+            shards.apply(&slot, Event::Stopped { store, fenced }).await;
+        });
+    }
+
+    /// Starts reopening `slot`'s database for the claim `epoch` in the background.
+    fn spawn_reopen(self: &Arc<Self>, slot: Arc<ShardSlot>, epoch: i64) {
+        let shards = Arc::clone(self);
+        self.tasks.spawn(
+            "reopen shard",
+            async move { shards.reopen(slot, epoch).await },
+        );
+    }
+
+    /// Reopens a `Reopening` slot's database, retrying with backoff while the claim holds:
+    /// opening fences, and must never fence a newer owner.
+    async fn reopen(self: Arc<Self>, slot: Arc<ShardSlot>, epoch: i64) {
+        let claim = Claim {
+            shard: slot.id,
+            epoch,
+        };
+        let mut delay = Duration::from_millis(100);
+        while slot.is_reopening(epoch) {
+            if !self.session.holds(&claim) {
+                tracing::warn!(shard = %slot.id, epoch, "ownership lost while reopening");
+                self.apply(&slot, Event::ReopenAbandoned { epoch }).await;
+                return;
+            }
+            match self.open_store(slot.id).await {
+                Ok(store) => {
+                    self.stats.shard_reopens.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(shard = %slot.id, "shard reopened");
+                    self.apply(&slot, Event::Reopened { store, epoch }).await;
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(shard = %slot.id, error = %e, "reopen failed; retrying")
+                }
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(MAX_REOPEN_BACKOFF);
+        }
+    }
+
+    /// Closes every slot for good, waiting for open stores to flush. Errors are reported, not
+    /// returned early: every slot is closed.
+    pub(crate) async fn close_all(self: &Arc<Self>) -> Vec<String> {
+        let closing = self.slots.iter().map(|slot| async move {
+            let actions = slot.apply(Event::Shutdown, self.session.places());
+            let mut failed = None;
+            for action in actions {
+                if let Action::CloseAndWait(store) = action {
+                    failed = store.close().await.err().map(|e| e.to_string());
+                }
+            }
+            failed
+        });
+        futures::future::join_all(closing)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+}
+
+#[async_trait::async_trait]
+impl ShardHost for Host {
+    fn holdings(&self) -> Vec<(ShardId, Holding)> {
+        self.0.slots.iter().map(|s| (s.id, s.holding())).collect()
+    }
+
+    async fn open(&self, claim: Claim) -> Result<()> {
+        let started = std::time::Instant::now();
+        let store = self.0.open_store(claim.shard).await?;
+        let slot = self.0.slot(claim.shard);
+        self.0
+            .apply(
+                slot,
+                Event::Opened {
+                    store,
+                    epoch: claim.epoch,
+                },
+            )
+            .await;
+        self.0
+            .stats
+            .ownership_changes
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::info!(shard = %claim.shard, epoch = claim.epoch, open_ms = started.elapsed().as_millis() as u64, "acquired shard");
+        Ok(())
+    }
+
+    async fn close(&self, claim: Claim) {
+        let started = std::time::Instant::now();
+        let slot = self.0.slot(claim.shard);
+        if slot.open_epoch() != Some(claim.epoch) {
+            return;
+        }
+        self.0
+            .apply(slot, Event::Release { epoch: claim.epoch })
+            .await;
+        self.0
+            .stats
+            .ownership_changes
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::info!(shard = %claim.shard, epoch = claim.epoch, drain_ms = started.elapsed().as_millis() as u64, "released shard");
+    }
+
+    async fn drop_claim(&self, claim: Claim) {
+        let slot = self.0.slot(claim.shard);
+        if slot.open_epoch() == Some(claim.epoch) {
+            self.0
+                .stats
+                .ownership_changes
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        self.0.apply(slot, Event::Lost).await;
+    }
+}

@@ -1,0 +1,11 @@
+//! Where the data lives: object storage, the cluster metadata object, and each shard's
+//! SlateDB database.
+//!
+//! - [`objstore`]: the object store from a URL, with request counting.
+//! - [`meta`]: the cluster metadata object that pins the shard count.
+//! - [`store`]: one shard's SlateDB database (and read-only followers); durability, versions
+//!   and TTL decisions. The only user of SlateDB's write API.
+
+pub mod meta;
+pub mod objstore;
+pub mod store;
