@@ -7,7 +7,7 @@ use base64::Engine;
 use bytes::Bytes;
 use tessera::Precondition;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 
 /// Decodes `%XX` escapes into bytes; `+` becomes a space when `plus_is_space` (query strings).
 /// Returns `None` on a `%` not followed by two hex digits.
@@ -42,7 +42,7 @@ pub fn key_from_path(path: &str) -> Result<Bytes, ApiError> {
     let raw = path.strip_prefix("/v1/kv/").unwrap_or_default();
     percent_decode(raw, false).map(Bytes::from).ok_or_else(|| {
         ApiError::bad_request(
-            "invalid_key",
+            ErrorCode::InvalidKey,
             "the key in the path is not valid percent-encoding",
         )
     })
@@ -59,7 +59,7 @@ impl Query {
             let (name, value) = part.split_once('=').unwrap_or((part, ""));
             let invalid = || {
                 ApiError::bad_request(
-                    "invalid_query",
+                    ErrorCode::InvalidQuery,
                     format!("query parameter `{name}` is not valid percent-encoding"),
                 )
             };
@@ -67,7 +67,7 @@ impl Query {
                 .map_err(|_| invalid())?;
             if !allowed.contains(&name.as_str()) {
                 return Err(ApiError::bad_request(
-                    "invalid_query",
+                    ErrorCode::InvalidQuery,
                     format!(
                         "unknown query parameter `{name}`; allowed here: {}",
                         allowed.join(", ")
@@ -76,7 +76,7 @@ impl Query {
             }
             if pairs.iter().any(|(n, _)| *n == name) {
                 return Err(ApiError::bad_request(
-                    "invalid_query",
+                    ErrorCode::InvalidQuery,
                     format!("query parameter `{name}` is repeated"),
                 ));
             }
@@ -95,7 +95,7 @@ impl Query {
     }
 
     /// Parameter `name` as text.
-    pub fn text(&self, name: &str, code: &'static str) -> Result<Option<&str>, ApiError> {
+    pub fn text(&self, name: &str, code: ErrorCode) -> Result<Option<&str>, ApiError> {
         self.bytes(name)
             .map(|v| {
                 std::str::from_utf8(v).map_err(|_| {
@@ -106,7 +106,7 @@ impl Query {
     }
 
     /// Parameter `name` as a positive integer.
-    pub fn positive(&self, name: &str, code: &'static str) -> Result<Option<u64>, ApiError> {
+    pub fn positive(&self, name: &str, code: ErrorCode) -> Result<Option<u64>, ApiError> {
         self.text(name, code)?
             .map(|v| match v.parse::<u64>() {
                 Ok(n) if n > 0 => Ok(n),
@@ -120,11 +120,11 @@ impl Query {
 
     /// `consistency=strong|eventual` (default strong).
     pub fn consistency(&self) -> Result<tessera::Consistency, ApiError> {
-        match self.text("consistency", "invalid_consistency")? {
+        match self.text("consistency", ErrorCode::InvalidConsistency)? {
             None | Some("strong") => Ok(tessera::Consistency::Strong),
             Some("eventual") => Ok(tessera::Consistency::Eventual),
             Some(other) => Err(ApiError::bad_request(
-                "invalid_consistency",
+                ErrorCode::InvalidConsistency,
                 format!("consistency must be `strong` or `eventual`, got `{other}`"),
             )),
         }
@@ -143,21 +143,21 @@ pub fn precondition(headers: &HeaderMap) -> Result<Precondition, ApiError> {
             .get(name)
             .map(|v| {
                 v.to_str().map(|s| s.trim().to_string()).map_err(|_| {
-                    ApiError::bad_request("invalid_etag", format!("{name} is not ASCII"))
+                    ApiError::bad_request(ErrorCode::InvalidEtag, format!("{name} is not ASCII"))
                 })
             })
             .transpose()
     };
     match (get("if-match")?, get("if-none-match")?) {
         (Some(_), Some(_)) => Err(ApiError::bad_request(
-            "invalid_precondition",
+            ErrorCode::InvalidPrecondition,
             "send either If-Match or If-None-Match, not both",
         )),
         (Some(m), None) if m == "*" => Ok(Precondition::IfExists),
         (Some(m), None) => parse_etag(&m).map(Precondition::IfMatch),
         (None, Some(n)) if n == "*" => Ok(Precondition::IfAbsent),
         (None, Some(n)) => Err(ApiError::bad_request(
-            "invalid_precondition",
+            ErrorCode::InvalidPrecondition,
             format!("If-None-Match supports only `*`, got `{n}`"),
         )),
         (None, None) => Ok(Precondition::None),
@@ -172,7 +172,7 @@ pub fn parse_etag(value: &str) -> Result<u64, ApiError> {
         .and_then(|v| v.parse::<u64>().ok())
         .ok_or_else(|| {
             ApiError::bad_request(
-                "invalid_etag",
+                ErrorCode::InvalidEtag,
                 format!("If-Match must be `*` or a version in quotes, like \"42\"; got `{value}`"),
             )
         })
@@ -186,7 +186,10 @@ pub fn b64(bytes: &[u8]) -> String {
 /// Decodes a JSON body's base64 field.
 pub fn unb64(field: &str, value: &str) -> Result<Bytes, ApiError> {
     STANDARD.decode(value).map(Bytes::from).map_err(|_| {
-        ApiError::bad_request("invalid_json", format!("`{field}` must be standard base64"))
+        ApiError::bad_request(
+            ErrorCode::InvalidJson,
+            format!("`{field}` must be standard base64"),
+        )
     })
 }
 
@@ -200,7 +203,9 @@ pub fn uncursor(cursor: &[u8]) -> Result<Bytes, ApiError> {
     URL_SAFE_NO_PAD
         .decode(cursor)
         .map(Bytes::from)
-        .map_err(|_| ApiError::bad_request("invalid_cursor", "the cursor is not one we issued"))
+        .map_err(|_| {
+            ApiError::bad_request(ErrorCode::InvalidCursor, "the cursor is not one we issued")
+        })
 }
 
 #[cfg(test)]

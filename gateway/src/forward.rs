@@ -21,7 +21,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use tessera::{Located, ShardId};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::AppState;
 
 /// Marks a request that was already forwarded once.
@@ -151,11 +151,9 @@ pub async fn send(
         // A read changes nothing, so whether it reached the owner does not matter: look again.
         Err(_) if req.method.is_safe() => return Ok(Forwarded::Retry),
         Err(e) => {
-            return Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                format!("the shard owner did not answer; the outcome is unknown: {e}"),
-            ))
+            return Err(ApiError::owner_unavailable(format!(
+                "the shard owner did not answer; the outcome is unknown: {e}"
+            )))
         }
     };
     if resp.status() == StatusCode::MISDIRECTED_REQUEST {
@@ -171,11 +169,9 @@ pub async fn send(
         }
     }
     let body = resp.bytes().await.map_err(|e| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            format!("the shard owner's answer was cut off; the outcome is unknown: {e}"),
-        )
+        ApiError::owner_unavailable(format!(
+            "the shard owner's answer was cut off; the outcome is unknown: {e}"
+        ))
     })?;
     Ok(Forwarded::Answer((status, headers, body).into_response()))
 }
@@ -196,7 +192,7 @@ where
         match state.node.locate(shard) {
             Located::Local => match local().await {
                 // The shard moved away between the lookup and the call: nothing was applied.
-                Err(e) if e.code() == "not_owner" && !req.forwarded => {}
+                Err(e) if e.code() == ErrorCode::NotOwner && !req.forwarded => {}
                 other => return other,
             },
             Located::Remote(_) | Located::Unowned if req.forwarded => {
@@ -211,13 +207,16 @@ where
             }
             Located::Unowned => {}
         }
-        if req.remaining() <= RETRY_PAUSE {
-            return Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "no_owner",
-                format!("shard {shard} has no reachable owner yet (failover in progress)"),
-            ));
-        }
-        tokio::time::sleep(RETRY_PAUSE).await;
+        pause_before_retry(req, Some(shard)).await?;
     }
+}
+
+/// Waits `RETRY_PAUSE` before the owner of `shard` (`None`: of some of several shards) is
+/// looked up again, or fails with `503 no_owner` if the deadline would pass first.
+pub async fn pause_before_retry(req: &Forwardable, shard: Option<ShardId>) -> Result<(), ApiError> {
+    if req.remaining() <= RETRY_PAUSE {
+        return Err(ApiError::no_owner(shard));
+    }
+    tokio::time::sleep(RETRY_PAUSE).await;
+    Ok(())
 }

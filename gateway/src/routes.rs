@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::body::{to_bytes, Body};
 use axum::extract::State;
@@ -21,7 +20,7 @@ use tessera::{
 use tokio::sync::Notify;
 
 use crate::codec::{self, Query};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::forward::{self, dispatch, Forwardable, Forwarded};
 use crate::AppState;
 
@@ -177,7 +176,10 @@ fn floors(req: &Forwardable) -> Result<Vec<u64>, ApiError> {
         .ok()
         .and_then(|v| v.split(',').map(|n| n.parse().ok()).collect())
         .ok_or_else(|| {
-            ApiError::bad_request("invalid_query", format!("bad {}", forward::MIN_VERSION))
+            ApiError::bad_request(
+                ErrorCode::InvalidQuery,
+                format!("bad {}", forward::MIN_VERSION),
+            )
         })
 }
 
@@ -250,7 +252,7 @@ pub async fn put_key(
     body: Body,
 ) -> Result<Response, ApiError> {
     let key = codec::key_from_path(uri.path())?;
-    let ttl = Query::parse(uri.query(), &["ttl"])?.positive("ttl", "invalid_ttl")?;
+    let ttl = Query::parse(uri.query(), &["ttl"])?.positive("ttl", ErrorCode::InvalidTtl)?;
     let precondition = codec::precondition(&headers)?;
     let limit = state.config.limits.max_value_bytes;
     let value = read_body(body, limit, || {
@@ -284,7 +286,7 @@ pub async fn delete_key(
     let precondition = codec::precondition(&headers)?;
     if precondition == Precondition::IfAbsent {
         return Err(ApiError::bad_request(
-            "invalid_precondition",
+            ErrorCode::InvalidPrecondition,
             "If-None-Match is not meaningful for DELETE",
         ));
     }
@@ -298,7 +300,10 @@ pub async fn delete_key(
 
 /// `PUT`/`GET`/`DELETE /v1/kv/` with no key.
 pub async fn empty_key() -> ApiError {
-    ApiError::bad_request("invalid_key", "the key must not be empty: /v1/kv/{key}")
+    ApiError::bad_request(
+        ErrorCode::InvalidKey,
+        "the key must not be empty: /v1/kv/{key}",
+    )
 }
 
 /// `GET /v1/kv?prefix=&start=&end=&limit=&cursor=&consistency=`.
@@ -324,18 +329,18 @@ pub async fn scan(
         start: bytes("start"),
         end: bytes("end"),
         after: q.bytes("cursor").map(codec::uncursor).transpose()?,
-        limit: q.positive("limit", "invalid_limit")?.unwrap_or(0) as usize,
+        limit: q.positive("limit", ErrorCode::InvalidLimit)?.unwrap_or(0) as usize,
     };
-    let page = if let Some(list) = q.text("shards", "invalid_query")? {
+    let page = if let Some(list) = q.text("shards", ErrorCode::InvalidQuery)? {
         let shards = list
             .split(',')
             .map(|s| s.parse().map(tessera::ShardId))
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|_| ApiError::bad_request("invalid_query", "bad shard list"))?;
+            .map_err(|_| ApiError::bad_request(ErrorCode::InvalidQuery, "bad shard list"))?;
         let floors = floors(&fwd)?;
         if !floors.is_empty() && floors.len() != shards.len() {
             return Err(ApiError::bad_request(
-                "invalid_query",
+                ErrorCode::InvalidQuery,
                 "one floor per shard expected",
             ));
         }
@@ -423,14 +428,7 @@ async fn scan_cluster(
                 ));
             }
         }
-        if fwd.remaining() <= Duration::from_millis(25) {
-            return Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "no_owner",
-                "some shards have no reachable owner yet (failover in progress)",
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
+        forward::pause_before_retry(fwd, None).await?;
     }
 }
 
@@ -514,24 +512,13 @@ async fn decode_page(resp: Response) -> Result<tessera::ScanPage, ApiError> {
     let status = resp.status();
     let body = to_bytes(resp.into_body(), usize::MAX)
         .await
-        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "unavailable", e.to_string()))?;
-    let value: serde_json::Value = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "unavailable", e.to_string()))?;
+        .map_err(|e| ApiError::bad_gateway(e.to_string()))?;
+    let value: serde_json::Value =
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad_gateway(e.to_string()))?;
     if !status.is_success() {
-        let code = value["error"]["code"]
-            .as_str()
-            .unwrap_or("unavailable")
-            .to_string();
-        let message = value["error"]["message"].as_str().unwrap_or("").to_string();
-        return Err(ApiError::new(status, code, message));
+        return Err(ApiError::forwarded(status, &value));
     }
-    let bad = || {
-        ApiError::new(
-            StatusCode::BAD_GATEWAY,
-            "unavailable",
-            "malformed scan page",
-        )
-    };
+    let bad = || ApiError::bad_gateway("malformed scan page");
     let mut items = Vec::new();
     for item in value["items"].as_array().ok_or_else(bad)? {
         items.push(tessera::Entry {
@@ -609,16 +596,10 @@ pub async fn batch(
 ) -> Result<Response, ApiError> {
     Query::parse(uri.query(), &[])?;
     let limit = state.config.limits.max_batch_body_bytes;
-    let body = read_body(body, limit, || {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "batch_too_large",
-            format!("the batch body exceeds {limit} bytes"),
-        )
-    })
-    .await?;
-    let req: BatchRequest = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request("invalid_json", format!("invalid batch body: {e}")))?;
+    let body = read_body(body, limit, || ApiError::batch_body_too_large(limit)).await?;
+    let req: BatchRequest = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(ErrorCode::InvalidJson, format!("invalid batch body: {e}"))
+    })?;
     let ops = req
         .ops
         .into_iter()
@@ -638,7 +619,7 @@ pub async fn batch(
 }
 
 fn batch_op(i: usize, op: BatchOp) -> Result<WriteOp, ApiError> {
-    let bad = |msg: &str| ApiError::bad_request("invalid_json", format!("ops[{i}]: {msg}"));
+    let bad = |msg: &str| ApiError::bad_request(ErrorCode::InvalidJson, format!("ops[{i}]: {msg}"));
     let precondition = match (op.if_match, op.if_absent) {
         (Some(_), true) => return Err(bad("give if_match or if_absent, not both")),
         (Some(v), false) => Precondition::IfMatch(v),
@@ -731,20 +712,12 @@ pub async fn metrics(State(state): Shared) -> Response {
 
 /// Fallback for unknown paths.
 pub async fn not_found(uri: Uri) -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_FOUND,
-        "route_not_found",
-        format!("no route for `{}`", uri.path()),
-    )
+    ApiError::route_not_found(uri.path())
 }
 
 /// Fallback for a known path with the wrong method.
 pub async fn method_not_allowed() -> ApiError {
-    ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-        "this route does not accept that method",
-    )
+    ApiError::method_not_allowed()
 }
 
 /// Reads a body of at most `limit` bytes; `too_large` builds the error past it.
@@ -759,7 +732,7 @@ async fn read_body(
             too_large()
         } else {
             ApiError::bad_request(
-                "invalid_body",
+                ErrorCode::InvalidBody,
                 format!("cannot read the request body: {inner}"),
             )
         }
