@@ -1,11 +1,13 @@
 //! Decoding of what arrives in URLs and headers: percent-encoded binary keys, raw query
-//! strings, ETags, cursors. Strict on purpose: malformed input is a 400, never a guess.
+//! strings, ETags, cursors. Strict on purpose: malformed input is a 400, never a guess. Also
+//! the JSON of a scan page, both ways (gateways merge each other's pages).
 
 use axum::http::HeaderMap;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
 use bytes::Bytes;
-use tessera::Precondition;
+use serde_json::json;
+use tessera::{Entry, Precondition, ScanPage};
 
 use crate::error::{ApiError, ErrorCode};
 
@@ -206,6 +208,40 @@ pub fn uncursor(cursor: &[u8]) -> Result<Bytes, ApiError> {
         .map_err(|_| {
             ApiError::bad_request(ErrorCode::InvalidCursor, "the cursor is not one we issued")
         })
+}
+
+/// A scan page as JSON: `{"items":[{"key","value","version"}],"next":cursor|null}`, keys and
+/// values in standard base64. `next` resumes after the last item when there are more.
+pub fn page_json(page: &ScanPage) -> serde_json::Value {
+    let next = page
+        .more
+        .then(|| page.items.last().map(|e| cursor(&e.key)))
+        .flatten();
+    let items: Vec<_> = page
+        .items
+        .iter()
+        .map(|e| json!({ "key": b64(&e.key), "value": b64(&e.value), "version": e.version }))
+        .collect();
+    json!({ "items": items, "next": next })
+}
+
+/// Reads a scan page another gateway rendered with [`page_json`].
+pub fn page_from_json(value: &serde_json::Value) -> Result<ScanPage, ApiError> {
+    let bad = || ApiError::bad_gateway("malformed scan page");
+    let mut items = Vec::new();
+    for item in value["items"].as_array().ok_or_else(bad)? {
+        items.push(Entry {
+            key: unb64("key", item["key"].as_str().ok_or_else(bad)?)?,
+            value: unb64("value", item["value"].as_str().ok_or_else(bad)?)?,
+            version: item["version"].as_u64().ok_or_else(bad)?,
+            expires_at_ms: None,
+            written_at_ms: 0,
+        });
+    }
+    Ok(ScanPage {
+        items,
+        more: !value["next"].is_null(),
+    })
 }
 
 #[cfg(test)]
