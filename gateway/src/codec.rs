@@ -258,6 +258,29 @@ mod tests {
     }
 
     #[test]
+    fn scan_pages_round_trip() {
+        let entry = |k: &str| Entry {
+            key: Bytes::copy_from_slice(k.as_bytes()),
+            value: Bytes::from_static(b"\0v"),
+            version: 7,
+            expires_at_ms: None,
+            written_at_ms: 0,
+        };
+        for more in [false, true] {
+            let page = ScanPage {
+                items: vec![entry("a"), entry("b/c")],
+                more,
+            };
+            let json = page_json(&page);
+            assert_eq!(json["next"].is_string(), more);
+            let back = page_from_json(&json).unwrap();
+            assert_eq!((back.items, back.more), (page.items, more));
+        }
+        let err = page_from_json(&json!({"items": [{"key": "YQ=="}]})).unwrap_err();
+        assert_eq!(err.status(), axum::http::StatusCode::BAD_GATEWAY);
+    }
+
+    #[test]
     fn etags_parse() {
         assert_eq!(parse_etag("\"42\"").unwrap(), 42);
         assert!(parse_etag("42").is_err());

@@ -220,3 +220,49 @@ fn merge_pages(pages: Vec<ScanPage>, limit: usize, max_bytes: usize) -> ScanPage
     all.truncate(take);
     ScanPage { items: all, more }
 }
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use tessera::Entry;
+
+    use super::*;
+
+    fn page(keys: &[&str], more: bool) -> ScanPage {
+        let items = keys
+            .iter()
+            .map(|k| Entry {
+                key: Bytes::copy_from_slice(k.as_bytes()),
+                value: Bytes::from_static(b"vv"),
+                version: 1,
+                expires_at_ms: None,
+                written_at_ms: 0,
+            })
+            .collect();
+        ScanPage { items, more }
+    }
+
+    fn keys(page: &ScanPage) -> Vec<&[u8]> {
+        page.items.iter().map(|e| &e.key[..]).collect()
+    }
+
+    #[test]
+    fn merged_pages_keep_key_order_limit_and_more() {
+        let merged = merge_pages(
+            vec![page(&["b", "d"], false), page(&["a", "c"], false)],
+            3,
+            1000,
+        );
+        assert_eq!(keys(&merged), [b"a", b"b", b"c"]);
+        assert!(merged.more, "a key was left out");
+
+        let merged = merge_pages(vec![page(&["a"], true), page(&["b"], false)], 10, 1000);
+        assert_eq!(keys(&merged), [b"a", b"b"]);
+        assert!(merged.more, "a shard had more");
+
+        // The byte bound stops after the item that reaches it, never before the first.
+        let merged = merge_pages(vec![page(&["a", "b", "c"], false)], 10, 4);
+        assert_eq!(keys(&merged), [b"a", b"b"]);
+        assert!(merged.more);
+    }
+}
