@@ -277,7 +277,8 @@ mod tests {
             assert_eq!((back.items, back.more), (page.items, more));
         }
         let err = page_from_json(&json!({"items": [{"key": "YQ=="}]})).unwrap_err();
-        assert_eq!(err.status(), axum::http::StatusCode::BAD_GATEWAY);
+        let status = axum::response::IntoResponse::into_response(err).status();
+        assert_eq!(status, axum::http::StatusCode::BAD_GATEWAY);
     }
 
     #[test]

@@ -189,16 +189,6 @@ impl ApiError {
         let message = error["message"].as_str().unwrap_or("");
         Self::new(status, code.unwrap_or(ErrorCode::Unavailable), message)
     }
-
-    /// The stable code.
-    pub fn code(&self) -> ErrorCode {
-        self.code
-    }
-
-    /// The HTTP status.
-    pub fn status(&self) -> StatusCode {
-        self.status
-    }
 }
 
 /// The status and code of a core error. The one place that maps `tessera::Error` variants; no
@@ -370,11 +360,7 @@ mod tests {
         for (error, status, code) in cases {
             let shown = format!("{error:?}");
             let api = ApiError::from(error);
-            assert_eq!(
-                (api.status(), api.code().as_str()),
-                (status, code),
-                "{shown}"
-            );
+            assert_eq!((api.status, api.code.as_str()), (status, code), "{shown}");
         }
     }
 
@@ -417,11 +403,11 @@ mod tests {
         let body = json!({"error": {"code": "invalid_limit", "message": "m"}});
         let err = ApiError::forwarded(StatusCode::BAD_REQUEST, &body);
         assert_eq!(
-            (err.status(), err.code()),
+            (err.status, err.code),
             (StatusCode::BAD_REQUEST, ErrorCode::InvalidLimit)
         );
         assert_eq!(err.message, "m");
         let err = ApiError::forwarded(StatusCode::SERVICE_UNAVAILABLE, &json!({}));
-        assert_eq!(err.code(), ErrorCode::Unavailable);
+        assert_eq!(err.code, ErrorCode::Unavailable);
     }
 }
