@@ -1,8 +1,9 @@
 //! The core error type.
 //!
 //! Every failure a caller can see is one [`Error`] variant, and every variant is classified by
-//! [`Error::kind`] into what the caller must do about it. The gateway maps kinds and variants to
-//! HTTP once, in its own `error` module; nothing in the core knows about HTTP.
+//! [`Error::kind`] into what the caller must do about it. The gateway maps variants to HTTP
+//! once, in its own `error` module, and hides the details of [`ErrorKind::Internal`] ones;
+//! nothing in the core knows about HTTP.
 
 use crate::shard::ShardId;
 
@@ -22,10 +23,13 @@ pub enum ErrorKind {
 }
 
 /// Errors returned by the core library.
+///
+/// Deliberately not `#[non_exhaustive]`: the gateway maps every variant to HTTP with no
+/// wildcard arm, so a new variant does not compile until it has a status and a code there.
 #[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
 pub enum Error {
-    /// The request breaks a documented rule. `code` is a stable machine-readable code.
+    /// The request breaks a documented rule. `code` is a stable machine-readable code; the
+    /// gateway's `ErrorCode` must list it.
     #[error("{message}")]
     InvalidInput { code: &'static str, message: String },
     /// A value exceeds the configured maximum size.

@@ -1,90 +1,249 @@
-//! `ApiError`: every failure of the HTTP API, mapped once to a status and a stable code.
+//! The HTTP edge of every failure: the stable error codes ([`ErrorCode`]), the error answer
+//! ([`ApiError`]) and the one mapping of a core [`tessera::Error`] to a status and a code.
 //!
-//! Body: `{"error":{"code":"<code>","message":"..."}}`. The codes are part of the API and are
-//! listed in the README; tests assert on them. 5xx answers are logged here, once.
-
-use std::borrow::Cow;
+//! Body: `{"error":{"code":"<code>","message":"..."}}`, plus `current_version` on a `412` when
+//! the key exists; every `503` carries `Retry-After: 1`. The codes are part of the API and are
+//! listed in the README; tests assert on them. Errors the core classifies
+//! [`ErrorKind::Internal`] are logged here, once, and answered without details; other 5xx
+//! answers are logged as warnings when rendered.
+//!
+//! Invariants: the mapping has no wildcard arm (the core's `Error` is not `#[non_exhaustive]`,
+//! so a new variant does not compile until it is mapped), and only this module picks an error
+//! answer's status or spells its code.
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
-use tessera::Error;
+use tessera::{Error, ErrorKind, ShardId};
+
+/// Declares [`ErrorCode`] from one table, so the variants, their strings and
+/// [`ErrorCode::ALL`] cannot drift apart.
+macro_rules! error_codes {
+    ($($(#[$doc:meta])* $variant:ident => $code:literal,)*) => {
+        /// A stable machine-readable error code: the `code` of an error answer.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum ErrorCode {
+            $($(#[$doc])* $variant,)*
+        }
+
+        impl ErrorCode {
+            /// Every code.
+            pub const ALL: &'static [ErrorCode] = &[$(ErrorCode::$variant,)*];
+
+            /// The code as it appears in answers.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(ErrorCode::$variant => $code,)*
+                }
+            }
+        }
+    };
+}
+
+error_codes! {
+    /// Empty key, or bad percent-encoding in the path.
+    InvalidKey => "invalid_key",
+    /// Key longer than `limits.max_key_bytes`.
+    KeyTooLong => "key_too_long",
+    /// `If-Match` not `*` or a quoted version.
+    InvalidEtag => "invalid_etag",
+    /// Conflicting or unsupported `If-Match` / `If-None-Match`.
+    InvalidPrecondition => "invalid_precondition",
+    /// A TTL that is not a positive number of seconds within the limit.
+    InvalidTtl => "invalid_ttl",
+    /// An unknown, repeated or badly encoded query parameter (or internal header).
+    InvalidQuery => "invalid_query",
+    /// `consistency` not `strong` or `eventual`.
+    InvalidConsistency => "invalid_consistency",
+    /// A scan `limit` out of range.
+    InvalidLimit => "invalid_limit",
+    /// A scan cursor this API did not issue.
+    InvalidCursor => "invalid_cursor",
+    /// A malformed batch body or operation.
+    InvalidJson => "invalid_json",
+    /// An empty batch.
+    InvalidBatch => "invalid_batch",
+    /// A batch names a key twice.
+    DuplicateKey => "duplicate_key",
+    /// Too many batch operations (400) or too large a batch body (413).
+    BatchTooLarge => "batch_too_large",
+    /// Batch keys map to several shards.
+    CrossShard => "cross_shard",
+    /// The request body could not be read.
+    InvalidBody => "invalid_body",
+    /// The key is absent or expired.
+    NotFound => "not_found",
+    /// No route for the path.
+    RouteNotFound => "route_not_found",
+    /// A known path with the wrong method.
+    MethodNotAllowed => "method_not_allowed",
+    /// A precondition did not hold.
+    PreconditionFailed => "precondition_failed",
+    /// A value over `limits.max_value_bytes`.
+    ValueTooLarge => "value_too_large",
+    /// (Forwarded requests only) this gateway does not own the shard.
+    NotOwner => "not_owner",
+    /// The object store, etcd or the shard owner is unreachable, or the shard is reopening.
+    Unavailable => "unavailable",
+    /// No owner answered within the deadline (failover in progress).
+    NoOwner => "no_owner",
+    /// The request outlived its deadline.
+    DeadlineExceeded => "deadline_exceeded",
+    /// Another process opened the shard's database.
+    ShardFenced => "shard_fenced",
+    /// The gateway is stopping.
+    ShuttingDown => "shutting_down",
+    /// A bug; the log has the details.
+    Internal => "internal",
+}
+
+impl ErrorCode {
+    /// The code spelled `code`, if there is one.
+    pub fn parse(code: &str) -> Option<Self> {
+        Self::ALL.iter().copied().find(|c| c.as_str() == code)
+    }
+}
 
 /// An HTTP error answer.
 #[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
-    code: Cow<'static, str>,
+    code: ErrorCode,
     message: String,
     current_version: Option<u64>,
 }
 
 impl ApiError {
-    /// A 400 with `code`.
-    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, code, message)
-    }
-
-    /// Any status with `code`.
-    pub fn new(
-        status: StatusCode,
-        code: impl Into<Cow<'static, str>>,
-        message: impl Into<String>,
-    ) -> Self {
+    fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
         ApiError {
             status,
-            code: code.into(),
+            code,
             message: message.into(),
             current_version: None,
         }
     }
 
-    /// The stable code.
-    pub fn code(&self) -> &str {
-        &self.code
+    /// A `400` with `code`: the request is malformed.
+    pub fn bad_request(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    /// `404 route_not_found` for `path`.
+    pub fn route_not_found(path: &str) -> Self {
+        let message = format!("no route for `{path}`");
+        Self::new(StatusCode::NOT_FOUND, ErrorCode::RouteNotFound, message)
+    }
+
+    /// `405 method_not_allowed`.
+    pub fn method_not_allowed() -> Self {
+        let message = "this route does not accept that method";
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            ErrorCode::MethodNotAllowed,
+            message,
+        )
+    }
+
+    /// `413 batch_too_large`: the batch body is over `limit` bytes.
+    pub fn batch_body_too_large(limit: usize) -> Self {
+        let message = format!("the batch body exceeds {limit} bytes");
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::BatchTooLarge,
+            message,
+        )
+    }
+
+    /// `503 unavailable`: the shard owner did not answer (for a write, the outcome is unknown).
+    pub fn owner_unavailable(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Unavailable,
+            message,
+        )
+    }
+
+    /// `503 no_owner`: `shard` (or, for `None`, some of several shards) had no owner that
+    /// answered before the deadline.
+    pub fn no_owner(shard: Option<ShardId>) -> Self {
+        let message = match shard {
+            Some(shard) => {
+                format!("shard {shard} has no reachable owner yet (failover in progress)")
+            }
+            None => "some shards have no reachable owner yet (failover in progress)".to_string(),
+        };
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::NoOwner, message)
+    }
+
+    /// `502 unavailable`: another gateway's answer could not be read.
+    pub fn bad_gateway(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_GATEWAY, ErrorCode::Unavailable, message)
+    }
+
+    /// Another gateway's error answer (`status`, JSON `body`), passed on with its status, code
+    /// and message; a body without a code this gateway knows counts as `unavailable`.
+    pub fn forwarded(status: StatusCode, body: &serde_json::Value) -> Self {
+        let error = &body["error"];
+        let code = error["code"].as_str().and_then(ErrorCode::parse);
+        let message = error["message"].as_str().unwrap_or("");
+        Self::new(status, code.unwrap_or(ErrorCode::Unavailable), message)
+    }
+}
+
+/// The status and code of a core error. The one place that maps `tessera::Error` variants; no
+/// wildcard arm.
+fn classify(e: &Error) -> (StatusCode, ErrorCode) {
+    use StatusCode as S;
+    match e {
+        Error::InvalidInput { code, .. } => match ErrorCode::parse(code) {
+            Some(code) => (S::BAD_REQUEST, code),
+            // The core names its input codes as strings; one missing above is a bug here.
+            None => {
+                tracing::error!(code, "core input error code missing from ErrorCode");
+                (S::INTERNAL_SERVER_ERROR, ErrorCode::Internal)
+            }
+        },
+        Error::ValueTooLarge { .. } => (S::PAYLOAD_TOO_LARGE, ErrorCode::ValueTooLarge),
+        Error::CrossShard { .. } => (S::BAD_REQUEST, ErrorCode::CrossShard),
+        Error::NotFound => (S::NOT_FOUND, ErrorCode::NotFound),
+        Error::PreconditionFailed { .. } => (S::PRECONDITION_FAILED, ErrorCode::PreconditionFailed),
+        Error::ShardUnavailable { .. } | Error::ObjectStore(_) | Error::Coordination(_) => {
+            (S::SERVICE_UNAVAILABLE, ErrorCode::Unavailable)
+        }
+        Error::NotOwner { .. } => (S::MISDIRECTED_REQUEST, ErrorCode::NotOwner),
+        Error::Fenced { .. } => (S::SERVICE_UNAVAILABLE, ErrorCode::ShardFenced),
+        Error::DeadlineExceeded => (S::SERVICE_UNAVAILABLE, ErrorCode::DeadlineExceeded),
+        Error::ShuttingDown => (S::SERVICE_UNAVAILABLE, ErrorCode::ShuttingDown),
+        Error::Config(_) | Error::ClusterMismatch(_) | Error::Internal(_) => {
+            (S::INTERNAL_SERVER_ERROR, ErrorCode::Internal)
+        }
     }
 }
 
 impl From<Error> for ApiError {
     fn from(e: Error) -> Self {
-        use StatusCode as S;
-        let message = e.to_string();
-        let (status, code) = match &e {
-            Error::InvalidInput { code, .. } => (S::BAD_REQUEST, *code),
-            Error::ValueTooLarge { .. } => (S::PAYLOAD_TOO_LARGE, "value_too_large"),
-            Error::CrossShard { .. } => (S::BAD_REQUEST, "cross_shard"),
-            Error::NotFound => (S::NOT_FOUND, "not_found"),
-            Error::PreconditionFailed { current } => {
-                let mut err = ApiError::new(S::PRECONDITION_FAILED, "precondition_failed", message);
-                err.current_version = *current;
-                return err;
-            }
-            Error::ShardUnavailable { .. } | Error::ObjectStore(_) | Error::Coordination(_) => {
-                (S::SERVICE_UNAVAILABLE, "unavailable")
-            }
-            Error::NotOwner { .. } => (S::MISDIRECTED_REQUEST, "not_owner"),
-            Error::Fenced { .. } => (S::SERVICE_UNAVAILABLE, "shard_fenced"),
-            Error::DeadlineExceeded => (S::SERVICE_UNAVAILABLE, "deadline_exceeded"),
-            Error::ShuttingDown => (S::SERVICE_UNAVAILABLE, "shutting_down"),
-            Error::Config(_) | Error::ClusterMismatch(_) | Error::Internal(_) => {
-                tracing::error!(error = %e, "internal error");
-                return ApiError::new(S::INTERNAL_SERVER_ERROR, "internal", "internal error");
-            }
-            // `tessera::Error` is non-exhaustive for other crates; a new variant is a 500 until
-            // it is mapped above.
-            _ => (S::INTERNAL_SERVER_ERROR, "internal"),
-        };
-        ApiError::new(status, code, message)
+        let (status, code) = classify(&e);
+        if e.kind() == ErrorKind::Internal {
+            // A human must look: the details go to the log, not to the client.
+            tracing::error!(error = %e, "internal error");
+            return ApiError::new(status, code, "internal error");
+        }
+        let mut err = ApiError::new(status, code, e.to_string());
+        if let Error::PreconditionFailed { current } = e {
+            err.current_version = current;
+        }
+        err
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let code = self.code.as_str();
         if self.status.is_server_error() && self.status != StatusCode::INTERNAL_SERVER_ERROR {
-            tracing::warn!(code = %self.code, message = %self.message, "request failed");
+            tracing::warn!(code, message = %self.message, "request failed");
         }
-        let mut error = json!({ "code": self.code, "message": self.message });
+        let mut error = json!({ "code": code, "message": self.message });
         if let Some(v) = self.current_version {
             error["current_version"] = json!(v);
         }
@@ -94,5 +253,161 @@ impl IntoResponse for ApiError {
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_round_trip_and_are_unique() {
+        for (i, code) in ErrorCode::ALL.iter().enumerate() {
+            assert_eq!(ErrorCode::parse(code.as_str()), Some(*code));
+            assert!(!ErrorCode::ALL[..i]
+                .iter()
+                .any(|c| c.as_str() == code.as_str()));
+        }
+        assert_eq!(ErrorCode::parse("no_such_code"), None);
+    }
+
+    /// Every core variant, with the status and code it answers with.
+    #[test]
+    fn every_core_error_maps_to_its_status_and_code() {
+        use StatusCode as S;
+        let shard = ShardId(3);
+        let store_error = object_store::Error::NotImplemented {
+            operation: "get".into(),
+            implementer: "test".into(),
+        };
+        let cases = [
+            (
+                Error::invalid("key_too_long", "long"),
+                S::BAD_REQUEST,
+                "key_too_long",
+            ),
+            (
+                Error::invalid("no_such_code", "x"),
+                S::INTERNAL_SERVER_ERROR,
+                "internal",
+            ),
+            (
+                Error::ValueTooLarge { size: 2, limit: 1 },
+                S::PAYLOAD_TOO_LARGE,
+                "value_too_large",
+            ),
+            (
+                Error::CrossShard { shards: 2 },
+                S::BAD_REQUEST,
+                "cross_shard",
+            ),
+            (Error::NotFound, S::NOT_FOUND, "not_found"),
+            (
+                Error::PreconditionFailed { current: Some(7) },
+                S::PRECONDITION_FAILED,
+                "precondition_failed",
+            ),
+            (
+                Error::ShardUnavailable {
+                    shard,
+                    reason: "reopening".into(),
+                },
+                S::SERVICE_UNAVAILABLE,
+                "unavailable",
+            ),
+            (
+                Error::Fenced { shard },
+                S::SERVICE_UNAVAILABLE,
+                "shard_fenced",
+            ),
+            (
+                Error::DeadlineExceeded,
+                S::SERVICE_UNAVAILABLE,
+                "deadline_exceeded",
+            ),
+            (
+                Error::NotOwner { shard },
+                S::MISDIRECTED_REQUEST,
+                "not_owner",
+            ),
+            (
+                Error::Coordination("etcd".into()),
+                S::SERVICE_UNAVAILABLE,
+                "unavailable",
+            ),
+            (Error::ShuttingDown, S::SERVICE_UNAVAILABLE, "shutting_down"),
+            (
+                Error::Config("x".into()),
+                S::INTERNAL_SERVER_ERROR,
+                "internal",
+            ),
+            (
+                Error::ClusterMismatch("x".into()),
+                S::INTERNAL_SERVER_ERROR,
+                "internal",
+            ),
+            (
+                Error::ObjectStore(store_error),
+                S::SERVICE_UNAVAILABLE,
+                "unavailable",
+            ),
+            (
+                Error::Internal("x".into()),
+                S::INTERNAL_SERVER_ERROR,
+                "internal",
+            ),
+        ];
+        for (error, status, code) in cases {
+            let shown = format!("{error:?}");
+            let api = ApiError::from(error);
+            assert_eq!((api.status, api.code.as_str()), (status, code), "{shown}");
+        }
+    }
+
+    async fn body(resp: Response) -> serde_json::Value {
+        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[tokio::test]
+    async fn answers_keep_their_shape() {
+        let resp = ApiError::from(Error::PreconditionFailed { current: Some(7) }).into_response();
+        assert_eq!(resp.status(), StatusCode::PRECONDITION_FAILED);
+        assert!(resp.headers().get(header::RETRY_AFTER).is_none());
+        let expected = json!({"error": {
+            "code": "precondition_failed",
+            "message": "precondition failed: current version is 7",
+            "current_version": 7,
+        }});
+        assert_eq!(body(resp).await, expected);
+
+        let resp = ApiError::no_owner(Some(ShardId(2))).into_response();
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(resp.headers()[header::RETRY_AFTER], "1");
+        let expected = json!({"error": {
+            "code": "no_owner",
+            "message": "shard 00002 has no reachable owner yet (failover in progress)",
+        }});
+        assert_eq!(body(resp).await, expected);
+
+        // Internal details stay in the log.
+        let resp = ApiError::from(Error::Internal("secret".into())).into_response();
+        let expected = json!({"error": {"code": "internal", "message": "internal error"}});
+        assert_eq!(body(resp).await, expected);
+    }
+
+    #[test]
+    fn forwarded_errors_keep_status_code_and_message() {
+        let body = json!({"error": {"code": "invalid_limit", "message": "m"}});
+        let err = ApiError::forwarded(StatusCode::BAD_REQUEST, &body);
+        assert_eq!(
+            (err.status, err.code),
+            (StatusCode::BAD_REQUEST, ErrorCode::InvalidLimit)
+        );
+        assert_eq!(err.message, "m");
+        let err = ApiError::forwarded(StatusCode::SERVICE_UNAVAILABLE, &json!({}));
+        assert_eq!(err.code, ErrorCode::Unavailable);
     }
 }

@@ -1,27 +1,24 @@
-//! Request routing in cluster mode: serve locally when this gateway owns the key's shard,
-//! otherwise forward to the owner over a pooled keep-alive connection.
+//! Forwarding in cluster mode: a request captured so it can be replayed ([`Forwardable`]) and
+//! one attempt to send it to another gateway over a pooled keep-alive connection ([`send`]).
+//! When to forward and how often to retry is the service's (`crate::service`).
 //!
 //! Rules:
 //! - **Hop limit 1**: a forwarded request carries `x-tessera-forwarded`; a gateway that gets
 //!   one for a shard it does not serve answers `421 not_owner` instead of forwarding again.
 //! - **Deadline propagation**: the forwarded request carries the time left
 //!   (`x-tessera-deadline-ms`); the owner never works past the original deadline.
-//! - **Retries**: a `421`, an unowned shard (failover in progress) or an owner that refuses the
-//!   connection is retried after a short wait until the deadline, then `503` + `Retry-After`.
-//!   A write that may have reached the owner (the connection broke after sending) is never
-//!   retried: its outcome is then unknown and the client gets `503 unavailable`; a read is
-//!   retried, as it changes nothing. A leaving gateway keeps serving briefly after handing its
-//!   shards over, so forwarders with a stale view get `421`, not a broken connection.
+//! - **What a failed attempt means**: a `421` or a refused connection reached no owner
+//!   ([`Forwarded::Retry`]); so did a read whose connection broke, as a read changes nothing.
+//!   A write whose connection broke after sending may have been applied: it is never retried,
+//!   and the client gets `503 unavailable` (outcome unknown).
 
-use std::future::Future;
 use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use tessera::{Located, ShardId};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::AppState;
 
 /// Marks a request that was already forwarded once.
@@ -41,9 +38,6 @@ const PASSED_RESPONSE_HEADERS: &[&str] = &[
     "x-tessera-read",
     "x-tessera-staleness-bound-ms",
 ];
-
-/// How long to wait before looking up an owner again.
-const RETRY_PAUSE: Duration = Duration::from_millis(25);
 
 /// Everything needed to replay a request against another gateway.
 pub struct Forwardable {
@@ -111,6 +105,27 @@ impl Forwardable {
     pub fn remaining(&self) -> Duration {
         self.deadline.saturating_duration_since(Instant::now())
     }
+
+    /// The path, without the query.
+    pub fn path(&self) -> &str {
+        self.path_and_query
+            .split_once('?')
+            .map_or(self.path_and_query.as_str(), |(path, _)| path)
+    }
+
+    /// The floors a forwarding gateway sent for the shards of the request ([`MIN_VERSION`],
+    /// one per shard); none for a request that was not forwarded.
+    pub fn floors(&self) -> Result<Vec<u64>, ApiError> {
+        let Some(v) = self.headers.get(MIN_VERSION) else {
+            return Ok(Vec::new());
+        };
+        v.to_str()
+            .ok()
+            .and_then(|v| v.split(',').map(|n| n.parse().ok()).collect())
+            .ok_or_else(|| {
+                ApiError::bad_request(ErrorCode::InvalidQuery, format!("bad {MIN_VERSION}"))
+            })
+    }
 }
 
 /// The outcome of one forwarding attempt.
@@ -151,11 +166,9 @@ pub async fn send(
         // A read changes nothing, so whether it reached the owner does not matter: look again.
         Err(_) if req.method.is_safe() => return Ok(Forwarded::Retry),
         Err(e) => {
-            return Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                format!("the shard owner did not answer; the outcome is unknown: {e}"),
-            ))
+            return Err(ApiError::owner_unavailable(format!(
+                "the shard owner did not answer; the outcome is unknown: {e}"
+            )))
         }
     };
     if resp.status() == StatusCode::MISDIRECTED_REQUEST {
@@ -171,53 +184,9 @@ pub async fn send(
         }
     }
     let body = resp.bytes().await.map_err(|e| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            format!("the shard owner's answer was cut off; the outcome is unknown: {e}"),
-        )
+        ApiError::owner_unavailable(format!(
+            "the shard owner's answer was cut off; the outcome is unknown: {e}"
+        ))
     })?;
     Ok(Forwarded::Answer((status, headers, body).into_response()))
-}
-
-/// Serves `req` for `shard`: locally through `local` when this gateway owns the shard, else by
-/// forwarding it to the owner. Retries lookups until the request's deadline.
-pub async fn dispatch<F, Fut>(
-    state: &AppState,
-    shard: ShardId,
-    req: &Forwardable,
-    local: F,
-) -> Result<Response, ApiError>
-where
-    F: Fn() -> Fut,
-    Fut: Future<Output = Result<Response, ApiError>>,
-{
-    loop {
-        match state.node.locate(shard) {
-            Located::Local => match local().await {
-                // The shard moved away between the lookup and the call: nothing was applied.
-                Err(e) if e.code() == "not_owner" && !req.forwarded => {}
-                other => return other,
-            },
-            Located::Remote(_) | Located::Unowned if req.forwarded => {
-                return Err(tessera::Error::NotOwner { shard }.into());
-            }
-            Located::Remote(owner) => {
-                state.metrics.forwarded();
-                match send(&state.forwarder, &owner.url, &req.path_and_query, req).await? {
-                    Forwarded::Answer(resp) => return Ok(resp),
-                    Forwarded::Retry => {}
-                }
-            }
-            Located::Unowned => {}
-        }
-        if req.remaining() <= RETRY_PAUSE {
-            return Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "no_owner",
-                format!("shard {shard} has no reachable owner yet (failover in progress)"),
-            ));
-        }
-        tokio::time::sleep(RETRY_PAUSE).await;
-    }
 }

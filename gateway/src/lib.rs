@@ -1,7 +1,15 @@
 //! # Tessera gateway
 //!
-//! The HTTP front end of Tessera: an axum server over a [`tessera::Node`]. Handlers only parse,
-//! call the core and map errors ([`error::ApiError`]); all storage logic lives in the core.
+//! The HTTP front end of Tessera: an axum server over a [`tessera::Node`].
+//!
+//! - [`routes`]: the handlers; each parses the request, calls the service and renders.
+//! - [`service`]: the operations of the API: served here or by the shard's owner, hedged
+//!   eventual reads, scans gathered across shards.
+//! - [`forward`]: one attempt to replay a request on another gateway.
+//! - [`error`]: stable error codes and the one mapping of core errors to HTTP.
+//! - [`codec`]: what arrives in URLs, headers and scan pages; [`config`], [`metrics`].
+//!
+//! All storage logic lives in the core.
 //!
 //! Lifecycle ([`run`]): bind the listener → open the node (every shard) → print the URL →
 //! serve until the shutdown future resolves → stop accepting and drain in-flight requests
@@ -13,6 +21,7 @@ pub mod error;
 pub mod forward;
 pub mod metrics;
 pub mod routes;
+pub mod service;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -38,6 +47,29 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Pooled keep-alive HTTP client for forwarding to shard owners.
     pub forwarder: reqwest::Client,
+}
+
+impl AppState {
+    /// State over `node`, with fresh metrics and forwarding client; `shutdown` is cancelled
+    /// when shutdown begins.
+    pub fn new(
+        node: Arc<Node>,
+        config: GatewayConfig,
+        shutdown: CancellationToken,
+    ) -> Result<Self, GatewayError> {
+        let forwarder = reqwest::Client::builder()
+            .pool_idle_timeout(std::time::Duration::from_secs(30))
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| GatewayError::Config(format!("http client: {e}")))?;
+        Ok(AppState {
+            node,
+            config,
+            metrics: Arc::new(Metrics::new()),
+            shutdown,
+            forwarder,
+        })
+    }
 }
 
 /// Builds the router.
@@ -119,17 +151,11 @@ pub async fn run(
     };
     let node = Node::open(config.node(), me).await?;
     let token = CancellationToken::new();
-    let state = Arc::new(AppState {
-        node: Arc::clone(&node),
-        config: config.clone(),
-        metrics: Arc::new(Metrics::new()),
-        shutdown: token.clone(),
-        forwarder: reqwest::Client::builder()
-            .pool_idle_timeout(std::time::Duration::from_secs(30))
-            .tcp_nodelay(true)
-            .build()
-            .map_err(|e| GatewayError::Config(format!("http client: {e}")))?,
-    });
+    let state = Arc::new(AppState::new(
+        Arc::clone(&node),
+        config.clone(),
+        token.clone(),
+    )?);
     // The only stdout line: scripts and tests read the URL from it.
     println!("Tessera gateway listening on http://{addr}");
     tracing::info!(%addr, shards = config.storage.shard_count, store = %config.object_store.url, "gateway ready");
