@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Gateway write throughput with compaction in-process vs offloaded to a compactor.
-# Writes docs/bench-compaction.md.
+# Writes docs/bench/compaction.md.
 #
 #   scripts/bench-compaction.sh
 #
@@ -11,7 +11,7 @@
 # Reports put throughput and latency, and the CPU the gateway (and compactor) used.
 #
 # Settings: SHARDS (4) VALUE_SIZE (4096) KEYS (100000) CONCURRENCY (64) BENCH_SECS (40)
-#   PORT_BASE (25000) OUT (docs/bench-compaction.md) BIN_DIR (see scripts/lib/cluster.sh)
+#   PORT_BASE (25000) OUT (docs/bench/compaction.md) BIN_DIR (see scripts/lib/cluster.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -24,7 +24,7 @@ KEYS=${KEYS:-100000}
 CONCURRENCY=${CONCURRENCY:-64}
 BENCH_SECS=${BENCH_SECS:-40}
 PORT_BASE=${PORT_BASE:-25000}
-OUT=${OUT:-docs/bench-compaction.md}
+OUT=${OUT:-docs/bench/compaction.md}
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 # shellcheck source=lib/cluster.sh
 source scripts/lib/cluster.sh

@@ -1,20 +1,20 @@
 #!/usr/bin/env bash
 # A cached Tessera get against the floor: a bare axum handler (gateway/examples/bare_axum.rs)
-# on the same machine, same load generator. Writes docs/bench-floor.md.
+# on the same machine, same load generator. Writes docs/bench/floor.md.
 #
 #   scripts/bench-floor.sh
 #
 # Runs, one after the other and three times each (alternating), `tessera bench --workload get`
 # at CONCURRENCY against (a) one embedded gateway whose keys are all in its hot-key cache and
 # (b) the bare axum server, and reports the median ops/s of each and their ratio.
-# Settings: CONCURRENCY (64) BENCH_SECS (8) KEYS (10000) PORT_BASE (26000) OUT (docs/bench-floor.md)
+# Settings: CONCURRENCY (64) BENCH_SECS (8) KEYS (10000) PORT_BASE (26000) OUT (docs/bench/floor.md)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CONCURRENCY=${CONCURRENCY:-64}
 BENCH_SECS=${BENCH_SECS:-8}
 KEYS=${KEYS:-10000}
 PORT_BASE=${PORT_BASE:-26000}
-OUT=${OUT:-docs/bench-floor.md}
+OUT=${OUT:-docs/bench/floor.md}
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 # shellcheck source=lib/cluster.sh
 source scripts/lib/cluster.sh

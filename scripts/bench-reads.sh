@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reads on a skewed key space: strong reads (owner's hot-key cache), eventual reads
-# (followers), hit ratio, per-gateway CPU, and eventual-read lag. Writes docs/bench-reads.md.
+# (followers), hit ratio, per-gateway CPU, and eventual-read lag. Writes docs/bench/reads.md.
 #
 #   scripts/bench-reads.sh
 #
@@ -11,7 +11,7 @@
 # then eventual reads of keys being rewritten, for the lag histogram.
 #
 # Settings: KEYS (1000000) VALUE_SIZE (100) ZIPF_THETA (0.99) CONCURRENCY (64) BENCH_SECS (10)
-#   SHARDS (64) PORT_BASE (24000) OUT (docs/bench-reads.md) BIN_DIR (see scripts/lib/cluster.sh)
+#   SHARDS (64) PORT_BASE (24000) OUT (docs/bench/reads.md) BIN_DIR (see scripts/lib/cluster.sh)
 # Needs: etcd, jq; builds the patched s3s-fs once (scripts/lib/s3s-fs.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,7 +26,7 @@ CONCURRENCY=${CONCURRENCY:-64}
 BENCH_SECS=${BENCH_SECS:-10}
 SHARDS=${SHARDS:-64}
 PORT_BASE=${PORT_BASE:-24000}
-OUT=${OUT:-docs/bench-reads.md}
+OUT=${OUT:-docs/bench/reads.md}
 for tool in etcd jq; do command -v "$tool" >/dev/null || { echo "$tool is missing" >&2; exit 1; }; done
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 # shellcheck source=lib/cluster.sh

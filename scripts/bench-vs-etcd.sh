@@ -6,7 +6,7 @@
 #   - a Tessera cluster: 3 gateways and a compactor daemon (release builds), s3s-fs as the S3
 #     server, and a separate single-member etcd used only for Tessera's coordination;
 # then runs every workload at every concurrency against both (Tessera then etcd, per row) and
-# writes docs/benchmarks.md. Everything it starts is stopped on exit.
+# writes docs/bench/vs-etcd.md. Everything it starts is stopped on exit.
 #
 #   scripts/bench-vs-etcd.sh
 #
@@ -15,11 +15,11 @@
 #   CONCURRENCY ("1 16 64 256")                   WORKLOADS ("put ycsb-a cas get ycsb-b get-eventual")
 #          (write-heavy first: followers opened by get-eventual stay open for
 #          reads.follower_idle_timeout and fetch every new WAL object, which would slow the
-#          writes of the runs after it; docs/benchmarks.md measures that effect apart)
+#          writes of the runs after it; docs/bench/vs-etcd.md measures that effect apart)
 #   KEYS (10000)     VALUE_SIZE (100)             DISTRIBUTION (uniform)   SHARDS (64)
 #   ROUTE (owner: the client sends each request to its shard's owner from the /v1/cluster map,
 #          as a smart client does; any: spread over the gateways, which forward)
-#   PORT_BASE (22000: every port is PORT_BASE + a small offset)   OUT (docs/benchmarks.md)
+#   PORT_BASE (22000: every port is PORT_BASE + a small offset)   OUT (docs/bench/vs-etcd.md)
 #   BIN_DIR (unset: build and use target/release; else use the binaries there, e.g. an A/B run)
 #   S3_TMPFS (1: the S3 server keeps its objects on tmpfs, /dev/shm; 0: in the run directory on
 #          disk). s3s-fs creates a file per object, and on ext4 the kernel's inode allocation
@@ -49,7 +49,7 @@ SHARDS=${SHARDS:-64}
 ROUTE=${ROUTE:-owner}
 S3_TMPFS=${S3_TMPFS:-1}
 PORT_BASE=${PORT_BASE:-22000}
-OUT=${OUT:-docs/benchmarks.md}
+OUT=${OUT:-docs/bench/vs-etcd.md}
 
 for tool in etcd jq curl; do
   command -v "$tool" >/dev/null || { echo "$tool is missing (see the header of $0)" >&2; exit 1; }

@@ -3,7 +3,7 @@
 # daemon, s3s-fs, a coordination etcd; release builds) and reports the client's figures, the CPU
 # each process used (% of one core) and the object-store request rates of the gateways and the
 # compactor while it ran. With PERF set, also samples those processes with `perf record` and
-# prints the hottest symbols. Used for the profiles in docs/benchmarks.md.
+# prints the hottest symbols. Used for the profiles in docs/bench/vs-etcd.md.
 #
 #   scripts/profile.sh                          # put, c=64, 20 s
 #   WORKLOAD=idle SECS=30 scripts/profile.sh    # no load: idle request rates only

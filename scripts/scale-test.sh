@@ -22,9 +22,9 @@
 # Settings (environment): GATEWAYS (8, at most 98), SHARDS (1024, at most 10000), IDLE_SECS (30),
 #   BENCH_SECS (10; 0 skips the bench), MANIFEST_POLL (1s: the gateways'
 #   storage.manifest_poll_interval), COMPACTOR_POLL (1s: the compactor's --poll-interval),
-#   PORT_BASE (23000: every port is PORT_BASE + a small offset), OUT (docs/scale-test.md),
+#   PORT_BASE (23000: every port is PORT_BASE + a small offset), OUT (docs/bench/scale-test.md),
 #   TIMEOUT (300: seconds allowed per waiting step). Takes 3-5 minutes when the machine keeps up.
-# On 2 cores use MANIFEST_POLL=10s COMPACTOR_POLL=10s (as docs/scale-test.md does): with the 1 s
+# On 2 cores use MANIFEST_POLL=10s COMPACTOR_POLL=10s (as docs/bench/scale-test.md does): with the 1 s
 # defaults, 1024 idle shards poll the object store ~4,000 times a second, which saturates such a
 # machine (see docs/capacity.md).
 #
@@ -45,7 +45,7 @@ SHARDS=${SHARDS:-1024}
 IDLE_SECS=${IDLE_SECS:-30}
 BENCH_SECS=${BENCH_SECS:-10}
 PORT_BASE=${PORT_BASE:-23000}
-OUT=${OUT:-docs/scale-test.md}
+OUT=${OUT:-docs/bench/scale-test.md}
 TIMEOUT=${TIMEOUT:-300}
 
 for tool in etcd python3 jq curl patch; do
