@@ -1,10 +1,11 @@
-# Process handling for the scripts that start local services (source it): a run directory and
-# every started process, both removed on exit.
+# shellcheck shell=bash
+# Process handling for the benchmarks that start local services (source it): a run directory
+# and every started process, both removed on exit.
 #
-# Needs PORT_BASE set before sourcing, below 32768: Linux hands out local ports for outgoing
+# port needs PORT_BASE, below 32768: Linux hands out local ports for outgoing
 # connections from 32768 up (ip_local_port_range), so a service port in that range can be
 # taken by a client socket a moment before the service binds it ("Address already in use";
-# seen with the old defaults 42000-46000). Each script has its own default, 22000-29000.
+# seen with the old defaults 42000-46000). Each benchmark has its own default, 22000-29000.
 # RUN_NAME (default tessera-bench) names the run directory; KEEP_RUN=1 keeps it (the
 # processes' logs) on exit. Defines: RUN, start, pid_of, cpu_ticks, wait_port, port. A script
 # may set S3_TMPFS_DIR to another directory for cleanup to remove.
@@ -20,7 +21,7 @@ cleanup() { # in reverse start order, so gateways stop while etcd and the S3 ser
     for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     kill -KILL "$pid" 2>/dev/null || true
   done
-  [ "${KEEP_RUN:-0}" = 1 ] && echo "run directory kept: $RUN" >&2 || rm -rf "$RUN"
+  if [ "${KEEP_RUN:-0}" = 1 ]; then echo "run directory kept: $RUN" >&2; else rm -rf "$RUN"; fi
   rm -rf ${S3_TMPFS_DIR:+"$S3_TMPFS_DIR"}
 }
 trap cleanup EXIT INT TERM

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # The S3 server of the tests and benchmark scripts (source it): s3s-fs 0.14.1 with two patches,
 # built once into target/s3s-fs-patched. Defines S3S_FS, the path of that binary.
 #
@@ -25,6 +26,7 @@ s3s_fs_stale() {
 }
 
 if s3s_fs_stale; then
+  # shellcheck disable=SC2012 # one directory name, no odd characters: ls is enough
   s3s_src() { ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/s3s-fs-$S3S_FS_VERSION 2>/dev/null | head -n 1; }
   if [ -z "$(s3s_src)" ]; then
     echo "==> fetching the s3s-fs $S3S_FS_VERSION sources"

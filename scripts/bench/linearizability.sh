@@ -1,18 +1,19 @@
 #!/usr/bin/env bash
-# Long linearizability runs outside CI: the CAS-heavy, fault-free workload of
-# tests/linearizability.rs with the hot-key cache on and *no* fault injection (the settings a
-# user runs), RUNS times for SECS seconds each. Prints one line per run and a summary; exits 1
-# if any run found a non-linearizable key.
+# Long linearizability runs outside CI: 3 x 45 s of the CAS-heavy test, no faults (~3 min).
 #
-#   scripts/linearizability.sh                 # 3 runs of 45 s
-#   RUNS=5 SECS=60 TEST=strong_operations_are_linearizable_under_partitions scripts/linearizability.sh
+# The CAS-heavy, fault-free workload of tests/linearizability.rs with the hot-key cache on and
+# *no* fault injection (the settings a user runs), RUNS times for SECS seconds each. Prints one
+# line per run and a summary; exits 1 if any run found a non-linearizable key.
+#
+#   scripts/bench.sh linearizability                 # 3 runs of 45 s
+#   RUNS=5 SECS=60 TEST=strong_operations_are_linearizable_under_partitions scripts/bench.sh linearizability
 #
 # Settings: RUNS (3) SECS (45) RECORD_DELAY_MS (0: no fault injection)
 #           TEST (cas_heavy_with_the_cache_is_linearizable_without_faults)
 # Needs what scripts/test.sh installs (etcd, the patched s3s-fs); set TESSERA_NO_INSTALL=1 there.
-set -uo pipefail
-cd "$(dirname "$0")/.."
-export PATH="$HOME/.cargo/bin:$PATH"
+# shellcheck source=scripts/lib/bench.sh
+source "$(dirname "$0")/../lib/bench.sh"
+set +e # a failed run is a result: counted, not the end of the script
 RUNS=${RUNS:-3}
 SECS=${SECS:-45}
 TEST=${TEST:-cas_heavy_with_the_cache_is_linearizable_without_faults}

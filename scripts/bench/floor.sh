@@ -1,30 +1,37 @@
 #!/usr/bin/env bash
-# A cached Tessera get against the floor: a bare axum handler (gateway/examples/bare_axum.rs)
-# on the same machine, same load generator. Writes docs/bench-floor.md.
+# A cached Tessera get against the floor, a bare axum handler, same load generator (~2 min).
 #
-#   scripts/bench-floor.sh
+# The floor is gateway/examples/bare_axum.rs on the same machine. Writes OUT.
+#
+#   scripts/bench.sh floor
 #
 # Runs, one after the other and three times each (alternating), `tessera bench --workload get`
 # at CONCURRENCY against (a) one embedded gateway whose keys are all in its hot-key cache and
 # (b) the bare axum server, and reports the median ops/s of each and their ratio.
-# Settings: CONCURRENCY (64) BENCH_SECS (8) KEYS (10000) PORT_BASE (26000) OUT (docs/bench-floor.md)
-set -euo pipefail
-cd "$(dirname "$0")/.."
+# Settings: CONCURRENCY (64) BENCH_SECS (8) KEYS (10000) PORT_BASE (26000) OUT (docs/bench/floor.md)
+#   BIN_DIR (scripts/bench.sh); BARE_AXUM (default $BIN_DIR/examples/bare_axum if there, else
+#   built with cargo).
+# Needs: jq.
+# shellcheck source=scripts/lib/bench.sh
+source "$(dirname "$0")/../lib/bench.sh"
 CONCURRENCY=${CONCURRENCY:-64}
 BENCH_SECS=${BENCH_SECS:-8}
 KEYS=${KEYS:-10000}
 PORT_BASE=${PORT_BASE:-26000}
-OUT=${OUT:-docs/bench-floor.md}
-load_before=$(cut -d' ' -f1-3 /proc/loadavg)
-# shellcheck source=lib/cluster.sh
+OUT=${OUT:-docs/bench/floor.md}
+need jq
+# shellcheck source=scripts/lib/cluster.sh
 source scripts/lib/cluster.sh
-cargo build --release --quiet -p gateway --example bare_axum
-BARE=target/release/examples/bare_axum
+BARE=${BARE_AXUM:-$BIN_DIR/examples/bare_axum}
+if [ ! -x "$BARE" ]; then
+  cargo build --release --quiet -p gateway --example bare_axum
+  BARE=target/release/examples/bare_axum
+fi
 
 start gateway "$GATEWAY" --listen "127.0.0.1:$(port 1)" --store "$RUN/data" --log warn
 start bare "$BARE" "127.0.0.1:$(port 2)"
 wait_port "$(port 1)"; wait_port "$(port 2)"
-"$TESSERA" --endpoints "http://127.0.0.1:$(port 1)" bench --workload put --preload --keys "$KEYS" --ops 1 --warmup 0s >/dev/null
+preload "http://127.0.0.1:$(port 1)" --keys "$KEYS"
 
 run() { # port
   "$TESSERA" --endpoints "http://127.0.0.1:$1" bench --workload get --keys "$KEYS" \
@@ -39,8 +46,8 @@ echo "cached get: $t ops/s (${T[*]}); bare axum: $b ops/s (${B[*]}); ratio $rati
 cat >"$OUT" <<EOT
 # Cached get vs a bare axum handler
 
-Produced by \`scripts/bench-floor.sh\` ($(date -u +"%Y-%m-%d %H:%M UTC"), commit
-\`$(git rev-parse --short HEAD)\`, load average before start $load_before, $(nproc) cores shared by
+Produced by \`scripts/bench.sh floor\` ($(utc_now), commit
+\`$(commit_desc)\`, load average before start $LOAD_BEFORE, $(nproc) cores shared by
 client and server). \`tessera bench --workload get\` at concurrency $CONCURRENCY over pooled
 keep-alive connections, $BENCH_SECS s after 2 s warm-up, three runs each, alternating; medians.
 

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Eventual reads on a gateway whose followers are cold: how long until they are fast, and how
-# many reads reach the owner meanwhile (hedging). Prints a per-second timeline of the reading
-# gateway (followers open, reads by source, hedged reads by whose answer won, object-store GETs
-# and HEADs)
-# and the load generator's result.
+# Eventual reads on one gateway with cold followers right after heavy writes (~1 min; printed).
 #
-#   scripts/eventual-cold-start.sh
+# How long until the cold followers are fast, and how many reads reach the owner meanwhile
+# (hedging). Prints a per-second timeline of the reading gateway (followers open, reads by
+# source, hedged reads by whose answer won, object-store GETs and HEADs) and the load
+# generator's result.
+#
+#   scripts/bench.sh eventual-cold-start
 #
 # Starts (loopback, temp dir; all stopped on exit) a coordination etcd, s3s-fs (objects on
 # tmpfs), 3 gateways (64 shards) and a compactor; preloads KEYS keys; writes with ycsb-b at
@@ -15,11 +16,10 @@
 # Settings: KEYS (10000) WRITE_SECS (12) READ_SECS (12) READ_CONCURRENCY (1) PORT_BASE (28000)
 #   HEDGE_AFTER (5ms: the gateways' reads.follower_hedge_after; shorter makes the owner win
 #   more hedges against followers that fetch from the object store)
-#   BIN_DIR (see scripts/lib/cluster.sh)
-# Needs: etcd, jq, curl; builds the patched s3s-fs once (scripts/lib/s3s-fs.sh).
-set -euo pipefail
-cd "$(dirname "$0")/.."
-export PATH="$HOME/.cargo/bin:$PATH"
+#   BIN_DIR, TESSERA_S3S_FS (scripts/bench.sh)
+# Needs: etcd, jq, curl.
+# shellcheck source=scripts/lib/bench.sh
+source "$(dirname "$0")/../lib/bench.sh"
 KEYS=${KEYS:-10000}
 WRITE_SECS=${WRITE_SECS:-12}
 READ_SECS=${READ_SECS:-12}
@@ -27,8 +27,8 @@ READ_CONCURRENCY=${READ_CONCURRENCY:-1}
 HEDGE_AFTER=${HEDGE_AFTER:-5ms}
 PORT_BASE=${PORT_BASE:-28000}
 S3_TMPFS=1
-for tool in etcd jq curl; do command -v "$tool" >/dev/null || { echo "$tool is missing" >&2; exit 1; }; done
-# shellcheck source=lib/cluster.sh
+need etcd jq curl
+# shellcheck source=scripts/lib/cluster.sh
 source scripts/lib/cluster.sh
 
 echo "==> starting Tessera: 3 gateways (64 shards, hedge after $HEDGE_AFTER), a compactor"
@@ -37,12 +37,12 @@ start_tessera 3 64 --config "$RUN/gateway.toml"
 bench() {
   "$TESSERA" --endpoints "$1" bench --target tessera --keys "$KEYS" --value-size 100 --json "${@:2}"
 }
-bench "$GW_ENDPOINTS" --route owner --workload put --preload --concurrency 64 --ops 1 --warmup 0s >/dev/null
+preload "$GW_ENDPOINTS" --keys "$KEYS" --value-size 100 --route owner
 echo "==> ycsb-b at concurrency 256 for ${WRITE_SECS}s"
 bench "$GW_ENDPOINTS" --route owner --workload ycsb-b --concurrency 256 --duration "${WRITE_SECS}s" \
   --warmup 0s | jq -c '{workload, ops_per_sec}'
 
-reader=http://127.0.0.1:$(port 41)
+reader=${GW_URLS[0]}
 sample() { # t: one line of the reading gateway's counters
   curl -s "$reader/metrics" | awk -v t="$1" '
     /^tessera_followers_open / { f = $2 }

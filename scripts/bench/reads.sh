@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Reads on a skewed key space: strong reads (owner's hot-key cache), eventual reads
-# (followers), hit ratio, per-gateway CPU, and eventual-read lag. Writes docs/bench-reads.md.
+# Reads on 1M keys: strong (hot-key cache) vs eventual (followers), uniform vs Zipf, lag (~2 min).
 #
-#   scripts/bench-reads.sh
+# Strong reads (owner's hot-key cache), eventual reads (followers), hit ratio, per-gateway CPU,
+# and eventual-read lag; writes OUT.
+#
+#   scripts/bench.sh reads
 #
 # Starts (loopback, temp dir; all stopped on exit) a coordination etcd, s3s-fs, 3 gateways and
 # a compactor; preloads KEYS keys (batched per shard); then, at CONCURRENCY:
@@ -11,25 +13,22 @@
 # then eventual reads of keys being rewritten, for the lag histogram.
 #
 # Settings: KEYS (1000000) VALUE_SIZE (100) ZIPF_THETA (0.99) CONCURRENCY (64) BENCH_SECS (10)
-#   SHARDS (64) PORT_BASE (24000) OUT (docs/bench-reads.md) BIN_DIR (see scripts/lib/cluster.sh)
-# Needs: etcd, jq; builds the patched s3s-fs once (scripts/lib/s3s-fs.sh).
-set -euo pipefail
-cd "$(dirname "$0")/.."
-export PATH="$HOME/.cargo/bin:$PATH"
-SETTINGS="KEYS VALUE_SIZE ZIPF_THETA CONCURRENCY BENCH_SECS SHARDS"
-cmd="scripts/bench-reads.sh"
-for v in $SETTINGS; do [ -z "${!v+x}" ] || cmd="$v=\"${!v}\" $cmd"; done
-KEYS=${KEYS:-1000000}
-VALUE_SIZE=${VALUE_SIZE:-100}
-ZIPF_THETA=${ZIPF_THETA:-0.99}
-CONCURRENCY=${CONCURRENCY:-64}
-BENCH_SECS=${BENCH_SECS:-10}
-SHARDS=${SHARDS:-64}
+#   SHARDS (64) PORT_BASE (24000) OUT (docs/bench/reads.md) BIN_DIR, TESSERA_S3S_FS
+#   (scripts/bench.sh)
+# Needs: etcd, jq, curl.
+# shellcheck disable=SC2153 # the settings are assigned by `setting`
+# shellcheck source=scripts/lib/bench.sh
+source "$(dirname "$0")/../lib/bench.sh"
+setting KEYS 1000000
+setting VALUE_SIZE 100
+setting ZIPF_THETA 0.99
+setting CONCURRENCY 64
+setting BENCH_SECS 10
+setting SHARDS 64
 PORT_BASE=${PORT_BASE:-24000}
-OUT=${OUT:-docs/bench-reads.md}
-for tool in etcd jq; do command -v "$tool" >/dev/null || { echo "$tool is missing" >&2; exit 1; }; done
-load_before=$(cut -d' ' -f1-3 /proc/loadavg)
-# shellcheck source=lib/cluster.sh
+OUT=${OUT:-docs/bench/reads.md}
+need etcd jq curl
+# shellcheck source=scripts/lib/cluster.sh
 source scripts/lib/cluster.sh
 
 echo "==> starting Tessera: 3 gateways ($SHARDS shards), a compactor"
@@ -41,37 +40,26 @@ bench() {
     --zipf-theta "$ZIPF_THETA" --json "$@"
 }
 
-# Sum of a metric (all label sets matching the filter) over every gateway.
-metric_sum() { # name-with-optional-labels
-  local total=0 v
-  for i in 1 2 3; do
-    v=$(curl -s "http://127.0.0.1:$(port $((40 + i)))/metrics" | awk -v m="$1" 'index($0, m" ") == 1 || index($0, m"{") == 1 { s += $NF } END { printf "%d", s }')
-    total=$(awk -v a="$total" -v b="$v" 'BEGIN { printf "%d", a + b }')
-  done
-  echo "$total"
-}
-
 echo "==> preloading $KEYS keys"
 started=$(date +%s)
-bench --workload put --preload --ops 1 --warmup 0s --concurrency 64 >/dev/null
+preload "$GW_ENDPOINTS" --keys "$KEYS" --value-size "$VALUE_SIZE"
 preload_secs=$(( $(date +%s) - started ))
 
 ROWS=$RUN/rows.md
 : >"$ROWS"
 run() { # label, bench args...
   local label=$1; shift
-  local h0 m0 c0=() t0 t1
-  h0=$(metric_sum tessera_cache_hits_total); m0=$(metric_sum tessera_cache_misses_total)
+  local h0 m0 c0=() t0
+  h0=$(gateways_sum tessera_cache_hits_total); m0=$(gateways_sum tessera_cache_misses_total)
   for g in "${GWS[@]}"; do c0+=("$(cpu_ticks "$(pid_of "$g")")"); done
-  t0=$(date +%s.%N)
+  t0=$(now)
   local r
   r=$(bench --concurrency "$CONCURRENCY" --duration "${BENCH_SECS}s" --warmup 2s "$@")
-  t1=$(date +%s.%N)
-  local h1 m1 cpu="" i=0 hz
-  h1=$(metric_sum tessera_cache_hits_total); m1=$(metric_sum tessera_cache_misses_total)
-  hz=$(getconf CLK_TCK)
+  local secs h1 m1 cpu="" i=0
+  secs=$(since "$t0")
+  h1=$(gateways_sum tessera_cache_hits_total); m1=$(gateways_sum tessera_cache_misses_total)
   for g in "${GWS[@]}"; do
-    cpu+="${cpu:+ / }$(awk -v a="${c0[$i]}" -v b="$(cpu_ticks "$(pid_of "$g")")" -v hz="$hz" -v t0="$t0" -v t1="$t1" 'BEGIN { printf "%d%%", (b - a) / hz / (t1 - t0) * 100 }')"
+    cpu+="${cpu:+ / }$(cpu_pct "${c0[$i]}" "$(cpu_ticks "$(pid_of "$g")")" "$secs")%"
     i=$((i + 1))
   done
   local hit
@@ -87,14 +75,15 @@ run "eventual get, uniform" --workload get-eventual --route any
 run "eventual get, zipf $ZIPF_THETA" --workload get-eventual --route any --distribution zipf
 
 echo "==> eventual-read lag: eventual reads of 1000 keys while they are rewritten"
-lag0=$(for i in 1 2 3; do curl -s "http://127.0.0.1:$(port $((40 + i)))/metrics" | grep '^tessera_eventual_lag_seconds_bucket'; done)
+lag_buckets() { for url in "${GW_URLS[@]}"; do curl -s "$url/metrics" | grep '^tessera_eventual_lag_seconds_bucket'; done; }
+lag0=$(lag_buckets)
 "$TESSERA" --endpoints "$GW_ENDPOINTS" bench --workload put --keys 1000 --key-prefix lag/ \
   --concurrency 4 --duration "$((BENCH_SECS + 2))s" --warmup 0s --route owner --json >/dev/null &
 writer=$!
 "$TESSERA" --endpoints "$GW_ENDPOINTS" bench --workload get-eventual --keys 1000 --key-prefix lag/ \
   --concurrency 8 --duration "${BENCH_SECS}s" --warmup 2s --json >/dev/null || true
 wait "$writer"
-lag1=$(for i in 1 2 3; do curl -s "http://127.0.0.1:$(port $((40 + i)))/metrics" | grep '^tessera_eventual_lag_seconds_bucket'; done)
+lag1=$(lag_buckets)
 # Quantiles from the bucket counts gained during the run (upper bucket bound: an upper estimate).
 # Buckets are cumulative: the q-quantile is at most the first bound whose count gained
 # during the run reaches q of all samples.
@@ -114,22 +103,20 @@ lag=$(awk '
   }')
 echo "lag: $lag"
 
-commit=$(git rev-parse --short HEAD)
-git diff --quiet HEAD -- src gateway cli scripts Cargo.toml Cargo.lock || commit="$commit (with uncommitted changes)"
 {
   cat <<EOT
 # Reads: hot-key cache, eventual reads, lag
 
-Produced by \`scripts/bench-reads.sh\`. Client and servers (3 gateways, a compactor, etcd,
+Produced by \`scripts/bench.sh reads\`. Client and servers (3 gateways, a compactor, etcd,
 s3s-fs and the load generator) share one $(nproc)-core machine, so per-gateway CPU is a share
 of the same two cores the client also uses.
 
 | | |
 |---|---|
-| machine | $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p' | head -n 1), load average before start $load_before |
-| commit | \`$commit\` |
-| date | $(date -u +"%Y-%m-%d %H:%M UTC") |
-| command | \`$cmd\` |
+| machine | $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p' | head -n 1), load average before start $LOAD_BEFORE |
+| commit | \`$(commit_desc)\` |
+| date | $(utc_now) |
+| command | \`$CMD\` |
 | data | $KEYS keys of $VALUE_SIZE bytes (preloaded in $preload_secs s, batched per shard), $SHARDS shards |
 | runs | $BENCH_SECS s after 2 s warm-up, concurrency $CONCURRENCY, closed loop; strong reads straight to the owner, eventual reads spread over the 3 gateways |
 

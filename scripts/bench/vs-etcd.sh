@@ -1,63 +1,51 @@
 #!/usr/bin/env bash
-# Tessera and etcd side by side on this machine, with the same load generator (`tessera bench`).
+# Tessera and a 3-member etcd side by side, every workload at every concurrency (~12 min).
 #
 # Starts, on loopback ports and in a temporary directory:
 #   - a 3-member etcd cluster (Debian's etcd-server): the system under comparison;
 #   - a Tessera cluster: 3 gateways and a compactor daemon (release builds), s3s-fs as the S3
 #     server, and a separate single-member etcd used only for Tessera's coordination;
-# then runs every workload at every concurrency against both (Tessera then etcd, per row) and
-# writes docs/benchmarks.md. Everything it starts is stopped on exit.
+# then runs every workload at every concurrency against both (Tessera then etcd, per row), with
+# the same load generator (`tessera bench`), and writes OUT. Everything it starts is stopped on
+# exit.
 #
-#   scripts/bench-vs-etcd.sh
+#   scripts/bench.sh vs-etcd
+#   WORKLOADS="put get" CONCURRENCY=64 scripts/bench.sh vs-etcd
 #
 # Settings (environment):
 #   BENCH_SECS (10)  measured seconds per run     WARMUP_SECS (2)  unmeasured seconds before it
 #   CONCURRENCY ("1 16 64 256")                   WORKLOADS ("put ycsb-a cas get ycsb-b get-eventual")
 #          (write-heavy first: followers opened by get-eventual stay open for
 #          reads.follower_idle_timeout and fetch every new WAL object, which would slow the
-#          writes of the runs after it; docs/benchmarks.md measures that effect apart)
+#          writes of the runs after it; docs/bench/vs-etcd.md measures that effect apart)
 #   KEYS (10000)     VALUE_SIZE (100)             DISTRIBUTION (uniform)   SHARDS (64)
 #   ROUTE (owner: the client sends each request to its shard's owner from the /v1/cluster map,
 #          as a smart client does; any: spread over the gateways, which forward)
-#   PORT_BASE (22000: every port is PORT_BASE + a small offset)   OUT (docs/benchmarks.md)
-#   BIN_DIR (unset: build and use target/release; else use the binaries there, e.g. an A/B run)
+#   PORT_BASE (22000)   OUT (docs/bench/vs-etcd.md)   BIN_DIR, TESSERA_S3S_FS (scripts/bench.sh)
 #   S3_TMPFS (1: the S3 server keeps its objects on tmpfs, /dev/shm; 0: in the run directory on
 #          disk). s3s-fs creates a file per object, and on ext4 the kernel's inode allocation
 #          for the WAL PUTs took most of a core, CPU a real object store spends on its own
 #          machines; etcd's members stay on disk either way.
 # With the defaults a run takes about 12 minutes (48 runs of 12 s, plus startup and preload).
 #
-# Needs: etcd (apt-get install etcd-server), jq, curl; builds the patched s3s-fs once
-# (scripts/lib/s3s-fs.sh).
-set -euo pipefail
-cd "$(dirname "$0")/.."
-export PATH="$HOME/.cargo/bin:$PATH"
-
-SETTINGS="BENCH_SECS WARMUP_SECS CONCURRENCY WORKLOADS KEYS VALUE_SIZE DISTRIBUTION SHARDS ROUTE S3_TMPFS"
-# The command as given, with the settings that were overridden, for the record.
-cmd="scripts/bench-vs-etcd.sh"
-for v in $SETTINGS; do [ -z "${!v+x}" ] || cmd="$v=\"${!v}\" $cmd"; done
-
-BENCH_SECS=${BENCH_SECS:-10}
-WARMUP_SECS=${WARMUP_SECS:-2}
-CONCURRENCY=${CONCURRENCY:-"1 16 64 256"}
-WORKLOADS=${WORKLOADS:-"put ycsb-a cas get ycsb-b get-eventual"}
-KEYS=${KEYS:-10000}
-VALUE_SIZE=${VALUE_SIZE:-100}
-DISTRIBUTION=${DISTRIBUTION:-uniform}
-SHARDS=${SHARDS:-64}
-ROUTE=${ROUTE:-owner}
-S3_TMPFS=${S3_TMPFS:-1}
+# Needs: etcd (apt-get install etcd-server), jq, curl.
+# shellcheck disable=SC2153 # the settings are assigned by `setting`
+# shellcheck source=scripts/lib/bench.sh
+source "$(dirname "$0")/../lib/bench.sh"
+setting BENCH_SECS 10
+setting WARMUP_SECS 2
+setting CONCURRENCY "1 16 64 256"
+setting WORKLOADS "put ycsb-a cas get ycsb-b get-eventual"
+setting KEYS 10000
+setting VALUE_SIZE 100
+setting DISTRIBUTION uniform
+setting SHARDS 64
+setting ROUTE owner
+setting S3_TMPFS 1
 PORT_BASE=${PORT_BASE:-22000}
-OUT=${OUT:-docs/benchmarks.md}
-
-for tool in etcd jq curl; do
-  command -v "$tool" >/dev/null || { echo "$tool is missing (see the header of $0)" >&2; exit 1; }
-done
-
-# Other work on the machine skews every figure: record the load before starting anything.
-load_before=$(cut -d' ' -f1-3 /proc/loadavg)
-# shellcheck source=lib/cluster.sh
+OUT=${OUT:-docs/bench/vs-etcd.md}
+need etcd jq curl
+# shellcheck source=scripts/lib/cluster.sh
 source scripts/lib/cluster.sh
 
 # Ports: etcd under test 1..3 (peers 11..13), coordination etcd 20 (peer 21), S3 30,
@@ -69,15 +57,10 @@ for i in 1 2 3; do
   ETCD_ENDPOINTS+="${ETCD_ENDPOINTS:+,}http://127.0.0.1:$(port "$i")"
 done
 for i in 1 2 3; do
-  client=http://127.0.0.1:$(port "$i") peer=http://127.0.0.1:$(port $((10 + i)))
-  start "etcd$i" etcd --name "e$i" --data-dir "$RUN/etcd$i" \
-    --listen-client-urls "$client" --advertise-client-urls "$client" \
-    --listen-peer-urls "$peer" --initial-advertise-peer-urls "$peer" \
-    --initial-cluster "$ETCD_CLUSTER" --initial-cluster-state new \
-    --initial-cluster-token tessera-bench
+  start_etcd "etcd$i" "e$i" "$i" $((10 + i)) "$ETCD_CLUSTER" \
+    --initial-cluster-state new --initial-cluster-token tessera-bench
 done
-
-for p in 1 2 3; do wait_port "$(port $p)"; done
+for i in 1 2 3; do wait_port "$(port "$i")"; done
 echo "==> starting Tessera: coordination etcd, s3s-fs, 3 gateways ($SHARDS shards), a compactor"
 start_tessera 3 "$SHARDS"
 
@@ -105,19 +88,14 @@ for w in $WORKLOADS; do
   done
 done
 elapsed=$(( $(date +%s) - started ))
-load_after=$(cut -d' ' -f1-3 /proc/loadavg)
+load_after=$(loadavg)
 
 echo "==> writing $OUT"
-commit=$(git rev-parse --short HEAD)
-git diff --quiet HEAD -- src gateway cli scripts Cargo.toml Cargo.lock || commit="$commit (with uncommitted changes)"
-cpu=$(lscpu | sed -n 's/^Model name: *//p' | head -n 1)
-ram=$(free -g | awk '/^Mem:/ {print $2 " GiB"}')
-
 {
   cat <<EOF
 # Benchmarks: Tessera and etcd on one machine
 
-Produced by \`scripts/bench-vs-etcd.sh\`; the figures below are from one run of it and can be
+Produced by \`scripts/bench.sh vs-etcd\`; the figures below are from one run of it and can be
 reproduced with the command shown. Numbers from single runs are noisy (a few percent, more at
 concurrency 1 and 256).
 
@@ -129,12 +107,12 @@ deployment; the ratios are the point.
 
 | | |
 |---|---|
-| machine | $(nproc) cores, $cpu, $ram RAM |
+| machine | $(machine) |
 | OS | $(uname -sr) |
-| load average (1/5/15 min) | $load_before when the script started, before it started anything (above ~0.5 means other work was running); $load_after after the runs (includes the benchmark itself) |
-| commit | \`$commit\` |
-| date | $(date -u +"%Y-%m-%d %H:%M UTC") |
-| command | \`$cmd\` (took $((elapsed / 60)) min $((elapsed % 60)) s for the runs) |
+| load average (1/5/15 min) | $LOAD_BEFORE when the script started, before it started anything (above ~0.5 means other work was running); $load_after after the runs (includes the benchmark itself) |
+| commit | \`$(commit_desc)\` |
+| date | $(utc_now) |
+| command | \`$CMD\` (took $((elapsed / 60)) min $((elapsed % 60)) s for the runs) |
 | runs | ${BENCH_SECS} s measured after ${WARMUP_SECS} s warm-up, per workload, concurrency and system; Tessera first, then etcd |
 | keys | $KEYS keys (preloaded), $VALUE_SIZE-byte values, $DISTRIBUTION key choice |
 | etcd | $(etcd --version | head -n 1 | sed 's/etcd Version: //') (Debian), 3 members on loopback, default settings (fsync on every commit) |
