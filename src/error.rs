@@ -22,16 +22,37 @@ pub enum ErrorKind {
     Internal,
 }
 
+/// Which documented rule a request breaks ([`Error::InvalidInput`]); each is a stable code
+/// of the API, which the gateway maps without a wildcard arm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BadInput {
+    /// An empty key.
+    InvalidKey,
+    /// A key longer than `limits.max_key_bytes`.
+    KeyTooLong,
+    /// A TTL of 0 or above `limits.max_ttl_secs`.
+    InvalidTtl,
+    /// A batch without operations.
+    InvalidBatch,
+    /// A batch with more than `limits.max_batch_ops` operations.
+    BatchTooLarge,
+    /// A batch naming a key twice.
+    DuplicateKey,
+    /// A scan limit above `limits.max_scan_limit`.
+    InvalidLimit,
+    /// A query naming something that does not exist (e.g. a shard).
+    InvalidQuery,
+}
+
 /// Errors returned by the core library.
 ///
 /// Deliberately not `#[non_exhaustive]`: the gateway maps every variant to HTTP with no
 /// wildcard arm, so a new variant does not compile until it has a status and a code there.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The request breaks a documented rule. `code` is a stable machine-readable code; the
-    /// gateway's `ErrorCode` must list it.
+    /// The request breaks a documented rule.
     #[error("{message}")]
-    InvalidInput { code: &'static str, message: String },
+    InvalidInput { code: BadInput, message: String },
     /// A value exceeds the configured maximum size.
     #[error("value is {size} bytes; the limit is {limit} bytes")]
     ValueTooLarge { size: usize, limit: usize },
@@ -83,7 +104,7 @@ pub enum Error {
 
 impl Error {
     /// Builds an [`Error::InvalidInput`].
-    pub fn invalid(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn invalid(code: BadInput, message: impl Into<String>) -> Self {
         Error::InvalidInput {
             code,
             message: message.into(),

@@ -59,7 +59,7 @@ pub use cluster::placement::{ClusterView, Member, Owner};
 pub use config::{
     ClusterConfig, LimitsConfig, NodeConfig, ObjectStoreConfig, ReadsConfig, StorageConfig,
 };
-pub use error::{Error, ErrorKind, Result};
+pub use error::{BadInput, Error, ErrorKind, Result};
 pub use node::{
     Consistency, Located, Node, NodeStats, Precondition, Read, ReadSource, ScanPage, ScanRequest,
     WriteKind, WriteOp,

@@ -1,4 +1,4 @@
-//! A client of the Tessera HTTP API (see the README's "HTTP API" and "Errors" sections).
+//! A client of the Tessera HTTP API (see docs/api.md, with its error table).
 //!
 //! [`Api`] holds a pooled keep-alive HTTP client and a list of gateway endpoints. The `*_at`
 //! methods talk to one endpoint; [`Api::with_failover`] runs a request against each endpoint in

@@ -288,8 +288,7 @@ async fn bad_inputs_are_4xx_json() {
     }
 }
 
-/// Every input code the core raises is one the gateway knows (a code missing from
-/// `ErrorCode` would turn into `500 internal`).
+/// Every rule the core enforces on input reaches the client as a 400 with its own code.
 #[tokio::test]
 async fn the_cores_input_codes_reach_the_client() {
     let app = app().await;

@@ -34,7 +34,7 @@ use crate::cluster::lease::KeepAliveStats;
 use crate::cluster::placement::{ClusterView, Member, Owner, UnownedTime};
 use crate::cluster::session::{Role, Session};
 use crate::config::NodeConfig;
-use crate::error::{Error, Result};
+use crate::error::{BadInput, Error, Result};
 use crate::reads::cache::HotCache;
 use crate::reads::follower::{Followers, LagSamples};
 use crate::shard::{shard_for_key, ShardId};
@@ -373,11 +373,14 @@ impl Node {
     pub fn validate_key(&self, key: &[u8]) -> Result<()> {
         let max = self.config.limits.max_key_bytes;
         if key.is_empty() {
-            return Err(Error::invalid("invalid_key", "the key must not be empty"));
+            return Err(Error::invalid(
+                BadInput::InvalidKey,
+                "the key must not be empty",
+            ));
         }
         if key.len() > max {
             return Err(Error::invalid(
-                "key_too_long",
+                BadInput::KeyTooLong,
                 format!("the key is {} bytes; the limit is {max} bytes", key.len()),
             ));
         }

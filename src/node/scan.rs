@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::error::{Error, Result};
+use crate::error::{BadInput, Error, Result};
 use crate::node::slot::{Entered, ShardSlot};
 use crate::node::{Consistency, Located, Node, ScanPage, ScanRequest};
 use crate::reads::follower::Follower;
@@ -31,7 +31,7 @@ impl Node {
         match requested {
             0 => Ok(limits.default_scan_limit),
             n if n > limits.max_scan_limit => Err(Error::invalid(
-                "invalid_limit",
+                BadInput::InvalidLimit,
                 format!("limit must be 1..={}, got {n}", limits.max_scan_limit),
             )),
             n => Ok(n),
@@ -66,7 +66,7 @@ impl Node {
                 self.shards
                     .get(*s)
                     .map(|slot| slot.as_ref())
-                    .ok_or_else(|| Error::invalid("invalid_query", format!("no shard {s}")))
+                    .ok_or_else(|| Error::invalid(BadInput::InvalidQuery, format!("no shard {s}")))
             })
             .collect::<Result<_>>()?;
         let opened = futures::future::try_join_all(slots.iter().enumerate().map(|(i, slot)| {

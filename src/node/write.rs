@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::error::{Error, Result};
+use crate::error::{BadInput, Error, Result};
 use crate::node::slot::ShardSlot;
 use crate::node::{Node, Precondition, WriteKind, WriteOp};
 use crate::reads::cache::Cached;
@@ -131,13 +131,13 @@ impl Node {
         let limits = &self.config.limits;
         if ops.is_empty() {
             return Err(Error::invalid(
-                "invalid_batch",
+                BadInput::InvalidBatch,
                 "a batch needs at least one operation",
             ));
         }
         if ops.len() > limits.max_batch_ops {
             return Err(Error::invalid(
-                "batch_too_large",
+                BadInput::BatchTooLarge,
                 format!(
                     "the batch has {} operations; the limit is {}",
                     ops.len(),
@@ -159,7 +159,7 @@ impl Node {
                 if let Some(ttl) = ttl_secs {
                     if *ttl == 0 || *ttl > limits.max_ttl_secs {
                         return Err(Error::invalid(
-                            "invalid_ttl",
+                            BadInput::InvalidTtl,
                             format!("ttl must be 1..={} seconds, got {ttl}", limits.max_ttl_secs),
                         ));
                     }
@@ -171,7 +171,7 @@ impl Node {
         keys.sort_unstable();
         if keys.windows(2).any(|w| w[0] == w[1]) {
             return Err(Error::invalid(
-                "duplicate_key",
+                BadInput::DuplicateKey,
                 "a batch may name each key at most once",
             ));
         }

@@ -9,7 +9,7 @@
 //! Eventual reads never need the owner, so they keep working while it is dead, paused or
 //! partitioned.
 //!
-//! Guarantees (documented in the README):
+//! Guarantees (documented in docs/consistency.md):
 //! - **No phantoms**: a follower only replays WAL objects the owner wrote, i.e. durable writes.
 //! - **Bounded staleness**: a follower that is open has completed a poll within about one
 //!   interval (a failed poll closes it, see `store.rs`); reads then see every write durable
