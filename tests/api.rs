@@ -779,7 +779,7 @@ async fn bad_config_and_shard_count_mismatch_refuse_to_start() {
     let mut gw = tokio::task::spawn_blocking(move || opts.start(&log))
         .await
         .unwrap();
-    assert!(gw.terminate(Duration::from_secs(30)).success());
+    assert!(gw.process.terminate(Duration::from_secs(30)).success());
     let (status, err) = run(&["--store", data, "--shards", "8"]);
     assert!(!status.success());
     assert!(err.contains("created with 4 shards"), "{err}");

@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::cluster::{log_tail, shard_of, Cluster};
+use common::cluster::{shard_of, Cluster};
 use common::{client, metric, percentiles, Gateway};
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -139,7 +139,7 @@ async fn eventual_reads_survive_a_paused_owner_and_strong_reads_stay_fresh() {
     let cold = key_in(cold_shard, "cold");
     put(&http, c.gw(0).kv(&cold), "cold=1").await;
 
-    common::signal(&c.gw(2).child, "STOP");
+    c.gw(2).process.pause();
     let paused = Instant::now();
     // Its first eventual read on gw1 asks the paused owner and opens a follower at once; the
     // follower answers (the owner does not), well before the owner's lease runs out.
@@ -225,7 +225,7 @@ async fn eventual_reads_survive_a_paused_owner_and_strong_reads_stay_fresh() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    common::signal(&c.gw(2).child, "CONT");
+    c.gw(2).process.resume();
 }
 
 /// One acknowledged write: value, version, when the ack arrived.
@@ -292,7 +292,7 @@ async fn eventual_reads_are_real_monotonic_and_catch_up_within_the_bound() {
                     );
                     continue;
                 }
-                assert_eq!(r.status(), StatusCode::OK, "{}", log_tail(&c.gw(g).log));
+                assert_eq!(r.status(), StatusCode::OK, "{}", c.gw(g).process.log_tail());
                 let version: u64 = r.headers()["etag"]
                     .to_str()
                     .unwrap()
@@ -405,6 +405,7 @@ async fn cache_never_serves_stale_strong_reads_across_handoffs() {
     let status = c.gateways[2]
         .as_mut()
         .unwrap()
+        .process
         .terminate(Duration::from_secs(30));
     assert!(status.success());
     c.gateways[2] = None;
@@ -464,7 +465,7 @@ async fn eventual_scans_read_followers() {
     for s in owners.keys() {
         put(&http, c.gw(0).kv(&key_in(*s, "scan")), "x").await;
     }
-    common::signal(&c.gw(1).child, "STOP");
+    c.gw(1).process.pause();
     // gw1's shards come from gw0's followers (possibly after gw0 took them over).
     let deadline = Instant::now() + BOUND * 3;
     loop {
@@ -486,7 +487,7 @@ async fn eventual_scans_read_followers() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    common::signal(&c.gw(1).child, "CONT");
+    c.gw(1).process.resume();
 }
 
 /// Two settled gateways that write memtables out 1 s after their first write, with `reads`
@@ -558,11 +559,11 @@ async fn follower_open_replays_only_recent_wal() {
 /// only the owner's hot-key cache can answer it.
 async fn read_paused(c: &Cluster, http: &reqwest::Client, key: &str) {
     let url = format!("{}?consistency=eventual", c.gw(1).kv(key));
-    c.s3.signal("STOP");
+    c.s3.process().pause();
     let t = Instant::now();
     let r = http.get(url).timeout(Duration::from_secs(3)).send().await;
     let took = t.elapsed();
-    c.s3.signal("CONT");
+    c.s3.process().resume();
     let r = r.unwrap_or_else(|e| panic!("{key}: the read waited for the object store: {e}"));
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(read_by(&r), "cache", "{key}");
@@ -618,11 +619,11 @@ async fn eventual_reads_do_not_wait_for_a_cold_follower() {
     }
     // So with the object store and the owner both paused, the follower answers from it.
     let url = format!("{}?consistency=eventual", c.gw(1).kv(&old));
-    c.s3.signal("STOP");
-    common::signal(&c.gw(0).child, "STOP");
+    c.s3.process().pause();
+    c.gw(0).process.pause();
     let r = http.get(url).timeout(Duration::from_secs(3)).send().await;
-    common::signal(&c.gw(0).child, "CONT");
-    c.s3.signal("CONT");
+    c.gw(0).process.resume();
+    c.s3.process().resume();
     let r = r.unwrap_or_else(|e| panic!("the follower fetched `old` again: {e}"));
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(read_by(&r), "eventual");
@@ -749,16 +750,16 @@ async fn eventual_reads_share_one_follower_per_shard() {
     assert_eq!(all[&key], ("v3".to_string(), v3));
 
     // The follower gateway and the owner paused: the third gateway still answers.
-    common::signal(&c.gw(h).child, "STOP");
-    common::signal(&c.gw(o).child, "STOP");
+    c.gw(h).process.pause();
+    c.gw(o).process.pause();
     let t = Instant::now();
     let r = get_eventual(&http, c.gw(g), &key).await;
     let took = t.elapsed();
     let t = Instant::now();
     let all = scan_eventual(&http, c.gw(g), "share").await;
     let scan_took = t.elapsed();
-    common::signal(&c.gw(h).child, "CONT");
-    common::signal(&c.gw(o).child, "CONT");
+    c.gw(h).process.resume();
+    c.gw(o).process.resume();
     eprintln!(
         "follower gateway and owner paused: the eventual read took {took:?}, the scan {scan_took:?}"
     );
