@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::cluster::{shard_of, Cluster};
-use common::{client, metric, percentiles};
+use common::{client, metric, percentiles, put_ok, put_until_ok};
 use reqwest::StatusCode;
 use serde_json::Value;
 
@@ -130,13 +130,7 @@ async fn kill9_failover_keeps_acknowledged_writes() {
         // Keys of every shard, written through gw0 before the kill.
         for i in 0..48 {
             let (k, v) = (format!("t{trial}k{i}"), format!("t{trial}v{i}"));
-            let r = http
-                .put(c.gw(0).kv(&k))
-                .body(v.clone())
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(r.status(), StatusCode::OK);
+            put_ok(&http, c.gw(0).kv(&k), &v).await;
             acked.insert(k, v);
         }
         let owners = c.await_stable(&[0, 1, 2], Duration::from_secs(30)).await;
@@ -157,22 +151,8 @@ async fn kill9_failover_keeps_acknowledged_writes() {
         c.gateways[victim] = None;
         // Writes to the dead owner's shard succeed again once another gateway took over; the
         // gateway retries within the request deadline, so the first success marks failover.
-        loop {
-            let r = http
-                .put(c.gw(0).kv(&probe))
-                .body("after")
-                .send()
-                .await
-                .unwrap();
-            if r.status() == StatusCode::OK {
-                break;
-            }
-            assert!(
-                killed.elapsed() < Duration::from_secs(30),
-                "no failover: {}",
-                r.status()
-            );
-        }
+        let deadline = killed + Duration::from_secs(30);
+        put_until_ok(&http, &c.gw(0).kv(&probe), "after", deadline, "no failover").await;
         failover_times.push(killed.elapsed());
         acked.insert(probe, "after".into());
         c.await_stable(&[0, 1], Duration::from_secs(30)).await;
@@ -360,13 +340,7 @@ async fn etcd_outage_stops_serving_then_resumes_without_loss() {
     let mut acked = BTreeMap::new();
     for i in 0..32 {
         let (k, v) = (format!("e{i}"), format!("v{i}"));
-        let r = http
-            .put(c.gw(i % 3).kv(&k))
-            .body(v.clone())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), StatusCode::OK);
+        put_ok(&http, c.gw(i % 3).kv(&k), &v).await;
         acked.insert(k, v);
     }
     c.etcd.stop();

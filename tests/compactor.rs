@@ -8,9 +8,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::client;
 use common::cluster::{samples, Cluster, CompactorProc, SHARDS};
 use common::process::log_tail;
+use common::{client, put_until_ok};
 use reqwest::StatusCode;
 
 /// Gateway storage settings: 32 KiB memtables, so a few hundred KiB of writes make several L0
@@ -442,21 +442,9 @@ async fn without_compactor_writes_wait_then_503_and_none_is_lost() {
     for j in 0..64 {
         let k = format!("after{j}");
         // Same value on every try, so a retry after an unknown outcome is harmless.
-        loop {
-            let r = http
-                .put(format!("{url}/v1/kv/{k}"))
-                .body(value(&k))
-                .send()
-                .await
-                .unwrap();
-            if r.status() == StatusCode::OK {
-                break;
-            }
-            assert!(
-                resumed.elapsed() < Duration::from_secs(90),
-                "writes did not resume"
-            );
-        }
+        let deadline = resumed + Duration::from_secs(90);
+        let k_url = format!("{url}/v1/kv/{k}");
+        put_until_ok(&http, &k_url, &value(&k), deadline, "writes did not resume").await;
         acked.insert(k.clone(), value(&k));
     }
     println!(

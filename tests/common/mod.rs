@@ -14,7 +14,7 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use process::ServiceProcess;
 use tempfile::TempDir;
@@ -297,6 +297,33 @@ pub async fn get_text(http: &reqwest::Client, url: impl reqwest::IntoUrl) -> Str
         .text()
         .await
         .expect("text body")
+}
+
+/// PUTs `value` to `url`, asserts 200 OK and returns the new version.
+pub async fn put_ok(http: &reqwest::Client, url: impl reqwest::IntoUrl, value: &str) -> u64 {
+    let r = http.put(url).body(value.to_string()).send().await.unwrap();
+    assert_eq!(r.status(), reqwest::StatusCode::OK);
+    r.json::<serde_json::Value>().await.unwrap()["version"]
+        .as_u64()
+        .unwrap()
+}
+
+/// PUTs `value` to `url` again and again until it succeeds. Panics with `what` and the last
+/// status if it has not by `deadline`.
+pub async fn put_until_ok(
+    http: &reqwest::Client,
+    url: &str,
+    value: &str,
+    deadline: Instant,
+    what: &str,
+) {
+    loop {
+        let r = http.put(url).body(value.to_string()).send().await.unwrap();
+        if r.status() == reqwest::StatusCode::OK {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: {}", r.status());
+    }
 }
 
 /// Percent-encodes every byte except unreserved ASCII.
