@@ -68,7 +68,12 @@ impl ServiceProcess {
     pub fn wait_for_url(&mut self, timeout: Duration) -> String {
         let line = match self.first_line.lock().unwrap().recv_timeout(timeout) {
             Ok(line) => line,
-            Err(_) => self.fail(&format!("did not print its URL within {timeout:?}")),
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                self.fail(&format!("did not print its URL within {timeout:?}"))
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                self.fail("closed its stdout without printing its URL")
+            }
         };
         let url = line.rsplit(' ').next().unwrap_or_default();
         if !url.starts_with("http://") {
