@@ -10,7 +10,7 @@ use std::time::Duration;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use common::{client, enc, Gateway, GatewayOpts, S3Server, Store};
-use reqwest::StatusCode;
+use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use tempfile::TempDir;
 
@@ -80,12 +80,97 @@ impl Env {
 
 /// Asserts the status and the stable error code of an error answer.
 async fn assert_error(resp: reqwest::Response, status: StatusCode, code: &str) {
-    assert_eq!(resp.status(), status, "expected {status} {code}");
+    assert_error_of("the request", resp, status, code).await;
+}
+
+/// `assert_error`, its failure messages naming `request`.
+async fn assert_error_of(request: &str, resp: reqwest::Response, status: StatusCode, code: &str) {
+    assert_eq!(resp.status(), status, "{request}: expected {status} {code}");
     let body: Value = resp.json().await.expect("error bodies are JSON");
-    assert_eq!(body["error"]["code"], code, "{body}");
-    assert!(body["error"]["message"]
-        .as_str()
-        .is_some_and(|m| !m.is_empty()));
+    assert_eq!(body["error"]["code"], code, "{request}: {body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{request}: no error message in {body}"
+    );
+}
+
+/// A request of a table-driven test and the answer it must get: by default, 200 OK.
+struct Case {
+    method: Method,
+    /// The path and query string, after the gateway's URL.
+    path: String,
+    headers: Vec<(&'static str, &'static str)>,
+    body: Option<Vec<u8>>,
+    status: StatusCode,
+    /// The stable error code of an error answer; `None` for a success (its status is checked).
+    code: Option<&'static str>,
+}
+
+fn case(method: Method, path: impl Into<String>) -> Case {
+    Case {
+        method,
+        path: path.into(),
+        headers: Vec::new(),
+        body: None,
+        status: StatusCode::OK,
+        code: None,
+    }
+}
+
+impl Case {
+    fn body(mut self, body: impl Into<Vec<u8>>) -> Self {
+        self.body = Some(body.into());
+        self
+    }
+
+    fn header(mut self, name: &'static str, value: &'static str) -> Self {
+        self.headers.push((name, value));
+        self
+    }
+
+    /// The answer must be an error with this status and code.
+    fn fails(mut self, status: StatusCode, code: &'static str) -> Self {
+        self.status = status;
+        self.code = Some(code);
+        self
+    }
+
+    /// Sends the request to `e`'s gateway and asserts the answer.
+    async fn check(self, e: &Env) {
+        let name = self.to_string();
+        let mut req = e
+            .http
+            .request(self.method, format!("{}{}", e.gw.url, self.path));
+        for (k, v) in self.headers {
+            req = req.header(k, v);
+        }
+        if let Some(body) = self.body {
+            req = req.body(body);
+        }
+        let resp = req.send().await.unwrap();
+        match self.code {
+            Some(code) => assert_error_of(&name, resp, self.status, code).await,
+            None => assert_eq!(resp.status(), self.status, "{name}"),
+        }
+    }
+}
+
+/// Names a case in failure messages. Paths are cut at 80 bytes; their length tells apart those
+/// with long keys.
+impl std::fmt::Display for Case {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let len = self.path.len();
+        write!(f, "{} {:.80} ({len}-byte path", self.method, self.path)?;
+        for (k, v) in &self.headers {
+            write!(f, ", {k}: {v}")?;
+        }
+        if let Some(body) = &self.body {
+            write!(f, ", {}-byte body", body.len())?;
+        }
+        write!(f, ")")
+    }
 }
 
 fn version_of(resp: &reqwest::Response) -> u64 {
@@ -550,163 +635,71 @@ async fn batch_atomicity(b: Backend) {
 }
 
 async fn malformed_input(b: Backend) {
+    const BAD: StatusCode = StatusCode::BAD_REQUEST;
+    const MAX_VALUE: usize = 1024 * 1024;
     let e = env(b).await;
-    let url = &e.gw.url;
-    let h = &e.http;
-    // Keys.
-    assert_error(
-        h.get(format!("{url}/v1/kv/%zz")).send().await.unwrap(),
-        StatusCode::BAD_REQUEST,
-        "invalid_key",
-    )
-    .await;
-    assert_error(
-        h.get(format!("{url}/v1/kv/ab%4")).send().await.unwrap(),
-        StatusCode::BAD_REQUEST,
-        "invalid_key",
-    )
-    .await;
-    assert_error(
-        h.put(format!("{url}/v1/kv/"))
+    let mut cases = vec![
+        // Keys.
+        case(Method::GET, "/v1/kv/%zz").fails(BAD, "invalid_key"),
+        case(Method::GET, "/v1/kv/ab%4").fails(BAD, "invalid_key"),
+        case(Method::PUT, "/v1/kv/")
             .body("x")
-            .send()
-            .await
-            .unwrap(),
-        StatusCode::BAD_REQUEST,
-        "invalid_key",
-    )
-    .await;
-    let long = "k".repeat(1025);
-    assert_error(
-        e.put(&long, b"x", &[]).await,
-        StatusCode::BAD_REQUEST,
-        "key_too_long",
-    )
-    .await;
-    assert_eq!(
-        e.put(&"k".repeat(1024), b"x", &[]).await.status(),
-        StatusCode::OK
-    );
-    // Values.
-    let big = vec![7u8; 1024 * 1024 + 1];
-    assert_error(
-        e.put("big", &big, &[]).await,
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "value_too_large",
-    )
-    .await;
-    assert_eq!(e.put("big", &big[1..], &[]).await.status(), StatusCode::OK);
-    assert_error(e.get("nope-big").await, StatusCode::NOT_FOUND, "not_found").await;
+            .fails(BAD, "invalid_key"),
+        case(Method::PUT, format!("/v1/kv/{}", "k".repeat(1025)))
+            .body("x")
+            .fails(BAD, "key_too_long"),
+        case(Method::PUT, format!("/v1/kv/{}", "k".repeat(1024))).body("x"),
+        // Values.
+        case(Method::PUT, "/v1/kv/big")
+            .body(vec![7u8; MAX_VALUE + 1])
+            .fails(StatusCode::PAYLOAD_TOO_LARGE, "value_too_large"),
+        case(Method::PUT, "/v1/kv/big").body(vec![7u8; MAX_VALUE]),
+        case(Method::GET, "/v1/kv/nope-big").fails(StatusCode::NOT_FOUND, "not_found"),
+    ];
     // Preconditions.
-    for etag in ["42", "W/\"42\"", "\"x\"", "\"-1\""] {
-        assert_error(
-            e.put("k", b"x", &[("if-match", etag)]).await,
-            StatusCode::BAD_REQUEST,
-            "invalid_etag",
-        )
-        .await;
-    }
-    assert_error(
-        e.put("k", b"x", &[("if-none-match", "\"3\"")]).await,
-        StatusCode::BAD_REQUEST,
-        "invalid_precondition",
-    )
-    .await;
-    assert_error(
-        e.put("k", b"x", &[("if-none-match", "*"), ("if-match", "\"1\"")])
-            .await,
-        StatusCode::BAD_REQUEST,
-        "invalid_precondition",
-    )
-    .await;
-    // TTL.
-    for ttl in ["0", "-1", "abc", "1.5", "", "99999999999999999999"] {
-        let r = h
-            .put(format!("{url}/v1/kv/k?ttl={ttl}"))
+    cases.extend(["42", "W/\"42\"", "\"x\"", "\"-1\""].map(|etag| {
+        case(Method::PUT, "/v1/kv/k")
             .body("x")
-            .send()
-            .await
-            .unwrap();
-        assert_error(r, StatusCode::BAD_REQUEST, "invalid_ttl").await;
+            .header("if-match", etag)
+            .fails(BAD, "invalid_etag")
+    }));
+    cases.extend([
+        case(Method::PUT, "/v1/kv/k")
+            .body("x")
+            .header("if-none-match", "\"3\"")
+            .fails(BAD, "invalid_precondition"),
+        case(Method::PUT, "/v1/kv/k")
+            .body("x")
+            .header("if-none-match", "*")
+            .header("if-match", "\"1\"")
+            .fails(BAD, "invalid_precondition"),
+    ]);
+    // TTL.
+    let ttls = ["0", "-1", "abc", "1.5", "", "99999999999999999999"];
+    cases.extend(ttls.map(|ttl| {
+        case(Method::PUT, format!("/v1/kv/k?ttl={ttl}"))
+            .body("x")
+            .fails(BAD, "invalid_ttl")
+    }));
+    cases.extend([
+        case(Method::PUT, "/v1/kv/k?ttl=999999999")
+            .body("x")
+            .fails(BAD, "invalid_ttl"),
+        // Query strings.
+        case(Method::GET, "/v1/kv/k?bogus=1").fails(BAD, "invalid_query"),
+        case(Method::GET, "/v1/kv/k?consistency=maybe").fails(BAD, "invalid_consistency"),
+        case(Method::GET, "/v1/kv?limit=0").fails(BAD, "invalid_limit"),
+        case(Method::GET, "/v1/kv?limit=1001").fails(BAD, "invalid_limit"),
+        case(Method::GET, "/v1/kv?cursor=***").fails(BAD, "invalid_cursor"),
+        case(Method::GET, "/v1/kv?prefix=a&prefix=b").fails(BAD, "invalid_query"),
+        // Routes and methods.
+        case(Method::GET, "/v2/kv/k").fails(StatusCode::NOT_FOUND, "route_not_found"),
+        case(Method::POST, "/v1/kv/k").fails(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+        case(Method::GET, "/v1/batch").fails(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+    ]);
+    for c in cases {
+        c.check(&e).await;
     }
-    let r = h
-        .put(format!("{url}/v1/kv/k?ttl=999999999"))
-        .body("x")
-        .send()
-        .await
-        .unwrap();
-    assert_error(r, StatusCode::BAD_REQUEST, "invalid_ttl").await;
-    // Query strings.
-    assert_error(
-        h.get(format!("{url}/v1/kv/k?bogus=1"))
-            .send()
-            .await
-            .unwrap(),
-        StatusCode::BAD_REQUEST,
-        "invalid_query",
-    )
-    .await;
-    assert_error(
-        h.get(format!("{url}/v1/kv/k?consistency=maybe"))
-            .send()
-            .await
-            .unwrap(),
-        StatusCode::BAD_REQUEST,
-        "invalid_consistency",
-    )
-    .await;
-    assert_error(
-        h.get(format!("{url}/v1/kv?limit=0")).send().await.unwrap(),
-        StatusCode::BAD_REQUEST,
-        "invalid_limit",
-    )
-    .await;
-    assert_error(
-        h.get(format!("{url}/v1/kv?limit=1001"))
-            .send()
-            .await
-            .unwrap(),
-        StatusCode::BAD_REQUEST,
-        "invalid_limit",
-    )
-    .await;
-    assert_error(
-        h.get(format!("{url}/v1/kv?cursor=***"))
-            .send()
-            .await
-            .unwrap(),
-        StatusCode::BAD_REQUEST,
-        "invalid_cursor",
-    )
-    .await;
-    assert_error(
-        h.get(format!("{url}/v1/kv?prefix=a&prefix=b"))
-            .send()
-            .await
-            .unwrap(),
-        StatusCode::BAD_REQUEST,
-        "invalid_query",
-    )
-    .await;
-    // Routes and methods.
-    assert_error(
-        h.get(format!("{url}/v2/kv/k")).send().await.unwrap(),
-        StatusCode::NOT_FOUND,
-        "route_not_found",
-    )
-    .await;
-    assert_error(
-        h.post(format!("{url}/v1/kv/k")).send().await.unwrap(),
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-    )
-    .await;
-    assert_error(
-        h.get(format!("{url}/v1/batch")).send().await.unwrap(),
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-    )
-    .await;
     // Nothing above wrote the keys it was refused.
     assert_eq!(e.get("k").await.status(), StatusCode::NOT_FOUND);
 }
@@ -725,22 +718,17 @@ async fn configured_limits_apply() {
         o.arg("--config").arg(config.to_str().unwrap())
     })
     .await;
-    assert_error(
-        e.put("123456789", b"x", &[]).await,
-        StatusCode::BAD_REQUEST,
-        "key_too_long",
-    )
-    .await;
-    assert_error(
-        e.put("k", &[0u8; 17], &[]).await,
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "value_too_large",
-    )
-    .await;
-    assert_eq!(
-        e.put("12345678", &[0u8; 16], &[]).await.status(),
-        StatusCode::OK
-    );
+    for c in [
+        case(Method::PUT, "/v1/kv/123456789")
+            .body("x")
+            .fails(StatusCode::BAD_REQUEST, "key_too_long"),
+        case(Method::PUT, "/v1/kv/k")
+            .body([0u8; 17])
+            .fails(StatusCode::PAYLOAD_TOO_LARGE, "value_too_large"),
+        case(Method::PUT, "/v1/kv/12345678").body([0u8; 16]),
+    ] {
+        c.check(&e).await;
+    }
 }
 
 /// Bad configuration stops the gateway with a clear message and a non-zero exit code, and a
@@ -779,7 +767,7 @@ async fn bad_config_and_shard_count_mismatch_refuse_to_start() {
     let mut gw = tokio::task::spawn_blocking(move || opts.start(&log))
         .await
         .unwrap();
-    assert!(gw.terminate(Duration::from_secs(30)).success());
+    assert!(gw.process.terminate(Duration::from_secs(30)).success());
     let (status, err) = run(&["--store", data, "--shards", "8"]);
     assert!(!status.success());
     assert!(err.contains("created with 4 shards"), "{err}");

@@ -283,7 +283,7 @@ fn failover_and_unavailable() {
     // A stopping gateway answers 503: unavailable too, or refused once it is gone.
     let mut gw = gw;
     let url = gw.url.clone();
-    gw.terminate(std::time::Duration::from_secs(30));
+    gw.process.terminate(std::time::Duration::from_secs(30));
     tessera(&url, &["put", "f", "2"], b"").fails(UNAVAILABLE, "");
 }
 

@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::cluster::{log_tail, shard_of, Cluster};
-use common::{client, metric, percentiles};
+use common::cluster::{shard_of, Cluster};
+use common::{client, metric, percentiles, put_ok, put_until_ok};
 use reqwest::StatusCode;
 use serde_json::Value;
 
@@ -32,7 +32,7 @@ async fn any_gateway_serves_any_key_and_views_agree() {
             .send()
             .await
             .unwrap();
-        assert_eq!(r.status(), StatusCode::OK, "{}", log_tail(&gw.log));
+        assert_eq!(r.status(), StatusCode::OK, "{}", gw.process.log_tail());
     }
     for g in 0..3 {
         for i in 0..60 {
@@ -130,13 +130,7 @@ async fn kill9_failover_keeps_acknowledged_writes() {
         // Keys of every shard, written through gw0 before the kill.
         for i in 0..48 {
             let (k, v) = (format!("t{trial}k{i}"), format!("t{trial}v{i}"));
-            let r = http
-                .put(c.gw(0).kv(&k))
-                .body(v.clone())
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(r.status(), StatusCode::OK);
+            put_ok(&http, c.gw(0).kv(&k), &v).await;
             acked.insert(k, v);
         }
         let owners = c.await_stable(&[0, 1, 2], Duration::from_secs(30)).await;
@@ -153,26 +147,12 @@ async fn kill9_failover_keeps_acknowledged_writes() {
         let metrics = common::get_text(&http, format!("{}/metrics", c.gw(0).url)).await;
         let unowned_before = metric(&metrics, &label);
         let killed = Instant::now();
-        c.gateways[victim].as_mut().unwrap().kill9();
+        c.gateways[victim].as_mut().unwrap().process.kill();
         c.gateways[victim] = None;
         // Writes to the dead owner's shard succeed again once another gateway took over; the
         // gateway retries within the request deadline, so the first success marks failover.
-        loop {
-            let r = http
-                .put(c.gw(0).kv(&probe))
-                .body("after")
-                .send()
-                .await
-                .unwrap();
-            if r.status() == StatusCode::OK {
-                break;
-            }
-            assert!(
-                killed.elapsed() < Duration::from_secs(30),
-                "no failover: {}",
-                r.status()
-            );
-        }
+        let deadline = killed + Duration::from_secs(30);
+        put_until_ok(&http, &c.gw(0).kv(&probe), "after", deadline, "no failover").await;
         failover_times.push(killed.elapsed());
         acked.insert(probe, "after".into());
         c.await_stable(&[0, 1], Duration::from_secs(30)).await;
@@ -215,7 +195,7 @@ async fn zombie_owner_never_acknowledges_nor_serves_stale_reads() {
     assert_eq!(r.status(), StatusCode::OK);
 
     let zombie = c.gw(2);
-    common::signal(&zombie.child, "STOP");
+    zombie.process.pause();
     // Another gateway takes the shard after the lease expires.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -235,7 +215,7 @@ async fn zombie_owner_never_acknowledges_nor_serves_stale_reads() {
     let r = http.put(c.gw(0).kv(&key)).body("v2").send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK, "write through the new owner");
 
-    common::signal(&zombie.child, "CONT");
+    zombie.process.resume();
     // Right after waking, before it can have heard anything from etcd: asked directly (as a
     // forwarded request, so it must answer from its own state), the zombie must neither serve
     // the stale v1 nor acknowledge a write.
@@ -321,11 +301,11 @@ async fn scale_out_and_in_under_load_without_failed_requests() {
     let started = Instant::now();
     for i in [3, 4] {
         let mut gw = c.gateways[i].take().unwrap();
-        let status = tokio::task::block_in_place(|| gw.terminate(Duration::from_secs(60)));
+        let status = tokio::task::block_in_place(|| gw.process.terminate(Duration::from_secs(60)));
         assert!(
             status.success(),
             "gw{i} exit {status:?}\n{}",
-            log_tail(&gw.log)
+            gw.process.log_tail()
         );
     }
     c.await_stable(&[0, 1, 2], Duration::from_secs(60)).await;
@@ -360,13 +340,7 @@ async fn etcd_outage_stops_serving_then_resumes_without_loss() {
     let mut acked = BTreeMap::new();
     for i in 0..32 {
         let (k, v) = (format!("e{i}"), format!("v{i}"));
-        let r = http
-            .put(c.gw(i % 3).kv(&k))
-            .body(v.clone())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), StatusCode::OK);
+        put_ok(&http, c.gw(i % 3).kv(&k), &v).await;
         acked.insert(k, v);
     }
     c.etcd.stop();
@@ -390,7 +364,7 @@ async fn etcd_outage_stops_serving_then_resumes_without_loss() {
         started.elapsed() < Duration::from_secs(12),
         "answered within the deadline"
     );
-    c.etcd.resume();
+    c.etcd.restart();
     c.await_stable(&[0, 1, 2], Duration::from_secs(60)).await;
     for (k, v) in &acked {
         let r = http.get(c.gw(1).kv(k)).send().await.unwrap();

@@ -8,8 +8,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::client;
-use common::cluster::{log_tail, samples, Cluster, CompactorProc, SHARDS};
+use common::cluster::{samples, Cluster, CompactorProc, SHARDS};
+use common::process::log_tail;
+use common::{client, put_until_ok};
 use reqwest::StatusCode;
 
 /// Gateway storage settings: 32 KiB memtables, so a few hundred KiB of writes make several L0
@@ -139,7 +140,7 @@ async fn await_l0_below(
             Instant::now() < deadline,
             "L0 not below {threshold}: {l0:?}\n{}",
             {
-                let logs = comps.iter().map(|p| log_tail(&p.log));
+                let logs = comps.iter().map(|p| p.process.log_tail());
                 logs.collect::<Vec<_>>().join("\n---\n")
             }
         );
@@ -188,11 +189,7 @@ async fn once_compacts_every_shard_and_gc_shrinks_storage() {
 
     let log = dir.path().join("once.log");
     let started = Instant::now();
-    let out = c
-        .compactor_command("batch", &compactor_config(4), &log)
-        .arg("--once")
-        .output()
-        .unwrap();
+    let out = c.compact_once("batch", &compactor_config(4), &log);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -215,11 +212,7 @@ async fn once_compacts_every_shard_and_gc_shrinks_storage() {
     // A second pass finds nothing to compact; its GC also removes the SSTs the first pass
     // replaced, now older than gc_min_age.
     tokio::time::sleep(Duration::from_secs(4)).await;
-    let out = c
-        .compactor_command("batch", &compactor_config(4), &log)
-        .arg("--once")
-        .output()
-        .unwrap();
+    let out = c.compact_once("batch", &compactor_config(4), &log);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}");
     assert!(
@@ -235,7 +228,7 @@ async fn once_compacts_every_shard_and_gc_shrinks_storage() {
     read_back(&urls[0], &data).await;
     for i in 0..2 {
         assert!(
-            !c.gw(i).log_text().contains("Fenced"),
+            !c.gw(i).process.log_text().contains("Fenced"),
             "a gateway was fenced"
         );
     }
@@ -270,12 +263,12 @@ async fn two_daemons_split_shards_and_survive_kill9() {
         assert!(
             Instant::now() < deadline,
             "c0 never compacted:\n{}",
-            log_tail(&c0.log)
+            c0.process.log_tail()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let killed = Instant::now();
-    c0.kill9();
+    c0.process.kill();
     let deadline = Instant::now() + Duration::from_secs(30);
     while reported_shards(&c1).await.len() < SHARDS as usize {
         assert!(
@@ -301,7 +294,7 @@ async fn two_daemons_split_shards_and_survive_kill9() {
     assert!(
         failures == 0.0,
         "{failures} failures:\n{}",
-        log_tail(&c1.log)
+        c1.process.log_tail()
     );
     read_back(&c.gw(1).url, &acked).await;
 }
@@ -322,21 +315,10 @@ async fn daemon_stops_promptly_with_the_object_store_down() {
     }
     c.s3.stop();
     let t = Instant::now();
-    common::signal(&c0.child, "TERM");
-    let status = loop {
-        if let Some(status) = c0.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(60),
-            "c0 still running 60 s after SIGTERM:\n{}",
-            log_tail(&c0.log)
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let status = tokio::task::block_in_place(|| c0.process.terminate(Duration::from_secs(60)));
     let took = t.elapsed();
     println!("c0 stopped {took:?} after SIGTERM with the object store down");
-    assert!(status.success(), "{status}:\n{}", log_tail(&c0.log));
+    assert!(status.success(), "{status}:\n{}", c0.process.log_tail());
     assert!(took < Duration::from_secs(8), "c0 took {took:?} to stop");
 }
 
@@ -359,7 +341,7 @@ async fn compactor_backs_off_shards_not_created_yet() {
         assert!(
             Instant::now() < deadline,
             "compactor never compacted every shard:\n{}",
-            log_tail(&p.log)
+            p.process.log_tail()
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -370,7 +352,7 @@ async fn compactor_backs_off_shards_not_created_yet() {
     assert!(
         failures <= 8.0 * SHARDS as f64,
         "{failures} failures: no backoff\n{}",
-        log_tail(&p.log)
+        p.process.log_tail()
     );
 }
 
@@ -391,7 +373,7 @@ async fn gateway_failover_during_compaction_loses_nothing() {
         assert!(Instant::now() < deadline, "no compaction started");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    c.gateways[2].as_mut().unwrap().kill9();
+    c.gateways[2].as_mut().unwrap().process.kill();
     c.gateways[2] = None;
     c.await_stable(&[0, 1], Duration::from_secs(30)).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -460,21 +442,9 @@ async fn without_compactor_writes_wait_then_503_and_none_is_lost() {
     for j in 0..64 {
         let k = format!("after{j}");
         // Same value on every try, so a retry after an unknown outcome is harmless.
-        loop {
-            let r = http
-                .put(format!("{url}/v1/kv/{k}"))
-                .body(value(&k))
-                .send()
-                .await
-                .unwrap();
-            if r.status() == StatusCode::OK {
-                break;
-            }
-            assert!(
-                resumed.elapsed() < Duration::from_secs(90),
-                "writes did not resume"
-            );
-        }
+        let deadline = resumed + Duration::from_secs(90);
+        let k_url = format!("{url}/v1/kv/{k}");
+        put_until_ok(&http, &k_url, &value(&k), deadline, "writes did not resume").await;
         acked.insert(k.clone(), value(&k));
     }
     println!(

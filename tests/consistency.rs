@@ -14,22 +14,14 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::cluster::{log_tail, shard_of, Cluster};
-use common::{client, metric, percentiles, Gateway};
+use common::cluster::{shard_of, Cluster};
+use common::{client, metric, percentiles, put_ok, Gateway};
 use reqwest::StatusCode;
 use serde_json::Value;
 
 /// The staleness bound the gateways advertise with the default configuration:
 /// flush 10 ms + follower poll 1 s + 250 ms + follower cache 100 ms.
 const BOUND: Duration = Duration::from_millis(1360);
-
-async fn put(http: &reqwest::Client, url: String, value: &str) -> u64 {
-    let r = http.put(url).body(value.to_string()).send().await.unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
-    r.json::<Value>().await.unwrap()["version"]
-        .as_u64()
-        .unwrap()
-}
 
 /// An eventual read of `key` through `gw`.
 async fn get_eventual(http: &reqwest::Client, gw: &Gateway, key: &str) -> reqwest::Response {
@@ -121,7 +113,7 @@ async fn eventual_reads_survive_a_paused_owner_and_strong_reads_stay_fresh() {
     let shard = shard_owned_by(&owners, "gw2");
     let keys: Vec<String> = (0..5).map(|i| key_in(shard, &format!("p{i}-"))).collect();
     for k in &keys {
-        put(&http, c.gw(0).kv(k), &format!("{k}=1")).await;
+        put_ok(&http, c.gw(0).kv(k), &format!("{k}=1")).await;
     }
     // Followers on gw0 and gw1 open and catch up before the owner stops.
     for g in [0, 1] {
@@ -137,9 +129,9 @@ async fn eventual_reads_survive_a_paused_owner_and_strong_reads_stay_fresh() {
         .map(|(s, _)| *s)
         .expect("gw2 owns two shards");
     let cold = key_in(cold_shard, "cold");
-    put(&http, c.gw(0).kv(&cold), "cold=1").await;
+    put_ok(&http, c.gw(0).kv(&cold), "cold=1").await;
 
-    common::signal(&c.gw(2).child, "STOP");
+    c.gw(2).process.pause();
     let paused = Instant::now();
     // Its first eventual read on gw1 asks the paused owner and opens a follower at once; the
     // follower answers (the owner does not), well before the owner's lease runs out.
@@ -206,7 +198,7 @@ async fn eventual_reads_survive_a_paused_owner_and_strong_reads_stay_fresh() {
     eprintln!("owner paused: strong reads by status {strong:?}");
     // After the failover a write lands on the new owner; a strong read sees it at once, and
     // an eventual read on the third gateway catches up within the bound.
-    let v2 = put(&http, c.gw(0).kv(&keys[0]), "after-failover").await;
+    let v2 = put_ok(&http, c.gw(0).kv(&keys[0]), "after-failover").await;
     let r = http.get(c.gw(1).kv(&keys[0])).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(r.text().await.unwrap(), "after-failover");
@@ -225,7 +217,7 @@ async fn eventual_reads_survive_a_paused_owner_and_strong_reads_stay_fresh() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    common::signal(&c.gw(2).child, "CONT");
+    c.gw(2).process.resume();
 }
 
 /// One acknowledged write: value, version, when the ack arrived.
@@ -260,7 +252,7 @@ async fn eventual_reads_are_real_monotonic_and_catch_up_within_the_bound() {
             while start.elapsed() < Duration::from_secs(secs) {
                 let k = &keys[n as usize % keys.len()];
                 let value = format!("{k}#{n}");
-                let version = put(&http, format!("{url}/v1/kv/{k}"), &value).await;
+                let version = put_ok(&http, format!("{url}/v1/kv/{k}"), &value).await;
                 written.lock().unwrap().insert(
                     value,
                     Written {
@@ -292,7 +284,7 @@ async fn eventual_reads_are_real_monotonic_and_catch_up_within_the_bound() {
                     );
                     continue;
                 }
-                assert_eq!(r.status(), StatusCode::OK, "{}", log_tail(&c.gw(g).log));
+                assert_eq!(r.status(), StatusCode::OK, "{}", c.gw(g).process.log_tail());
                 let version: u64 = r.headers()["etag"]
                     .to_str()
                     .unwrap()
@@ -377,7 +369,7 @@ async fn cache_never_serves_stale_strong_reads_across_handoffs() {
         for (i, k) in keys.iter().enumerate() {
             let (w, r) = ((i + round) % 2, (i + round + 1) % 2);
             let value = format!("{k}-r{round}");
-            put(&http, c.gw(w).kv(k), &value).await;
+            put_ok(&http, c.gw(w).kv(k), &value).await;
             let resp = http.get(c.gw(r).kv(k)).send().await.unwrap();
             assert_eq!(resp.status(), StatusCode::OK);
             assert_eq!(resp.text().await.unwrap(), value);
@@ -400,11 +392,12 @@ async fn cache_never_serves_stale_strong_reads_across_handoffs() {
         .collect();
     assert!(!to_new.is_empty(), "gw2 took no shard");
     for k in &to_new {
-        put(&http, c.gw(0).kv(k), &format!("{k}-moved")).await;
+        put_ok(&http, c.gw(0).kv(k), &format!("{k}-moved")).await;
     }
     let status = c.gateways[2]
         .as_mut()
         .unwrap()
+        .process
         .terminate(Duration::from_secs(30));
     assert!(status.success());
     c.gateways[2] = None;
@@ -441,7 +434,7 @@ async fn cache_stays_within_its_byte_bound() {
     // 48 MiB of 256 KiB values, each written and read twice: twelve times the bound.
     let value = "v".repeat(256 * 1024);
     for i in 0..192 {
-        put(&http, gw.kv(&format!("big{i}")), &value).await;
+        put_ok(&http, gw.kv(&format!("big{i}")), &value).await;
         for _ in 0..2 {
             let r = http.get(gw.kv(&format!("big{i}"))).send().await.unwrap();
             assert_eq!(r.status(), StatusCode::OK);
@@ -462,9 +455,9 @@ async fn eventual_scans_read_followers() {
     let owners = c.await_stable(&[0, 1], Duration::from_secs(30)).await;
     let http = client();
     for s in owners.keys() {
-        put(&http, c.gw(0).kv(&key_in(*s, "scan")), "x").await;
+        put_ok(&http, c.gw(0).kv(&key_in(*s, "scan")), "x").await;
     }
-    common::signal(&c.gw(1).child, "STOP");
+    c.gw(1).process.pause();
     // gw1's shards come from gw0's followers (possibly after gw0 took them over).
     let deadline = Instant::now() + BOUND * 3;
     loop {
@@ -486,7 +479,7 @@ async fn eventual_scans_read_followers() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    common::signal(&c.gw(1).child, "CONT");
+    c.gw(1).process.resume();
 }
 
 /// Two settled gateways that write memtables out 1 s after their first write, with `reads`
@@ -512,10 +505,10 @@ async fn old_key_in_an_sst_new_key_in_the_wal(
     let http = client();
     let shard = shard_owned_by(&owners, "gw0");
     let (old, new) = (key_in(shard, "old"), key_in(shard, "new"));
-    put(&http, c.gw(0).kv(&old), &old).await;
+    put_ok(&http, c.gw(0).kv(&old), &old).await;
     // Past the memtable flush (1 s after the first write).
     tokio::time::sleep(Duration::from_secs(3)).await;
-    put(&http, c.gw(0).kv(&new), &new).await;
+    put_ok(&http, c.gw(0).kv(&new), &new).await;
     (c, old, new, config)
 }
 
@@ -534,7 +527,7 @@ async fn follower_open_replays_only_recent_wal() {
         .take(400)
         .collect();
     for k in &keys {
-        put(&http, c.gw(0).kv(k), k).await;
+        put_ok(&http, c.gw(0).kv(k), k).await;
     }
     // Past the memtable flush interval and the next manifest poll.
     tokio::time::sleep(Duration::from_secs(4)).await;
@@ -558,11 +551,11 @@ async fn follower_open_replays_only_recent_wal() {
 /// only the owner's hot-key cache can answer it.
 async fn read_paused(c: &Cluster, http: &reqwest::Client, key: &str) {
     let url = format!("{}?consistency=eventual", c.gw(1).kv(key));
-    c.s3.signal("STOP");
+    c.s3.process().pause();
     let t = Instant::now();
     let r = http.get(url).timeout(Duration::from_secs(3)).send().await;
     let took = t.elapsed();
-    c.s3.signal("CONT");
+    c.s3.process().resume();
     let r = r.unwrap_or_else(|e| panic!("{key}: the read waited for the object store: {e}"));
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(read_by(&r), "cache", "{key}");
@@ -618,11 +611,11 @@ async fn eventual_reads_do_not_wait_for_a_cold_follower() {
     }
     // So with the object store and the owner both paused, the follower answers from it.
     let url = format!("{}?consistency=eventual", c.gw(1).kv(&old));
-    c.s3.signal("STOP");
-    common::signal(&c.gw(0).child, "STOP");
+    c.s3.process().pause();
+    c.gw(0).process.pause();
     let r = http.get(url).timeout(Duration::from_secs(3)).send().await;
-    common::signal(&c.gw(0).child, "CONT");
-    c.s3.signal("CONT");
+    c.gw(0).process.resume();
+    c.s3.process().resume();
     let r = r.unwrap_or_else(|e| panic!("the follower fetched `old` again: {e}"));
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(read_by(&r), "eventual");
@@ -703,7 +696,7 @@ async fn eventual_reads_share_one_follower_per_shard() {
     for (&shard, owner) in &owners {
         let (o, h, g) = roles(shard, owner);
         let key = key_in(shard, "share");
-        put(&http, c.gw(0).kv(&key), &format!("{key}=1")).await;
+        put_ok(&http, c.gw(0).kv(&key), &format!("{key}=1")).await;
         shards.push((key, o, h, g));
     }
     // Every gateway's eventual reads see every key; the forwarded ones come from a follower.
@@ -734,7 +727,7 @@ async fn eventual_reads_share_one_follower_per_shard() {
     // A strong read on the forwarding gateway raises its watermark; its next eventual read
     // waits at the follower gateway until the follower has caught up with it.
     let (key, o, h, g) = shards[0].clone();
-    let v2 = put(&http, c.gw(o).kv(&key), "v2").await;
+    let v2 = put_ok(&http, c.gw(o).kv(&key), "v2").await;
     let r = http.get(c.gw(g).kv(&key)).send().await.unwrap();
     assert_eq!(r.text().await.unwrap(), "v2");
     let r = get_eventual(&http, c.gw(g), &key).await;
@@ -742,23 +735,23 @@ async fn eventual_reads_share_one_follower_per_shard() {
     assert_eq!(r.headers()["etag"], format!("\"{v2}\"").as_str());
     assert_eq!(read_by(&r), "eventual");
     // The same for a scan, after a third write noted on the forwarding gateway.
-    let v3 = put(&http, c.gw(o).kv(&key), "v3").await;
+    let v3 = put_ok(&http, c.gw(o).kv(&key), "v3").await;
     let r = http.get(c.gw(g).kv(&key)).send().await.unwrap();
     assert_eq!(r.text().await.unwrap(), "v3");
     let all = scan_eventual(&http, c.gw(g), "share").await;
     assert_eq!(all[&key], ("v3".to_string(), v3));
 
     // The follower gateway and the owner paused: the third gateway still answers.
-    common::signal(&c.gw(h).child, "STOP");
-    common::signal(&c.gw(o).child, "STOP");
+    c.gw(h).process.pause();
+    c.gw(o).process.pause();
     let t = Instant::now();
     let r = get_eventual(&http, c.gw(g), &key).await;
     let took = t.elapsed();
     let t = Instant::now();
     let all = scan_eventual(&http, c.gw(g), "share").await;
     let scan_took = t.elapsed();
-    common::signal(&c.gw(h).child, "CONT");
-    common::signal(&c.gw(o).child, "CONT");
+    c.gw(h).process.resume();
+    c.gw(o).process.resume();
     eprintln!(
         "follower gateway and owner paused: the eventual read took {took:?}, the scan {scan_took:?}"
     );
@@ -786,7 +779,7 @@ async fn a_cached_follower_answer_never_goes_back_before_the_floor() {
     let (&shard, owner) = owners.iter().next().unwrap();
     let (o, _, g) = roles(shard, owner);
     let key = key_in(shard, "floor");
-    put(&http, c.gw(o).kv(&key), "v1").await;
+    put_ok(&http, c.gw(o).kv(&key), "v1").await;
     // g's eventual reads go to h, whose follower caches v1.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -798,7 +791,7 @@ async fn a_cached_follower_answer_never_goes_back_before_the_floor() {
         assert!(Instant::now() < deadline, "no follower answered");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let v2 = put(&http, c.gw(o).kv(&key), "v2").await;
+    let v2 = put_ok(&http, c.gw(o).kv(&key), "v2").await;
     // A strong read through g raises g's floor for the shard to v2's version.
     let r = http.get(c.gw(g).kv(&key)).send().await.unwrap();
     assert_eq!(r.text().await.unwrap(), "v2");

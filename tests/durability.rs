@@ -136,7 +136,7 @@ async fn crash_kill9(store: Store, dir: &std::path::Path) {
     while acked_so_far(&history) < 60 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    gw.kill9();
+    gw.process.kill();
     let mut acked = 0;
     for w in writers {
         acked += w.await.unwrap();
@@ -174,7 +174,7 @@ async fn sigterm_drains_in_flight_writes_and_exits_zero() {
     let writers = spawn_writers(gw.url.clone(), 8, Arc::clone(&stop), Arc::clone(&history));
     tokio::time::sleep(Duration::from_millis(800)).await;
     let started = Instant::now();
-    let status = tokio::task::block_in_place(|| gw.terminate(Duration::from_secs(30)));
+    let status = tokio::task::block_in_place(|| gw.process.terminate(Duration::from_secs(30)));
     assert!(status.success(), "exit status {status:?}");
     assert!(
         started.elapsed() < Duration::from_secs(10),
@@ -184,7 +184,7 @@ async fn sigterm_drains_in_flight_writes_and_exits_zero() {
     for w in writers {
         w.await.unwrap();
     }
-    let log = gw.log_text();
+    let log = gw.process.log_text();
     assert!(log.contains("all shards closed"), "{log}");
     let gw = start(opts, dir.path().join("gw2.log")).await;
     assert_eq!(verify(&gw, &history).await, 8 * 7);
@@ -233,7 +233,7 @@ async fn object_store_outage_gives_503_then_recovers_without_loss() {
         assert!(took < Duration::from_millis(4500), "503 after {took:?}");
     }
 
-    s3.resume();
+    s3.restart();
     // Writes succeed again once the shard database is reopened.
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut recovered = 0;
@@ -250,7 +250,7 @@ async fn object_store_outage_gives_503_then_recovers_without_loss() {
             assert!(
                 Instant::now() < deadline,
                 "writes did not recover:\n{}",
-                gw.log_text()
+                gw.process.log_text()
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -272,7 +272,7 @@ async fn object_store_outage_gives_503_then_recovers_without_loss() {
         assert_eq!(r.status(), StatusCode::OK, "{k}");
         assert_eq!(r.text().await.unwrap(), *v);
     }
-    gw.kill9();
+    gw.process.kill();
     let gw = start(opts, dir.path().join("gw2.log")).await;
     for (k, v) in &acked {
         let r = http.get(gw.kv(k)).send().await.unwrap();

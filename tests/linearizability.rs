@@ -564,11 +564,11 @@ async fn strong_operations_are_linearizable_under_kill_and_pause() {
     let load = Load::start(&c, KEYS, 6, true);
     // Faults: kill -9 gw1 after a quarter of the run; pause gw2 past its lease at half time.
     tokio::time::sleep(Duration::from_millis(secs * 250)).await;
-    c.gateways[1].as_mut().unwrap().kill9();
+    c.gateways[1].as_mut().unwrap().process.kill();
     tokio::time::sleep(Duration::from_millis(secs * 250)).await;
-    common::signal(&c.gw(2).child, "STOP");
+    c.gw(2).process.pause();
     tokio::time::sleep(Duration::from_millis(4500)).await;
-    common::signal(&c.gw(2).child, "CONT");
+    c.gw(2).process.resume();
     tokio::time::sleep(Duration::from_millis(secs * 500)).await;
     let (total, eventual) = load.finish().await;
     assert!(total > 100, "enough operations were recorded: {total}");

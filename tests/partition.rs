@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::cluster::{log_tail, samples, shard_of, Cluster, ClusterOpts, SHARDS};
+use common::cluster::{samples, shard_of, Cluster, ClusterOpts, SHARDS};
 use common::proxy::Proxy;
 use common::{client, metric};
 use reqwest::StatusCode;
@@ -137,7 +137,7 @@ fn keys_on(shards: &[u32], n: usize, prefix: &str) -> Vec<String> {
 fn logs(c: &Cluster) -> String {
     c.live()
         .into_iter()
-        .map(|i| format!("--- gw{i} log ---\n{}\n", log_tail(&c.gw(i).log)))
+        .map(|i| format!("--- gw{i} log ---\n{}\n", c.gw(i).process.log_tail()))
         .collect()
 }
 
@@ -397,9 +397,9 @@ async fn assert_rejoined(c: &Cluster, i: usize) {
             .join("\n")
     );
     assert!(
-        c.gw(i).log_text().contains("rejoined the cluster"),
+        c.gw(i).process.log_text().contains("rejoined the cluster"),
         "gw{i} did not log its rejoin:\n{}",
-        log_tail(&c.gw(i).log)
+        c.gw(i).process.log_tail()
     );
     println!("gw{i} lease losses {lost:?}");
 }
@@ -869,7 +869,7 @@ async fn compactor_cut_from_etcd_then_healed() {
         assert!(
             Instant::now() < deadline,
             "the compactor did not claim every shard:\n{}",
-            log_tail(&comp.log)
+            comp.process.log_tail()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -887,7 +887,7 @@ async fn compactor_cut_from_etcd_then_healed() {
     let dropped = dropped.unwrap_or_else(|| {
         panic!(
             "the compactor still claims shards 8 s into its cut:\n{}",
-            log_tail(&comp.log)
+            comp.process.log_tail()
         )
     });
     println!("the compactor gave its claims up {dropped:?} into the cut");
@@ -904,7 +904,7 @@ async fn compactor_cut_from_etcd_then_healed() {
             healed.elapsed() < Duration::from_secs(10),
             "the compactor claims nothing {:?} after the heal:\n{}",
             healed.elapsed(),
-            log_tail(&comp.log)
+            comp.process.log_tail()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -922,11 +922,11 @@ async fn compactor_cut_from_etcd_then_healed() {
         sum(&text, "tessera_compactor_lease_rejoins_total") >= 1.0,
         "no rejoin counted"
     );
-    let log = std::fs::read_to_string(&comp.log).unwrap();
+    let log = comp.process.log_text();
     assert!(
         log.contains("rejoined the cluster"),
         "no rejoin logged:\n{}",
-        log_tail(&comp.log)
+        comp.process.log_tail()
     );
     println!("compactor lease losses {lost:?}");
 }
@@ -944,11 +944,11 @@ async fn a_member_key_deleted_under_a_live_lease_is_registered_again() {
         .await
         .unwrap();
     let deleted = Instant::now();
-    while !c.gw(0).log_text().contains("registered again") {
+    while !c.gw(0).process.log_text().contains("registered again") {
         assert!(
             deleted.elapsed() < Duration::from_secs(10),
             "gw0 did not register again:\n{}",
-            log_tail(&c.gw(0).log)
+            c.gw(0).process.log_tail()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

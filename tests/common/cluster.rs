@@ -2,13 +2,14 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tempfile::TempDir;
 
 use super::proxy::Proxy;
-use super::{client, EtcdServer, Gateway, GatewayOpts, S3Server, Store};
+use super::{client, EtcdServer, Gateway, GatewayOpts, S3Server, ServiceProcess, Store};
 
 pub const SHARDS: u32 = 16;
 
@@ -285,60 +286,26 @@ pub fn shard_of(key: &str) -> u32 {
     tessera::shard_for_key(key.as_bytes(), SHARDS).0
 }
 
-pub fn log_tail(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    text.lines()
-        .rev()
-        .take(80)
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
 /// A compactor daemon of a test cluster, with its metrics endpoint. Killed (SIGKILL) on drop.
 pub struct CompactorProc {
-    pub child: std::process::Child,
+    pub process: ServiceProcess,
     pub metrics_url: String,
-    pub log: std::path::PathBuf,
 }
 
 impl CompactorProc {
-    pub fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
     /// The metrics text.
     pub async fn metrics(&self) -> String {
         super::get_text(&client(), &self.metrics_url).await
     }
 }
 
-impl Drop for CompactorProc {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
-
 impl Cluster {
-    /// `tessera-compactor` against this cluster, configured by the TOML text `config`.
-    pub fn compactor_command(&self, id: &str, config: &str, log: &Path) -> std::process::Command {
-        self.compactor_command_via(id, config, log, &self.etcd.endpoint())
-    }
-
-    /// `compactor_command` with the etcd endpoint `etcd` (e.g. a proxy's URL).
-    pub fn compactor_command_via(
-        &self,
-        id: &str,
-        config: &str,
-        log: &Path,
-        etcd: &str,
-    ) -> std::process::Command {
+    /// `tessera-compactor` against this cluster through the etcd endpoint `etcd` (e.g. a
+    /// proxy's URL), configured by the TOML text `config`.
+    fn compactor_command(&self, id: &str, config: &str, etcd: &str) -> Command {
         let cfg = self.dir.path().join(format!("{id}.toml"));
         std::fs::write(&cfg, config).unwrap();
-        let mut cmd = std::process::Command::new(super::compactor_bin());
+        let mut cmd = Command::new(super::compactor_bin());
         cmd.arg("--config")
             .arg(cfg)
             .args(["--store", &format!("s3://{}/cluster", super::S3_BUCKET)])
@@ -349,10 +316,17 @@ impl Cluster {
             .env("AWS_ACCESS_KEY_ID", super::S3_ACCESS_KEY)
             .env("AWS_SECRET_ACCESS_KEY", super::S3_SECRET_KEY)
             .env("AWS_REGION", "us-east-1")
-            .env_remove("TESSERA_CONFIG")
-            .stdin(std::process::Stdio::null())
-            .stderr(std::fs::File::create(log).unwrap());
+            .env_remove("TESSERA_CONFIG");
         cmd
+    }
+
+    /// Runs one `--once` compactor pass, its stderr in `log`.
+    pub fn compact_once(&self, id: &str, config: &str, log: &Path) -> Output {
+        self.compactor_command(id, config, &self.etcd.endpoint())
+            .arg("--once")
+            .stderr(std::fs::File::create(log).unwrap())
+            .output()
+            .unwrap()
     }
 
     /// Starts a compactor daemon and waits for its metrics endpoint.
@@ -363,32 +337,13 @@ impl Cluster {
     /// `start_compactor` with the etcd endpoint `etcd` (e.g. a proxy's URL).
     pub fn start_compactor_via(&self, id: &str, config: &str, etcd: &str) -> CompactorProc {
         let log = self.dir.path().join(format!("{id}-{}.log", now_ms()));
-        let mut child = self
-            .compactor_command_via(id, config, &log, etcd)
-            .args(["--metrics-listen", "127.0.0.1:0"])
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("spawn compactor");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            use std::io::BufRead;
-            let mut lines = std::io::BufReader::new(stdout).lines();
-            if let Some(Ok(line)) = lines.next() {
-                let _ = tx.send(line);
-            }
-            for _ in lines {}
-        });
-        let line = rx
-            .recv_timeout(Duration::from_secs(120))
-            .unwrap_or_else(|_| {
-                panic!("compactor did not start:\n{}", log_tail(&log));
-            });
-        let metrics_url = line.rsplit(' ').next().unwrap().to_string();
+        let mut cmd = self.compactor_command(id, config, etcd);
+        cmd.args(["--metrics-listen", "127.0.0.1:0"]);
+        let mut process = ServiceProcess::spawn(format!("compactor {id}"), cmd, &log);
+        let metrics_url = process.wait_for_url(Duration::from_secs(120));
         CompactorProc {
-            child,
+            process,
             metrics_url,
-            log,
         }
     }
 

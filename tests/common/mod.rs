@@ -7,15 +7,16 @@
 #![allow(dead_code)] // each test binary uses a different subset of the fixtures
 
 pub mod cluster;
+pub mod process;
 pub mod proxy;
 
-use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use process::ServiceProcess;
 use tempfile::TempDir;
 
 pub const S3_ACCESS_KEY: &str = "devkey";
@@ -72,17 +73,6 @@ pub fn free_port() -> u16 {
         .expect("bind a free port")
 }
 
-fn wait_for_port(addr: SocketAddr, timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    false
-}
-
 fn which(name: &str) -> Option<PathBuf> {
     let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).collect())
@@ -91,6 +81,13 @@ fn which(name: &str) -> Option<PathBuf> {
         dirs.push(Path::new(&home).join(".cargo/bin"));
     }
     dirs.into_iter().map(|d| d.join(name)).find(|p| p.is_file())
+}
+
+/// Spawns server `name`, its log `{name}.log` in `dir`, and waits until it listens on `port`.
+fn start_server(name: &str, cmd: Command, dir: &Path, port: u16) -> ServiceProcess {
+    let mut process = ServiceProcess::spawn(name, cmd, &dir.join(format!("{name}.log")));
+    process.wait_for_port(port, Duration::from_secs(20));
+    process
 }
 
 /// The S3 server: `$TESSERA_S3S_FS`, else the patched s3s-fs that `scripts/test.sh` builds. Not
@@ -115,55 +112,41 @@ fn s3_server_binary() -> PathBuf {
 pub struct S3Server {
     pub port: u16,
     dir: TempDir,
-    child: Option<Child>,
+    process: Option<ServiceProcess>,
 }
 
 impl S3Server {
-    /// Starts s3s-fs with an empty bucket. Panics if `s3s-fs` is not installed.
+    /// Starts s3s-fs with an empty bucket. Panics if the patched s3s-fs is not built.
     pub fn start() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::create_dir_all(dir.path().join("data").join(S3_BUCKET)).expect("bucket dir");
         let mut s = S3Server {
             port: free_port(),
             dir,
-            child: None,
+            process: None,
         };
-        s.resume();
+        s.restart();
         s
     }
 
-    /// (Re)starts the server process on the same port and data.
-    pub fn resume(&mut self) {
-        assert!(self.child.is_none(), "already running");
-        let bin = s3_server_binary();
-        let log = std::fs::File::create(self.dir.path().join("s3s-fs.log")).expect("log file");
-        let child = Command::new(bin)
-            .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
+    /// Starts the stopped server again on the same port and data.
+    pub fn restart(&mut self) {
+        assert!(self.process.is_none(), "already running");
+        let mut cmd = Command::new(s3_server_binary());
+        cmd.args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
             .args(["--access-key", S3_ACCESS_KEY, "--secret-key", S3_SECRET_KEY])
-            .arg(self.dir.path().join("data"))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn s3s-fs");
-        self.child = Some(child);
-        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
-        assert!(
-            wait_for_port(addr, Duration::from_secs(20)),
-            "s3s-fs did not start listening"
-        );
+            .arg(self.dir.path().join("data"));
+        self.process = Some(start_server("s3s-fs", cmd, self.dir.path(), self.port));
     }
 
     /// Kills the server (an outage), keeping its data.
     pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.process = None;
     }
 
-    /// Sends `sig` to the server process (`STOP`: requests hang until `CONT`).
-    pub fn signal(&self, sig: &str) {
-        signal(self.child.as_ref().expect("s3s-fs is running"), sig);
+    /// The running server process (to pause it: requests hang until it resumes).
+    pub fn process(&self) -> &ServiceProcess {
+        self.process.as_ref().expect("s3s-fs is running")
     }
 
     /// The directory holding the test bucket's objects.
@@ -190,12 +173,6 @@ impl S3Server {
     }
 }
 
-impl Drop for S3Server {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
 /// Where a gateway keeps its data.
 #[derive(Clone)]
 pub enum Store {
@@ -214,11 +191,10 @@ impl Store {
     }
 }
 
-/// A gateway process. Killed (SIGKILL) on drop.
+/// A gateway process, killed (SIGKILL) on drop.
 pub struct Gateway {
     pub url: String,
-    pub child: Child,
-    pub log: PathBuf,
+    pub process: ServiceProcess,
 }
 
 /// Options for starting a gateway.
@@ -251,20 +227,12 @@ impl GatewayOpts {
         self
     }
 
-    /// The command line, without starting it.
-    pub fn command(&self, log: &Path) -> Command {
-        self.command_on(log, "127.0.0.1:0")
-    }
-
     /// The command line of a gateway listening on `listen` (e.g. `127.0.0.1:PORT`).
-    pub fn command_on(&self, log: &Path, listen: &str) -> Command {
+    fn command(&self, listen: &str) -> Command {
         let mut cmd = Command::new(gateway_bin());
         cmd.args(["--listen", listen, "--shards", &self.shards.to_string()])
             .args(["--log", "info,slatedb=warn"])
             .args(&self.extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(log).expect("log file"))
             .env_remove("TESSERA_CONFIG")
             .envs(self.env.iter().map(|(k, v)| (k, v)));
         match &self.store {
@@ -282,85 +250,22 @@ impl GatewayOpts {
         cmd
     }
 
-    /// Starts the gateway and waits until it prints its URL.
+    /// Starts the gateway, its stderr in `log`, and waits until it prints its URL.
     pub fn start(&self, log: &Path) -> Gateway {
         self.start_on(log, "127.0.0.1:0")
     }
 
     /// Starts the gateway listening on `listen` and waits until it prints its URL.
     pub fn start_on(&self, log: &Path, listen: &str) -> Gateway {
-        let mut child = self.command_on(log, listen).spawn().expect("spawn gateway");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            if let Some(Ok(line)) = lines.next() {
-                let _ = tx.send(line);
-            }
-            for _ in lines {} // keep the pipe drained
-        });
-        let line = rx
-            .recv_timeout(Duration::from_secs(90))
-            .unwrap_or_else(|_| {
-                let _ = child.kill();
-                panic!(
-                    "gateway did not print its URL; log:\n{}",
-                    std::fs::read_to_string(log).unwrap_or_default()
-                )
-            });
-        let url = line
-            .rsplit(' ')
-            .next()
-            .expect("URL on the ready line")
-            .to_string();
-        assert!(url.starts_with("http://"), "unexpected ready line: {line}");
-        Gateway {
-            url,
-            child,
-            log: log.to_path_buf(),
-        }
+        let mut process = ServiceProcess::spawn("gateway", self.command(listen), log);
+        let url = process.wait_for_url(Duration::from_secs(90));
+        Gateway { url, process }
     }
 }
 
 impl Gateway {
-    /// SIGKILL: the process dies at once, nothing flushed.
-    pub fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// SIGTERM, then waits for the exit status.
-    pub fn terminate(&mut self, timeout: Duration) -> std::process::ExitStatus {
-        let pid = self.child.id().to_string();
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("kill -TERM");
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "gateway did not exit after SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
     pub fn kv(&self, key: &str) -> String {
         format!("{}/v1/kv/{key}", self.url)
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        self.kill9();
     }
 }
 
@@ -394,6 +299,33 @@ pub async fn get_text(http: &reqwest::Client, url: impl reqwest::IntoUrl) -> Str
         .expect("text body")
 }
 
+/// PUTs `value` to `url`, asserts 200 OK and returns the new version.
+pub async fn put_ok(http: &reqwest::Client, url: impl reqwest::IntoUrl, value: &str) -> u64 {
+    let r = http.put(url).body(value.to_string()).send().await.unwrap();
+    assert_eq!(r.status(), reqwest::StatusCode::OK);
+    r.json::<serde_json::Value>().await.unwrap()["version"]
+        .as_u64()
+        .unwrap()
+}
+
+/// PUTs `value` to `url` again and again until it succeeds. Panics with `what` and the last
+/// status if it has not by `deadline`.
+pub async fn put_until_ok(
+    http: &reqwest::Client,
+    url: &str,
+    value: &str,
+    deadline: Instant,
+    what: &str,
+) {
+    loop {
+        let r = http.put(url).body(value.to_string()).send().await.unwrap();
+        if r.status() == reqwest::StatusCode::OK {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: {}", r.status());
+    }
+}
+
 /// Percent-encodes every byte except unreserved ASCII.
 pub fn enc(key: &[u8]) -> String {
     key.iter()
@@ -408,12 +340,12 @@ pub fn enc(key: &[u8]) -> String {
 }
 
 /// A real single-member etcd (Debian's `etcd-server`) on loopback ports, data in a temporary
-/// directory. Can be stopped and restarted on the same data.
+/// directory. Can be stopped and started again on the same data.
 pub struct EtcdServer {
     pub port: u16,
     peer_port: u16,
     dir: TempDir,
-    child: Option<Child>,
+    process: Option<ServiceProcess>,
 }
 
 impl EtcdServer {
@@ -423,103 +355,39 @@ impl EtcdServer {
             port: free_port(),
             peer_port: free_port(),
             dir: tempfile::tempdir().expect("tempdir"),
-            child: None,
+            process: None,
         };
-        e.resume();
+        e.restart();
         e
     }
 
-    /// (Re)starts the etcd process on the same ports and data.
-    pub fn resume(&mut self) {
-        assert!(self.child.is_none(), "already running");
+    /// Starts the stopped etcd again on the same ports and data.
+    pub fn restart(&mut self) {
+        assert!(self.process.is_none(), "already running");
         let bin = which("etcd").expect(
             "etcd is not installed: run `apt-get install etcd-server` (scripts/test.sh does this)",
         );
-        let client = format!("http://127.0.0.1:{}", self.port);
+        let client = self.endpoint();
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
-        let log = std::fs::File::create(self.dir.path().join("etcd.log")).expect("log");
-        let child = Command::new(bin)
-            .args(["--name", "test", "--data-dir"])
+        let mut cmd = Command::new(bin);
+        cmd.args(["--name", "test", "--data-dir"])
             .arg(self.dir.path().join("data"))
-            .args([
-                "--listen-client-urls",
-                &client,
-                "--advertise-client-urls",
-                &client,
-            ])
-            .args([
-                "--listen-peer-urls",
-                &peer,
-                "--initial-advertise-peer-urls",
-                &peer,
-            ])
-            .args(["--initial-cluster", &format!("test={peer}")])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn etcd");
-        self.child = Some(child);
-        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
-        assert!(
-            wait_for_port(addr, Duration::from_secs(20)),
-            "etcd did not start listening"
-        );
+            .args(["--listen-client-urls", &client])
+            .args(["--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &format!("test={peer}")]);
+        self.process = Some(start_server("etcd", cmd, self.dir.path(), self.port));
     }
 
     /// Kills etcd (keeps its data).
     pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.process = None;
     }
 
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
-}
-
-impl Drop for EtcdServer {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// Sends a signal to a process. `STOP` returns once every thread of it has stopped: the
-/// signal is delivered asynchronously, and on a loaded machine a thread can still answer a
-/// request for a few milliseconds after `kill` returned.
-pub fn signal(child: &Child, sig: &str) {
-    let status = Command::new("kill")
-        .args([&format!("-{sig}"), &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success(), "kill -{sig} failed");
-    if sig == "STOP" {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !all_threads_stopped(child.id()) {
-            assert!(
-                Instant::now() < deadline,
-                "process {} did not stop",
-                child.id()
-            );
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    }
-}
-
-/// Whether every thread of process `pid` is stopped (state `T` in `/proc/{pid}/task/*/stat`).
-fn all_threads_stopped(pid: u32) -> bool {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return false;
-    };
-    tasks.flatten().all(|task| {
-        // "tid (comm) S ...": the state follows the last ')', as comm may hold one.
-        std::fs::read_to_string(task.path().join("stat")).is_ok_and(|stat| {
-            stat.rsplit_once(')')
-                .and_then(|(_, rest)| rest.trim_start().chars().next())
-                == Some('T')
-        })
-    })
 }
 
 /// The value of the metric line that starts with `name` (labels included) followed by a space.
