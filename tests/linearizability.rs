@@ -24,7 +24,7 @@
 //! `TESSERA_LINEARIZABILITY_RECORD_DELAY_MS` (default 20), passed to the gateways as the
 //! fault-injection hook `TESSERA_FAULT_RECORD_DELAY_MS`: it widens the moment between a
 //! write's durability and its cache update, so a cache that serves stale strong reads is
-//! caught in seconds rather than minutes (`scripts/linearizability.sh` runs long, with 0).
+//! caught in seconds rather than minutes (`scripts/bench.sh linearizability` runs long, with 0).
 
 mod common;
 
