@@ -1,9 +1,12 @@
 //! Background tasks: every one named, tracked, and cancelled on shutdown.
 //!
-//! A component (a node, a session) owns one [`Tasks`]. [`Tasks::spawn`] runs a future until
-//! it ends or the component shuts down, whichever comes first, inside a `task` span carrying
-//! its name, so a log line always says which background job wrote it. [`Tasks::shutdown`]
-//! cancels them all and waits until every one has returned: nothing outlives its owner.
+//! A component (a node, a session, a shard's database) owns one [`Tasks`]. [`Tasks::spawn`]
+//! runs a future until it ends or the component shuts down, whichever comes first, inside a
+//! `task` span carrying its name, so a log line always says which background job wrote it.
+//! [`Tasks::shutdown`] cancels them all and waits until every one has returned: nothing
+//! outlives its owner. [`Tasks::detach`] is for the one other kind: work moved off a request so
+//! that it finishes even if the request is dropped (a write's cache record); it is named but
+//! never cancelled.
 
 use std::future::Future;
 
@@ -47,6 +50,22 @@ impl Tasks {
         };
         self.tracker
             .spawn(run.instrument(tracing::debug_span!("task", name)));
+    }
+
+    /// Runs `work` to its end in the background, whether or not anyone awaits the handle.
+    /// Never cancelled, and not waited for on shutdown: for work a dropped request must not
+    /// abandon, which ends by itself (it waits on a store that shutdown closes).
+    pub fn detach<F>(&self, name: &'static str, work: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        tokio::spawn(work.instrument(tracing::debug_span!("task", name)))
+    }
+
+    /// Cancels every task without waiting (for owners that stop in `Drop`).
+    pub fn cancel(&self) {
+        self.cancel.cancel();
     }
 
     /// Closes the set to new tasks and waits until each task has returned on its own.

@@ -217,12 +217,7 @@ impl Etcd {
                 value,
                 Some(PutOptions::new().with_lease(lease)),
             )]);
-        let resp = self
-            .client
-            .clone()
-            .txn(txn)
-            .await
-            .map_err(|e| etcd_err("acquire shard", e))?;
+        let resp = self.txn(txn, "acquire shard").await?;
         if !resp.succeeded() {
             return Ok(None);
         }
@@ -241,13 +236,15 @@ impl Etcd {
                 epoch,
             )])
             .and_then([TxnOp::delete(key, None)]);
-        let resp = self
-            .client
+        Ok(self.txn(txn, "release shard").await?.succeeded())
+    }
+
+    async fn txn(&self, txn: Txn, context: &str) -> Result<etcd_client::TxnResponse> {
+        self.client
             .clone()
             .txn(txn)
             .await
-            .map_err(|e| etcd_err("release shard", e))?;
-        Ok(resp.succeeded())
+            .map_err(|e| etcd_err(context, e))
     }
 
     /// Keeps `lease` alive until it must be given up: then logs why, counts it and marks

@@ -232,13 +232,11 @@ impl Node {
         );
         let node = Arc::new(Node {
             followers: Arc::new(Followers::new(
-                config.storage.shard_count,
+                &config,
                 store.clone(),
-                config.object_store.clone(),
-                config.reads.clone(),
-                config.staleness_bound(),
                 cache,
                 Arc::clone(&hot),
+                tasks.child(),
             )),
             hot,
             store,

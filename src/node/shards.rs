@@ -189,6 +189,11 @@ impl Shards {
         }
     }
 
+    /// Counts a shard acquired, released or dropped.
+    fn count_move(&self) {
+        self.stats.ownership_changes.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Closes every slot for good, waiting for open stores to flush. Errors are reported, not
     /// returned early: every slot is closed.
     pub(crate) async fn close_all(self: &Arc<Self>) -> Vec<String> {
@@ -229,10 +234,7 @@ impl ShardHost for Host {
                 },
             )
             .await;
-        self.0
-            .stats
-            .ownership_changes
-            .fetch_add(1, Ordering::Relaxed);
+        self.0.count_move();
         tracing::info!(shard = %claim.shard, epoch = claim.epoch, open_ms = started.elapsed().as_millis() as u64, "acquired shard");
         Ok(())
     }
@@ -246,20 +248,14 @@ impl ShardHost for Host {
         self.0
             .apply(slot, Event::Release { epoch: claim.epoch })
             .await;
-        self.0
-            .stats
-            .ownership_changes
-            .fetch_add(1, Ordering::Relaxed);
+        self.0.count_move();
         tracing::info!(shard = %claim.shard, epoch = claim.epoch, drain_ms = started.elapsed().as_millis() as u64, "released shard");
     }
 
     async fn drop_claim(&self, claim: Claim) {
         let slot = self.0.slot(claim.shard);
         if slot.open_epoch() == Some(claim.epoch) {
-            self.0
-                .stats
-                .ownership_changes
-                .fetch_add(1, Ordering::Relaxed);
+            self.0.count_move();
         }
         self.0.apply(slot, Event::Lost).await;
     }

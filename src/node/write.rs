@@ -112,14 +112,17 @@ impl Node {
         // outcome, even if this request is dropped (client gone, deadline passed): the write
         // may still become durable, and a mark never cleared would only cost cache hits, but
         // an outcome never recorded would leave the cache behind the database.
-        let finish = tokio::spawn(finish_write(
-            pending,
-            mark,
-            Arc::clone(store),
-            touched,
-            self.tasks.clone(),
-            self.record_delay,
-        ));
+        let finish = self.tasks.detach(
+            "finish write",
+            finish_write(
+                pending,
+                mark,
+                Arc::clone(store),
+                touched,
+                self.tasks.clone(),
+                self.record_delay,
+            ),
+        );
         let version = finish
             .await
             .unwrap_or_else(|e| Err(Error::Internal(format!("write task failed: {e}"))));

@@ -27,12 +27,13 @@ use std::time::{Duration, Instant};
 use futures::future::BoxFuture;
 use tokio::sync::Semaphore;
 
-use crate::config::{ObjectStoreConfig, ReadsConfig};
+use crate::config::{NodeConfig, ObjectStoreConfig, ReadsConfig};
 use crate::error::{Error, Result};
 use crate::reads::cache::HotCache;
 use crate::shard::ShardId;
 use crate::storage::objstore::ClusterStore;
 use crate::storage::store::{BlockCache, Entry, ShardReader};
+use crate::tasks::Tasks;
 
 /// How long a read waits after its follower reached the floor, for SlateDB to install the
 /// replayed state (see [`Followers::get`]).
@@ -129,7 +130,8 @@ impl Drop for FinishOnDrop<'_> {
             return;
         };
         let late = Arc::clone(&self.followers.finished_late);
-        runtime.spawn(async move {
+        let _enter = runtime.enter();
+        self.followers.tasks.detach("finish late read", async move {
             // Only the blocks it caches matter now, not its answer.
             let _ = read.await;
             drop(permit);
@@ -178,29 +180,34 @@ pub struct Followers {
     read_permits: Arc<Semaphore>,
     /// Reads that finished after their request had stopped waiting for them.
     finished_late: Arc<AtomicU64>,
+    /// Opens and late reads, which finish even if their request is dropped, and each
+    /// follower's progress tracker.
+    tasks: Tasks,
     /// Set by [`Followers::close_all`]: no more opens.
     closed: AtomicBool,
     pub(crate) watermarks: Watermarks,
 }
 
 impl Followers {
+    /// Followers for a node configured by `config`, reading `store` through `blocks`, caching
+    /// answers in `hot`, with their background work on `tasks`.
     pub(crate) fn new(
-        shards: u32,
+        config: &NodeConfig,
         store: ClusterStore,
-        object_store: ObjectStoreConfig,
-        reads: ReadsConfig,
-        bound: Duration,
         blocks: BlockCache,
         hot: Arc<HotCache>,
+        tasks: Tasks,
     ) -> Self {
+        let shards = config.storage.shard_count;
         Followers {
             slots: (0..shards).map(|_| Slot::default()).collect(),
             store,
-            object_store,
-            reads,
-            bound,
+            object_store: config.object_store.clone(),
+            reads: config.reads.clone(),
+            bound: config.staleness_bound(),
             blocks,
             hot,
+            tasks,
             open: AtomicU64::new(0),
             read_permits: Arc::new(Semaphore::new(MAX_READS_IN_TASKS)),
             finished_late: Arc::default(),
@@ -237,7 +244,11 @@ impl Followers {
             // In its own task: dropping this read's future must not abandon the open.
             None => {
                 let followers = Arc::clone(self);
-                tokio::spawn(async move { followers.open_slot(shard).await })
+                self.tasks
+                    .detach(
+                        "open follower",
+                        async move { followers.open_slot(shard).await },
+                    )
                     .await
                     .map_err(|e| Error::Internal(format!("opening a follower: {e}")))??
             }
@@ -326,7 +337,7 @@ impl Followers {
         // Ends when the reader is dropped (its status channel closes).
         let mut status = reader.subscribe();
         let track = Arc::clone(&advance);
-        tokio::spawn(async move {
+        self.tasks.spawn("track follower", async move {
             while status.changed().await.is_ok() {
                 let seq = status.borrow_and_update().durable_seq;
                 let mut a = track.lock().unwrap_or_else(|e| e.into_inner());

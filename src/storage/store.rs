@@ -73,6 +73,7 @@ use crate::config::{ObjectStoreConfig, StorageConfig};
 use crate::error::{Error, Result};
 use crate::shard::ShardId;
 use crate::storage::objstore::ClusterStore;
+use crate::tasks::Tasks;
 
 /// Which writes a read may observe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -165,8 +166,14 @@ pub struct ShardStore {
     incarnation: u64,
     /// Wakes the flusher task (see "Group commit").
     flush_wanted: Arc<tokio::sync::Notify>,
-    /// Stops the flusher task when the store is dropped.
-    _flusher: tokio_util::sync::DropGuard,
+    /// The flusher and its memtable flushes; cancelled when the store is dropped.
+    tasks: Tasks,
+}
+
+impl Drop for ShardStore {
+    fn drop(&mut self) {
+        self.tasks.cancel();
+    }
 }
 
 /// Source of [`ShardStore::incarnation`] and [`ShardReader::incarnation`].
@@ -220,20 +227,23 @@ impl ShardStore {
             .await
             .map_err(|e| map_error(shard, e))?;
         let flush_wanted = Arc::new(tokio::sync::Notify::new());
-        let stop = tokio_util::sync::CancellationToken::new();
-        tokio::spawn(group_commit(
-            db.clone(),
-            Arc::clone(&flush_wanted),
-            storage.flush_interval,
-            storage.memtable_flush_interval,
-            stop.clone(),
-        ));
+        let tasks = Tasks::new();
+        tasks.spawn(
+            "group commit",
+            group_commit(
+                db.clone(),
+                Arc::clone(&flush_wanted),
+                storage.flush_interval,
+                storage.memtable_flush_interval,
+                tasks.clone(),
+            ),
+        );
         Ok(ShardStore {
             shard,
             db,
             incarnation: next_incarnation(),
             flush_wanted,
-            _flusher: stop.drop_guard(),
+            tasks,
         })
     }
 
@@ -441,12 +451,13 @@ async fn group_commit(
     wanted: Arc<tokio::sync::Notify>,
     gap: Duration,
     memtable_every: Duration,
-    stop: tokio_util::sync::CancellationToken,
+    tasks: Tasks,
 ) {
     let mut last = Instant::now() - gap;
     // When the memtable is due to be written out; `None` while no WAL was flushed since.
     let mut memtable_due: Option<tokio::time::Instant> = None;
-    let mut memtable_flush: Option<tokio::task::JoinHandle<()>> = None;
+    // Set while a memtable flush runs.
+    let flushing = Arc::new(std::sync::atomic::AtomicBool::new(false));
     loop {
         let due = async {
             match memtable_due {
@@ -455,20 +466,20 @@ async fn group_commit(
             }
         };
         tokio::select! {
-            _ = stop.cancelled() => return,
             _ = wanted.notified() => {}
             _ = due => {
                 // One memtable flush at a time; if one is still waiting (L0 backpressure), it
                 // will include what was written since.
-                if memtable_flush.as_ref().is_none_or(|f| f.is_finished()) {
+                if !flushing.swap(true, Ordering::AcqRel) {
                     memtable_due = None;
-                    let db = db.clone();
-                    memtable_flush = Some(tokio::spawn(async move {
+                    let (db, flushing) = (db.clone(), Arc::clone(&flushing));
+                    tasks.spawn("memtable flush", async move {
                         let options = FlushOptions { flush_type: FlushType::MemTable };
                         if let Err(e) = db.flush_with_options(options).await {
                             tracing::debug!(error = %e, "memtable flush failed");
                         }
-                    }));
+                        flushing.store(false, Ordering::Release);
+                    });
                 } else {
                     memtable_due = Some(tokio::time::Instant::now() + memtable_every);
                 }
@@ -478,10 +489,7 @@ async fn group_commit(
         memtable_due.get_or_insert_with(|| tokio::time::Instant::now() + memtable_every);
         let wait = gap.saturating_sub(last.elapsed());
         if !wait.is_zero() {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(wait) => {}
-            }
+            tokio::time::sleep(wait).await;
         }
         last = Instant::now();
         if let Err(e) = db.flush().await {
