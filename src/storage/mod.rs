@@ -1,11 +1,13 @@
 //! Where the data lives: object storage, the cluster metadata object, and each shard's
 //! SlateDB database.
 //!
+//! - [`log`]: the per-gateway commit log (objects, sealing, the batching writer).
 //! - [`objstore`]: the object store from a URL, with request counting.
 //! - [`meta`]: the cluster metadata object that pins the shard count.
 //! - [`store`]: one shard's SlateDB database (and read-only followers); durability, versions
 //!   and TTL decisions. The only user of SlateDB's write API.
 
+pub mod log;
 pub mod meta;
 pub mod objstore;
 pub mod store;

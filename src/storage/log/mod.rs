@@ -1,0 +1,359 @@
+//! The commit log: one per gateway process incarnation, shared by every shard it serves
+//! (design and safety argument: `docs/architecture.md`, "The commit log").
+//!
+//! A log is the sequence of objects `{prefix}/logs/{log}/{seq:020}`, seq 1, 2, 3, …, each
+//! created with `If-None-Match: *` (`PutMode::Create`). Its writer only ever creates the next
+//! consecutive number, so a **fence** created at some number by a new owner ([`seal`]) ends the
+//! log: no object after it can ever exist, and the old writer's next flush fails.
+//!
+//! - [`format`]: the bytes of one object.
+//! - [`writer`]: the flusher that batches appends into objects.
+//! - here: paths, [`seal`], and reading objects back ([`get`], [`read_from`]).
+
+pub mod format;
+pub mod writer;
+
+use bytes::Bytes;
+use futures::{Stream, TryStreamExt};
+use object_store::path::Path;
+use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
+
+use crate::error::{Error, Result};
+use crate::storage::objstore::ClusterStore;
+use format::Segment;
+
+/// The path of object `seq` of `log`.
+pub fn object_path(store: &ClusterStore, log: &str, seq: u64) -> Path {
+    store.path(&format!("logs/{log}/{seq:020}"))
+}
+
+fn log_dir(store: &ClusterStore, log: &str) -> Path {
+    store.path(&format!("logs/{log}"))
+}
+
+/// A fresh log id for a process that is `member`: the member id made path-safe, and 64 bits
+/// that differ between incarnations (time, process id and a counter, hashed).
+pub fn new_log_id(member: &str) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let safe: String = member
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .take(64)
+        .collect();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let seed = format!(
+        "{nanos}/{}/{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    );
+    format!(
+        "{safe}-{:016x}",
+        xxhash_rust::xxh3::xxh3_64(seed.as_bytes())
+    )
+}
+
+/// Creates `bytes` at `path` only if nothing is there. `Ok(false)`: something already is.
+pub(crate) async fn create(store: &ClusterStore, path: &Path, bytes: Bytes) -> Result<bool> {
+    let opts = PutOptions {
+        mode: PutMode::Create,
+        ..PutOptions::default()
+    };
+    match store
+        .store
+        .put_opts(path, PutPayload::from(bytes), opts)
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(
+            object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. },
+        ) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Object `seq` of `log`, or `None` if it does not exist (yet).
+pub async fn get(store: &ClusterStore, log: &str, seq: u64) -> Result<Option<Segment>> {
+    let bytes = match store.store.get(&object_path(store, log, seq)).await {
+        Ok(got) => got.bytes().await?,
+        Err(object_store::Error::NotFound { .. }) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let segment = format::decode(bytes)
+        .map_err(|e| Error::Internal(format!("log {log} object {seq}: {e}")))?;
+    if segment.seq() != seq {
+        return Err(Error::Internal(format!(
+            "log {log} object {seq} says it is object {}",
+            segment.seq()
+        )));
+    }
+    Ok(Some(segment))
+}
+
+/// The objects of `log` from `from` on, in order, up to the first missing number or a fence
+/// (which ends the stream and is not yielded).
+pub fn read_from<'a>(
+    store: &'a ClusterStore,
+    log: &'a str,
+    from: u64,
+) -> impl Stream<Item = Result<Segment>> + 'a {
+    futures::stream::try_unfold(from, move |seq| async move {
+        match get(store, log, seq).await? {
+            Some(Segment::Fence { .. }) | None => Ok(None),
+            Some(segment) => Ok(Some((segment, seq + 1))),
+        }
+    })
+}
+
+/// The highest object number of `log` at or after `from`, if any (one LIST).
+async fn last_seq(store: &ClusterStore, log: &str, from: u64) -> Result<Option<u64>> {
+    let dir = log_dir(store, log);
+    let offset = object_path(store, log, from.saturating_sub(1));
+    let listed: Vec<_> = store
+        .store
+        .list_with_offset(Some(&dir), &offset)
+        .try_collect()
+        .await?;
+    Ok(listed
+        .iter()
+        .filter_map(|meta| meta.location.filename()?.parse::<u64>().ok())
+        .filter(|seq| *seq >= from)
+        .max())
+}
+
+/// Seals `log`, whose objects before `from` need not be looked at: afterwards no object can
+/// be created in it beyond the returned number, where its fence is. An existing fence (a seal
+/// by an earlier takeover) is reused. Races with the log's writer: if it creates the number
+/// the fence was aimed at first, the fence goes to the next one.
+pub async fn seal(store: &ClusterStore, log: &str, from: u64) -> Result<u64> {
+    let mut seq = match last_seq(store, log, from.max(1)).await? {
+        Some(last) => {
+            if let Some(Segment::Fence { .. }) = get(store, log, last).await? {
+                return Ok(last);
+            }
+            last + 1
+        }
+        None => from.max(1),
+    };
+    loop {
+        let fence = format::encode_fence(log, seq);
+        if create(store, &object_path(store, log, seq), fence).await? {
+            tracing::info!(log, seq, "sealed a log");
+            return Ok(seq);
+        }
+        match get(store, log, seq).await? {
+            Some(Segment::Fence { .. }) => return Ok(seq),
+            // The writer won this number: aim past it.
+            Some(Segment::Records { .. }) => seq += 1,
+            // Created, then gone: only GC deletes objects, and never unsealed ones.
+            None => {
+                return Err(Error::Internal(format!(
+                    "log {log} object {seq} vanished while sealing"
+                )))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::format::{encode_records, Op, Record};
+    use super::writer::{LogError, LogWriter, WriterConfig};
+    use super::*;
+    use crate::config::ObjectStoreConfig;
+    use crate::shard::ShardId;
+    use crate::tasks::Tasks;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    fn memory() -> ClusterStore {
+        crate::storage::objstore::open(&ObjectStoreConfig {
+            url: "memory://".into(),
+            ..ObjectStoreConfig::default()
+        })
+        .unwrap()
+    }
+
+    fn group(n: u64) -> Vec<Record> {
+        vec![Record {
+            shard: ShardId((n % 4) as u32),
+            epoch: 1,
+            version: n,
+            written_at_ms: 0,
+            key: Bytes::from(format!("k{n}")),
+            op: Op::Put {
+                value: Bytes::from(vec![b'v'; 100]),
+                expires_at_ms: None,
+            },
+        }]
+    }
+
+    async fn read_all(store: &ClusterStore, log: &str) -> Vec<Segment> {
+        read_from(store, log, 1).try_collect().await.unwrap()
+    }
+
+    /// The group of every record in `segments`, keyed by version (unique per test append).
+    fn versions(segments: &[Segment]) -> Vec<(u64, u64)> {
+        segments
+            .iter()
+            .flat_map(|s| match s {
+                Segment::Records { seq, groups, .. } => {
+                    groups.iter().flatten().map(|r| (r.version, *seq)).collect()
+                }
+                Segment::Fence { .. } => vec![],
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn concurrent_appends_share_objects_and_read_back_in_order() {
+        let (store, tasks) = (memory(), Tasks::new());
+        let writer = LogWriter::start(
+            store.clone(),
+            "a".into(),
+            1,
+            WriterConfig::default(),
+            &tasks,
+        );
+        let acks = futures::future::join_all((0..200).map(|n| writer.append(group(n)))).await;
+        let acked: Vec<(u64, u64)> = acks
+            .into_iter()
+            .enumerate()
+            .map(|(n, seq)| (n as u64, seq.unwrap()))
+            .collect();
+        let segments = read_all(&store, "a").await;
+        assert!(
+            segments.len() < 20,
+            "{} objects for 200 appends",
+            segments.len()
+        );
+        let mut found = versions(&segments);
+        found.sort_unstable();
+        assert_eq!(found, acked, "each append is in the object its ack named");
+        let seqs: Vec<u64> = segments.iter().map(Segment::seq).collect();
+        assert_eq!(seqs, (1..=segments.len() as u64).collect::<Vec<_>>());
+        tasks.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn objects_respect_the_size_cap() {
+        let (store, tasks) = (memory(), Tasks::new());
+        let config = WriterConfig {
+            max_object_bytes: 1000,
+            ..WriterConfig::default()
+        };
+        let writer = LogWriter::start(store.clone(), "a".into(), 1, config, &tasks);
+        futures::future::join_all((0..50).map(|n| writer.append(group(n)))).await;
+        for segment in read_all(&store, "a").await {
+            let Segment::Records { groups, .. } = segment else {
+                panic!("no fence expected");
+            };
+            assert!(groups.len() <= 6, "{} groups of ~150 bytes", groups.len());
+        }
+        tasks.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn after_a_seal_nothing_more_becomes_durable() {
+        let (store, tasks) = (memory(), Tasks::new());
+        let writer = LogWriter::start(
+            store.clone(),
+            "a".into(),
+            1,
+            WriterConfig::default(),
+            &tasks,
+        );
+        let appending = {
+            let writer = Arc::clone(&writer);
+            tokio::spawn(async move {
+                // Appends until the seal stops them.
+                let mut outcomes = Vec::new();
+                for n in 0.. {
+                    let outcome = writer.append(group(n)).await;
+                    let sealed = outcome.is_err();
+                    outcomes.push((n, outcome));
+                    if sealed {
+                        return outcomes;
+                    }
+                }
+                unreachable!()
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let fence = seal(&store, "a", 1).await.unwrap();
+        let outcomes = tokio::time::timeout(Duration::from_secs(10), appending)
+            .await
+            .expect("the seal stops the writer")
+            .unwrap();
+        assert!(outcomes.len() > 1, "the seal came after some appends");
+        let durable = versions(&read_all(&store, "a").await);
+        assert!(durable.iter().all(|(_, seq)| *seq < fence));
+        for (n, outcome) in outcomes {
+            match outcome {
+                Ok(seq) => assert!(durable.contains(&(n, seq)), "acked {n} is in the log"),
+                Err(e) => {
+                    assert_eq!(e, LogError::Sealed);
+                    assert!(!durable.iter().any(|(v, _)| *v == n), "refused {n} is not");
+                }
+            }
+        }
+        assert_eq!(writer.append(group(999)).await, Err(LogError::Sealed));
+        assert_eq!(
+            seal(&store, "a", 1).await.unwrap(),
+            fence,
+            "a second seal reuses it"
+        );
+        tasks.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn sealing_an_unwritten_log_fences_its_first_object() {
+        let (store, tasks) = (memory(), Tasks::new());
+        assert_eq!(seal(&store, "fresh", 1).await.unwrap(), 1);
+        let writer = LogWriter::start(
+            store.clone(),
+            "fresh".into(),
+            1,
+            WriterConfig::default(),
+            &tasks,
+        );
+        assert_eq!(writer.append(group(1)).await, Err(LogError::Sealed));
+        tasks.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_retry_that_finds_its_own_object_succeeds_once() {
+        let (store, tasks) = (memory(), Tasks::new());
+        // As if an earlier attempt's PUT had happened and only its answer was lost.
+        let path = object_path(&store, "a", 1);
+        assert!(create(&store, &path, encode_records("a", 1, &[group(1)]))
+            .await
+            .unwrap());
+        let writer = LogWriter::start(
+            store.clone(),
+            "a".into(),
+            1,
+            WriterConfig::default(),
+            &tasks,
+        );
+        assert_eq!(writer.append(group(1)).await, Ok(1));
+        assert_eq!(writer.append(group(2)).await, Ok(2));
+        assert_eq!(versions(&read_all(&store, "a").await), vec![(1, 1), (2, 2)]);
+        tasks.shutdown().await;
+    }
+
+    #[test]
+    fn log_ids_are_path_safe_and_differ() {
+        let (a, b) = (
+            new_log_id("http://10.0.0.1:7070"),
+            new_log_id("http://10.0.0.1:7070"),
+        );
+        assert_ne!(a, b);
+        assert!(
+            a.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'),
+            "{a}"
+        );
+    }
+}
