@@ -412,9 +412,10 @@ impl Node {
     /// Stops background work and closes every open shard, flushing its memtable so the next
     /// open replays no WAL. Call after the HTTP server has drained.
     pub async fn close(&self) -> Result<()> {
+        // The session first: no placement pass may open a shard while the rest shuts down.
+        self.session.close().await;
         self.tasks.shutdown().await;
         self.followers.close_all().await;
-        self.session.close().await;
         let failed = self.shards.close_all().await;
         if failed.is_empty() {
             Ok(())
