@@ -7,9 +7,11 @@
 //! log: no object after it can ever exist, and the old writer's next flush fails.
 //!
 //! - [`format`]: the bytes of one object.
+//! - [`checkpoint`]: what a shard's database holds of the logs; replay and GC decisions.
 //! - [`writer`]: the flusher that batches appends into objects.
 //! - here: paths, [`seal`], and reading objects back ([`get`], [`read_from`]).
 
+pub mod checkpoint;
 pub mod format;
 pub mod writer;
 
