@@ -62,10 +62,12 @@ impl AppState {
             .tcp_nodelay(true)
             .build()
             .map_err(|e| GatewayError::Config(format!("http client: {e}")))?;
+        let metrics = Arc::new(Metrics::new());
+        metrics.follow_keepalives(&node);
         Ok(AppState {
             node,
             config,
-            metrics: Arc::new(Metrics::new()),
+            metrics,
             shutdown,
             forwarder,
         })
