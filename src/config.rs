@@ -61,6 +61,11 @@ pub struct ClusterConfig {
     /// Timeout of one etcd request. Default: 2s.
     #[serde(with = "humantime_serde")]
     pub etcd_timeout: Duration,
+    /// At start-up, how long to keep trying to reach etcd (connect, grant the first lease),
+    /// with backoff and one log line per failed attempt, before giving up: etcd may start
+    /// after us (compose, Kubernetes). `0s`: one attempt. Default: 60s.
+    #[serde(with = "humantime_serde")]
+    pub join_timeout: Duration,
 }
 
 impl Default for ClusterConfig {
@@ -75,6 +80,7 @@ impl Default for ClusterConfig {
             lease_margin: Duration::from_secs(1),
             rebalance_delay: Duration::from_millis(300),
             etcd_timeout: Duration::from_secs(2),
+            join_timeout: Duration::from_secs(60),
         }
     }
 }

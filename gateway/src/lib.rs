@@ -8,6 +8,7 @@
 //! - [`forward`]: one attempt to replay a request on another gateway.
 //! - [`error`]: stable error codes and the one mapping of core errors to HTTP.
 //! - [`codec`]: what arrives in URLs, headers and scan pages; [`config`], [`metrics`].
+//! - [`ui`]: the status page (`/ui`); [`openapi`]: the API's description (`/v1/openapi.json`).
 //!
 //! All storage logic lives in the core.
 //!
@@ -20,8 +21,10 @@ pub mod config;
 pub mod error;
 pub mod forward;
 pub mod metrics;
+pub mod openapi;
 pub mod routes;
 pub mod service;
+pub mod ui;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -62,10 +65,12 @@ impl AppState {
             .tcp_nodelay(true)
             .build()
             .map_err(|e| GatewayError::Config(format!("http client: {e}")))?;
+        let metrics = Arc::new(Metrics::new());
+        metrics.follow_keepalives(&node);
         Ok(AppState {
             node,
             config,
-            metrics: Arc::new(Metrics::new()),
+            metrics,
             shutdown,
             forwarder,
         })
@@ -94,6 +99,8 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/healthz", get(routes::healthz))
         .route("/readyz", get(routes::readyz))
         .route("/metrics", get(routes::metrics))
+        .route("/ui", get(ui::page))
+        .route("/v1/openapi.json", get(openapi::spec))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(

@@ -5,7 +5,8 @@
 //! Protocol (keys in `etcd.rs`; the deadline's safety argument in `lease.rs`):
 //!
 //! - **Join**: grant a lease, register `members/{id}` under it (batch jobs do not register:
-//!   nothing is placed onto them), keep it alive, watch the member set and the claims. Every
+//!   nothing is placed onto them; at start-up, retried with backoff for
+//!   `cluster.join_timeout` while etcd does not answer), keep it alive, watch the member set and the claims. Every
 //!   claim this process creates hangs off the same lease.
 //! - **Claim** (the shard has no holder and this member is its rendezvous choice,
 //!   [`crate::cluster::placement::plan`]): create the shard's key in a transaction that requires
@@ -53,6 +54,66 @@ const MOVE_CONCURRENCY: usize = 8;
 
 /// Longest pause between attempts to join again after the lease was lost.
 const MAX_REJOIN_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Longest pause between attempts to reach etcd at start-up ([`first_lease`]).
+const MAX_JOIN_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Pauses between retries: 100 ms, doubling up to a maximum.
+struct Backoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    fn up_to(max: Duration) -> Self {
+        Backoff {
+            next: Duration::from_millis(100),
+            max,
+        }
+    }
+
+    /// The pause before the next attempt.
+    fn next_delay(&mut self) -> Duration {
+        let delay = self.next;
+        self.next = (self.next * 2).min(self.max);
+        delay
+    }
+}
+
+/// Connects to etcd and starts `holder`'s lease, retrying with backoff (one log line per
+/// failed attempt) until `cluster.join_timeout` has passed: at start-up etcd may come up after
+/// us (compose, Kubernetes), and exiting would only make the supervisor restart us later.
+async fn first_lease(
+    role: Role,
+    holder: &LeaseHolder<'_>,
+) -> Result<(Etcd, (i64, Arc<LeaseClock>))> {
+    let c = holder.config;
+    let give_up = Instant::now() + c.join_timeout;
+    let mut backoff = Backoff::up_to(MAX_JOIN_BACKOFF);
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        let joined = async {
+            let mut etcd = Etcd::connect(&c.etcd_endpoints, &c.name, c.etcd_timeout).await?;
+            if let Some(keys) = role.keys() {
+                etcd = etcd.scoped(keys);
+            }
+            let lease = etcd.start_lease(holder).await?;
+            Ok((etcd, lease))
+        }
+        .await;
+        let e = match joined {
+            Ok(joined) => return Ok(joined),
+            Err(e) => e,
+        };
+        let delay = backoff.next_delay();
+        if Instant::now() + delay > give_up {
+            return Err(e);
+        }
+        tracing::warn!(attempt, error = %e, retry_in_ms = delay.as_millis() as u64, "etcd not reachable yet; retrying");
+        tokio::time::sleep(delay).await;
+    }
+}
 
 /// A claim this process holds on a shard: the right to work on it while the lease holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -179,11 +240,6 @@ impl Session {
             ));
         }
         config.validate()?;
-        let mut etcd =
-            Etcd::connect(&config.etcd_endpoints, &config.name, config.etcd_timeout).await?;
-        if let Some(keys) = role.keys() {
-            etcd = etcd.scoped(keys);
-        }
         let keepalive = Arc::new(KeepAliveStats::default());
         let tasks = Tasks::new();
         let holder = LeaseHolder {
@@ -192,7 +248,7 @@ impl Session {
             stats: &keepalive,
             tasks: &tasks,
         };
-        let lease = etcd.start_lease(&holder).await?;
+        let (etcd, lease) = first_lease(role, &holder).await?;
         let registration = role
             .registers()
             .then(|| Registration::new(etcd.clone(), me.clone()));
@@ -476,7 +532,7 @@ impl Session {
             stats: &self.keepalive,
             tasks: &self.tasks,
         };
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::up_to(MAX_REJOIN_BACKOFF);
         loop {
             match etcd.replace_lease(self.lease_id(), old, &holder).await {
                 Ok(lease) => {
@@ -487,9 +543,8 @@ impl Session {
             }
             tokio::select! {
                 _ = self.leaving.cancelled() => return,
-                _ = tokio::time::sleep(backoff) => {}
+                _ = tokio::time::sleep(backoff.next_delay()) => {}
             }
-            backoff = (backoff * 2).min(MAX_REJOIN_BACKOFF);
         }
     }
 

@@ -150,9 +150,14 @@ impl ServiceProcess {
         );
     }
 
+    /// The exit status, if the process has exited.
+    pub fn exit_status(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().expect("try_wait")
+    }
+
     /// Panics if the process has exited.
     fn assert_running(&mut self, doing: &str) {
-        if let Some(status) = self.child.try_wait().expect("try_wait") {
+        if let Some(status) = self.exit_status() {
             self.fail(&format!("exited ({status}) before {doing}"));
         }
     }
