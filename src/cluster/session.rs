@@ -179,8 +179,7 @@ impl Session {
             ));
         }
         config.validate()?;
-        let mut etcd =
-            Etcd::connect(&config.etcd_endpoints, &config.name, config.etcd_timeout).await?;
+        let mut etcd = Etcd::connect(config).await?;
         if let Some(keys) = role.keys() {
             etcd = etcd.scoped(keys);
         }
