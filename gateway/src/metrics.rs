@@ -15,6 +15,8 @@ use prometheus::{
 };
 use tessera::Node;
 
+use crate::error::ErrorCode;
+
 /// The gateway's metrics.
 pub struct Metrics {
     registry: Registry,
@@ -47,6 +49,7 @@ pub struct Metrics {
     follower_reads_late: IntCounter,
     eventual_lag: Histogram,
     object_store_requests: IntCounterVec,
+    rejected: IntCounterVec,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -298,6 +301,18 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
+            rejected: register(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "http_rejected_total",
+                        "Requests refused for who sent them or how, by reason: unauthorized, \
+                         forbidden, reserved_header, request_timeout, overloaded (never by token)",
+                    ),
+                    &["reason"],
+                )
+                .expect("valid metric"),
+            ),
             registry: r,
         }
     }
@@ -406,6 +421,9 @@ pub async fn track(State(metrics): State<Arc<Metrics>>, req: Request, next: Next
     let bytes_in = content_length(req.headers());
     let resp = next.run(req).await;
     let status = resp.status().as_u16().to_string();
+    if let Some(code) = resp.extensions().get::<ErrorCode>().filter(|c| c.is_rejection()) {
+        metrics.rejected.with_label_values(&[code.as_str()]).inc();
+    }
     let labels = [route.as_str(), method.as_str(), status.as_str()];
     metrics.requests.with_label_values(&labels).inc();
     metrics
