@@ -220,8 +220,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         token: cli.token,
         cacert: cli.cacert,
     };
-    let api = client::Api::new(&cli.endpoints, cli.timeout, 1, &credentials)
-        .map_err(Failure::Usage)?;
+    let api =
+        client::Api::new(&cli.endpoints, cli.timeout, 1, &credentials).map_err(Failure::Usage)?;
     let out = commands::Printer::new(cli.output);
     match cli.command {
         Command::Get { key } => commands::get(&api, &out, &key, eventual).await,

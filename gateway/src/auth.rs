@@ -245,7 +245,11 @@ impl Auth {
             Some(path) => {
                 let p = path.clone();
                 let load = move || Tokens::load(&p);
-                Some(Arc::new(Reloadable::new("token file", vec![path.clone()], load)?))
+                Some(Arc::new(Reloadable::new(
+                    "token file",
+                    vec![path.clone()],
+                    load,
+                )?))
             }
             None => None,
         };
@@ -384,12 +388,18 @@ mod tests {
         assert_eq!((t.name.as_str(), t.role), ("app", Role::Write));
         assert!(tokens.find(b"secreT").is_none());
 
-        std::fs::write(&path, "[[tokens]]\nname = \"a\"\nsha256 = \"zz\"\nrole = \"read\"\n")
-            .unwrap();
+        std::fs::write(
+            &path,
+            "[[tokens]]\nname = \"a\"\nsha256 = \"zz\"\nrole = \"read\"\n",
+        )
+        .unwrap();
         let err = Tokens::load(&path).err().unwrap();
         assert!(err.contains("64 hex digits"), "{err}");
-        std::fs::write(&path, "[[tokens]]\nname = \"a\"\nsha256 = \"00\"\nrole = \"root\"\n")
-            .unwrap();
+        std::fs::write(
+            &path,
+            "[[tokens]]\nname = \"a\"\nsha256 = \"00\"\nrole = \"root\"\n",
+        )
+        .unwrap();
         assert!(Tokens::load(&path).is_err());
     }
 }

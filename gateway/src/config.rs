@@ -131,7 +131,8 @@ impl GatewayConfig {
     /// The rules that keep a gateway from running open by mistake.
     fn validate_auth(&self) -> Result<(), String> {
         let a = &self.auth;
-        if a.tokens_file.is_none() && !a.insecure_no_auth && !self.server.listen.ip().is_loopback() {
+        if a.tokens_file.is_none() && !a.insecure_no_auth && !self.server.listen.ip().is_loopback()
+        {
             return Err(format!(
                 "refusing to listen on {} without tokens: anyone who can reach it could read and write everything. Give --auth-tokens FILE, or --insecure-no-auth to run open anyway",
                 self.server.listen

@@ -188,7 +188,8 @@ impl ApiError {
     /// `403 forbidden`: the token's role (`role`) does not allow the request, which needs
     /// `needed`.
     pub fn forbidden(role: &str, needed: &str) -> Self {
-        let message = format!("this token's role `{role}` does not allow this request (needs `{needed}`)");
+        let message =
+            format!("this token's role `{role}` does not allow this request (needs `{needed}`)");
         Self::new(StatusCode::FORBIDDEN, ErrorCode::Forbidden, message)
     }
 

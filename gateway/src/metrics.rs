@@ -421,7 +421,11 @@ pub async fn track(State(metrics): State<Arc<Metrics>>, req: Request, next: Next
     let bytes_in = content_length(req.headers());
     let resp = next.run(req).await;
     let status = resp.status().as_u16().to_string();
-    if let Some(code) = resp.extensions().get::<ErrorCode>().filter(|c| c.is_rejection()) {
+    if let Some(code) = resp
+        .extensions()
+        .get::<ErrorCode>()
+        .filter(|c| c.is_rejection())
+    {
         metrics.rejected.with_label_values(&[code.as_str()]).inc();
     }
     let labels = [route.as_str(), method.as_str(), status.as_str()];

@@ -87,8 +87,7 @@ pub fn watch(items: Vec<Arc<dyn Reload>>, stop: CancellationToken) -> std::io::R
     if items.is_empty() {
         return Ok(());
     }
-    let mut hangup =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     tokio::spawn(async move {
         let mut poll = tokio::time::interval(POLL_INTERVAL);
         loop {

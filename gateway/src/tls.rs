@@ -66,8 +66,13 @@ fn load_pair(cert: &Path, key: &Path) -> Result<CertifiedKey, String> {
         .load_private_key(key_der)
         .map_err(|e| format!("unusable private key `{}`: {e}", key.display()))?;
     let pair = CertifiedKey::new(chain, signer);
-    pair.keys_match()
-        .map_err(|e| format!("`{}` does not match `{}`: {e}", key.display(), cert.display()))?;
+    pair.keys_match().map_err(|e| {
+        format!(
+            "`{}` does not match `{}`: {e}",
+            key.display(),
+            cert.display()
+        )
+    })?;
     Ok(pair)
 }
 

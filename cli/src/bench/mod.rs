@@ -206,9 +206,8 @@ pub async fn run(
     let concurrency = args.concurrency as usize;
     let target = match args.target {
         TargetKind::Tessera => {
-            let api =
-                Api::new(endpoints, args.request_timeout, concurrency, credentials)
-                    .map_err(Failure::Usage)?;
+            let api = Api::new(endpoints, args.request_timeout, concurrency, credentials)
+                .map_err(Failure::Usage)?;
             let map = match args.route {
                 Route::Any => None,
                 Route::Owner => Some(ShardMap::fetch(&api).await.map_err(Failure::Unavailable)?),
