@@ -7,7 +7,7 @@
 //!    this module existed (the embedded default on 127.0.0.1).
 //! 3. A request with valid peer proof ([`PEER_HEADER`] holding a cluster secret) comes from a
 //!    gateway that already authorized its client: it is allowed, internal headers included.
-//! 4. Otherwise a request that carries an internal header or parameter ([`internal_part`]) is
+//! 4. Otherwise a request that carries an internal header or parameter (`internal_part`) is
 //!    refused with `400 reserved_header`, whatever its token: only gateways may speak the
 //!    internal protocol (hop limit, deadline, version floor, shard subsets).
 //! 5. With tokens configured, a missing or unknown token gets `401`; a token whose role does
@@ -276,7 +276,7 @@ impl Auth {
     }
 
     /// Whether `headers` prove the request comes from a gateway of this cluster.
-    fn from_peer(&self, headers: &HeaderMap) -> bool {
+    fn is_peer(&self, headers: &HeaderMap) -> bool {
         match (&self.secret, headers.get(PEER_HEADER)) {
             (Some(secret), Some(v)) => secret.accepts(v.as_bytes()),
             _ => false,
@@ -335,7 +335,7 @@ pub async fn authorize(State(auth): State<Arc<Auth>>, req: Request, next: Next) 
     let Some(needed) = required_role(req.method(), req.uri().path()) else {
         return next.run(req).await;
     };
-    if !auth.enforced() || auth.from_peer(req.headers()) {
+    if !auth.enforced() || auth.is_peer(req.headers()) {
         return next.run(req).await;
     }
     if let Some(part) = internal_part(&req) {
