@@ -18,6 +18,8 @@ use prometheus::{
 };
 use tessera::Node;
 
+use crate::error::ErrorCode;
+
 /// The gateway's metrics.
 pub struct Metrics {
     registry: Registry,
@@ -51,6 +53,7 @@ pub struct Metrics {
     object_store_requests: IntCounterVec,
     /// Unprefixed metrics: `process_*` (CPU, memory, file descriptors, start time).
     process: Registry,
+    rejected: IntCounterVec,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -302,6 +305,18 @@ impl Metrics {
                 .expect("valid metric"),
             ),
             process: process_registry(),
+            rejected: register(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "http_rejected_total",
+                        "Requests refused for who sent them or how, by reason: unauthorized, \
+                         forbidden, reserved_header, request_timeout, overloaded (never by token)",
+                    ),
+                    &["reason"],
+                )
+                .expect("valid metric"),
+            ),
             registry: r,
         }
     }
@@ -441,6 +456,13 @@ pub async fn track(State(metrics): State<Arc<Metrics>>, req: Request, next: Next
     let bytes_in = content_length(req.headers());
     let resp = next.run(req).await;
     let status = resp.status().as_u16().to_string();
+    if let Some(code) = resp
+        .extensions()
+        .get::<ErrorCode>()
+        .filter(|c| c.is_rejection())
+    {
+        metrics.rejected.with_label_values(&[code.as_str()]).inc();
+    }
     let labels = [route.as_str(), method.as_str(), status.as_str()];
     metrics.requests.with_label_values(&labels).inc();
     metrics

@@ -16,6 +16,7 @@ use tessera::{Error, Precondition, Read, ReadSource, ScanRequest, ShardId, Write
 use crate::codec::{self, Query};
 use crate::error::{ApiError, ErrorCode};
 use crate::forward::Forwardable;
+use crate::limits;
 use crate::service;
 use crate::AppState;
 
@@ -331,6 +332,8 @@ async fn read_body(
         let inner = e.into_inner();
         if inner.is::<http_body_util::LengthLimitError>() {
             too_large()
+        } else if let Some(timeout) = limits::body_timeout(&*inner) {
+            ApiError::request_timeout(timeout)
         } else {
             ApiError::bad_request(
                 ErrorCode::InvalidBody,

@@ -94,7 +94,7 @@ async fn first_lease(
     loop {
         attempt += 1;
         let joined = async {
-            let mut etcd = Etcd::connect(&c.etcd_endpoints, &c.name, c.etcd_timeout).await?;
+            let mut etcd = Etcd::connect(c).await?;
             if let Some(keys) = role.keys() {
                 etcd = etcd.scoped(keys);
             }

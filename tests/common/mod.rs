@@ -359,24 +359,40 @@ pub struct EtcdServer {
     peer_port: u16,
     dir: TempDir,
     process: Option<ServiceProcess>,
+    /// `https` when started with TLS.
+    scheme: &'static str,
+    /// Extra flags (TLS files).
+    extra: Vec<String>,
 }
 
 impl EtcdServer {
     /// Starts etcd. Panics if `etcd` is not installed.
     pub fn start() -> Self {
-        let mut e = Self::unstarted();
-        e.restart();
-        e
+        Self::start_with("http", Vec::new())
     }
 
     /// Ports and a data directory for an etcd started later (`restart`), e.g. after the
     /// processes that use it.
     pub fn unstarted() -> Self {
+        Self::unstarted_with("http", Vec::new())
+    }
+
+    /// Starts etcd serving clients over `scheme` (`http` or `https`), with `extra` flags
+    /// (e.g. `--cert-file`).
+    pub fn start_with(scheme: &'static str, extra: Vec<String>) -> Self {
+        let mut e = Self::unstarted_with(scheme, extra);
+        e.restart();
+        e
+    }
+
+    fn unstarted_with(scheme: &'static str, extra: Vec<String>) -> Self {
         EtcdServer {
             port: free_port(),
             peer_port: free_port(),
             dir: tempfile::tempdir().expect("tempdir"),
             process: None,
+            scheme,
+            extra,
         }
     }
 
@@ -393,7 +409,8 @@ impl EtcdServer {
             .args(["--advertise-client-urls", &client])
             .args(["--listen-peer-urls", &peer])
             .args(["--initial-advertise-peer-urls", &peer])
-            .args(["--initial-cluster", &format!("test={peer}")]);
+            .args(["--initial-cluster", &format!("test={peer}")])
+            .args(&self.extra);
         self.process = Some(start_server("etcd", cmd, self.dir.path(), self.port));
     }
 
@@ -403,7 +420,7 @@ impl EtcdServer {
     }
 
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("{}://127.0.0.1:{}", self.scheme, self.port)
     }
 }
 

@@ -63,7 +63,7 @@ impl ServiceProcess {
         }
     }
 
-    /// Waits for the first line on stdout and returns its last word, an `http://` URL (the
+    /// Waits for the first line on stdout and returns its last word, an `http://` or `https://` URL (the
     /// gateway prints "… listening on URL", the compactor "… metrics on URL").
     pub fn wait_for_url(&mut self, timeout: Duration) -> String {
         let line = match self.first_line.lock().unwrap().recv_timeout(timeout) {
@@ -76,7 +76,7 @@ impl ServiceProcess {
             }
         };
         let url = line.rsplit(' ').next().unwrap_or_default();
-        if !url.starts_with("http://") {
+        if !url.starts_with("http://") && !url.starts_with("https://") {
             self.fail(&format!("unexpected ready line: {line}"));
         }
         url.to_string()
@@ -137,7 +137,7 @@ impl ServiceProcess {
         log_tail(&self.log)
     }
 
-    fn signal(&self, sig: &str) {
+    pub fn signal(&self, sig: &str) {
         let status = Command::new("kill")
             .args([&format!("-{sig}"), &self.pid().to_string()])
             .status()
