@@ -168,6 +168,8 @@ async fn roles_statuses_reserved_headers_and_reload() {
         ("POST", "/v1/batch", batch, Some("write")),
         ("GET", "/v1/cluster", "", Some("admin")),
         ("GET", "/metrics", "", Some("admin")),
+        ("GET", "/ui", "", Some("admin")),
+        ("GET", "/v1/openapi.json", "", Some("read")),
     ];
     let rank = |r: &str| ["read", "write", "admin"].iter().position(|x| *x == r);
     let callers = [
@@ -195,7 +197,7 @@ async fn roles_statuses_reserved_headers_and_reload() {
                 (Some(_), None) => {
                     assert_eq!(s, StatusCode::UNAUTHORIZED, "{what}");
                     assert_eq!(code(&body), "unauthorized", "{what}");
-                    assert_eq!(www.unwrap(), "Bearer", "{what}");
+                    assert_eq!(www.unwrap(), "Bearer, Basic realm=\"tessera\"", "{what}");
                 }
                 (Some(n), Some(r)) if rank(r) < rank(n) => {
                     assert_eq!(s, StatusCode::FORBIDDEN, "{what}");
@@ -204,6 +206,31 @@ async fn roles_statuses_reserved_headers_and_reload() {
                 (Some(_), Some(_)) => assert!(s.is_success(), "{what}: {s} {body}"),
             }
         }
+    }
+
+    // Browsers use Basic (any user name, the token as password): the status page and its own
+    // requests; roles apply as for Bearer.
+    let basic = |t: &str| {
+        use base64::Engine;
+        let pair = format!("browser:{t}");
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(pair)
+        )
+    };
+    for (path, token, expected) in [
+        ("/ui", ADMIN, StatusCode::OK),
+        ("/v1/cluster", ADMIN, StatusCode::OK),
+        ("/v1/cluster", READ, StatusCode::FORBIDDEN),
+        ("/ui", "not-a-token", StatusCode::UNAUTHORIZED),
+    ] {
+        let r = http
+            .get(u(path))
+            .header("authorization", basic(token))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), expected, "GET {path} with Basic");
     }
 
     // A role that cannot write leaves no trace: the key `ro` and the batch key never appear.

@@ -283,7 +283,7 @@ impl Auth {
         }
     }
 
-    /// Checks the bearer token in `headers` against `needed`.
+    /// Checks the token in `headers` against `needed`.
     fn check_token(&self, headers: &HeaderMap, needed: Role) -> Result<(), ApiError> {
         let Some(tokens) = &self.tokens else {
             return Ok(());
@@ -291,21 +291,35 @@ impl Auth {
         let presented = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                let (scheme, secret) = v.split_once(' ')?;
-                scheme.eq_ignore_ascii_case("bearer").then(|| secret.trim())
-            })
+            .and_then(presented_secret)
             .ok_or_else(ApiError::unauthorized)?;
         let tokens = tokens.get();
-        let token = tokens
-            .find(presented.as_bytes())
-            .ok_or_else(ApiError::unauthorized)?;
+        let token = tokens.find(&presented).ok_or_else(ApiError::unauthorized)?;
         if token.role < needed {
             tracing::debug!(token = %token.name, role = token.role.as_str(), needed = needed.as_str(), "forbidden");
             return Err(ApiError::forbidden(token.role.as_str(), needed.as_str()));
         }
         Ok(())
     }
+}
+
+/// The token secret an `Authorization` value presents: `Bearer <secret>`, or, for browsers
+/// (the status page), `Basic base64(<any user>:<secret>)`: a browser asks for Basic
+/// credentials on a `401` and then sends them on the page's own requests too.
+fn presented_secret(value: &str) -> Option<Vec<u8>> {
+    use base64::Engine;
+    let (scheme, rest) = value.split_once(' ')?;
+    if scheme.eq_ignore_ascii_case("bearer") {
+        return Some(rest.trim().as_bytes().to_vec());
+    }
+    if scheme.eq_ignore_ascii_case("basic") {
+        let pair = base64::engine::general_purpose::STANDARD
+            .decode(rest.trim())
+            .ok()?;
+        let colon = pair.iter().position(|&b| b == b':')?;
+        return Some(pair[colon + 1..].to_vec());
+    }
+    None
 }
 
 /// The first internal header or parameter `req` carries, if any.

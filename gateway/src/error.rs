@@ -328,7 +328,11 @@ impl IntoResponse for ApiError {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             StatusCode::UNAUTHORIZED => {
-                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                // Basic is for browsers (the status page): they prompt for it.
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer, Basic realm=\"tessera\""),
+                );
             }
             // The rest of the body was not read: the connection cannot carry another request.
             StatusCode::REQUEST_TIMEOUT => {
