@@ -37,7 +37,6 @@ pub mod ui;
 use std::future::Future;
 use std::sync::Arc;
 
-use axum::routing::get;
 use axum::Router;
 use tessera::{Member, Node};
 use tokio::net::TcpListener;
@@ -95,29 +94,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         server.body_timeout,
     ));
     let auth = Arc::clone(&state.auth);
-    Router::new()
-        .route("/v1/kv", get(routes::scan))
-        .route(
-            "/v1/kv/",
-            get(routes::empty_key)
-                .put(routes::empty_key)
-                .delete(routes::empty_key),
-        )
-        .route(
-            "/v1/kv/{*key}",
-            get(routes::get_key)
-                .put(routes::put_key)
-                .delete(routes::delete_key),
-        )
-        .route("/v1/batch", axum::routing::post(routes::batch))
-        .route("/v1/cluster", get(routes::cluster))
-        .route("/healthz", get(routes::healthz))
-        .route("/readyz", get(routes::readyz))
-        .route("/metrics", get(routes::metrics))
-        .route("/ui", get(ui::page))
-        .route("/v1/openapi.json", get(openapi::spec))
-        .fallback(routes::not_found)
-        .method_not_allowed_fallback(routes::method_not_allowed)
+    routes::router()
         .layer(axum::middleware::from_fn_with_state(auth, auth::authorize))
         .layer(axum::middleware::from_fn_with_state(
             admission,

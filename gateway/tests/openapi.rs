@@ -1,6 +1,6 @@
 //! `docs/openapi.json` against the router: every route the router serves is documented, and
 //! every documented route exists. Routes served are read from the router's definition
-//! (`gateway::app` in src/lib.rs, its `.route(path, methods)` calls) and probed: each
+//! (`routes::router` in src/routes.rs, its `.route(path, methods)` calls) and probed: each
 //! documented method must not answer `route_not_found`/`method_not_allowed`, and every other
 //! method on a documented path must. The document is also checked as OpenAPI 3 by
 //! `openapi-spec-validator` (installed by scripts/test.sh).
@@ -41,10 +41,10 @@ fn documented() -> BTreeSet<(String, String)> {
 
 /// (path, method) pairs of the router's `.route(...)` calls, `{*key}` written `{key}`.
 fn served() -> BTreeSet<(String, String)> {
-    let src = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/lib.rs"))
-        .expect("read src/lib.rs");
-    let app = &src[src.find("pub fn app(").expect("fn app")..];
-    let app = &app[..app.find("\n}\n").expect("end of fn app")];
+    let src = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/routes.rs"))
+        .expect("read src/routes.rs");
+    let app = &src[src.find("pub fn router(").expect("fn router")..];
+    let app = &app[..app.find("\n}\n").expect("end of fn router")];
     let mut out = BTreeSet::new();
     for call in app.split(".route(").skip(1) {
         let path = call.split('"').nth(1).expect("a literal path");
@@ -70,7 +70,7 @@ fn served() -> BTreeSet<(String, String)> {
     }
     assert!(
         out.len() > 5,
-        "could not read the routes of src/lib.rs: {out:?}"
+        "could not read the routes of src/routes.rs: {out:?}"
     );
     out
 }
