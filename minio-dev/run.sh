@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The local cluster without Docker: Debian's etcd, s3s-fs as the S3 server (patched so that
 # conditional writes are atomic, built once by scripts/lib/s3s-fs.sh), three gateway
-# processes and one compactor daemon on 127.0.0.1. Same topology as compose.yaml.
+# processes and one compactor daemon on 127.0.0.1. Same topology as compose.yaml. Gateways
+# require the token of minio-dev/dev-tokens.toml (dev-admin-token) and prove themselves to
+# each other with minio-dev/dev-cluster-secret.
 #
 #   minio-dev/run.sh up       build, start everything, print the URLs
 #   minio-dev/run.sh status   show what runs
@@ -60,7 +62,8 @@ up() {
     AWS_ACCESS_KEY_ID=devkey AWS_SECRET_ACCESS_KEY=devsecret AWS_REGION=us-east-1 \
       start "gw$i" "$bin" --listen "127.0.0.1:$((GW_PORT_BASE + i))" \
       --store s3://tessera/dev --s3-endpoint "http://127.0.0.1:$S3_PORT" \
-      --etcd "$etcd_url" --cluster dev --node-id "gw$i"
+      --etcd "$etcd_url" --cluster dev --node-id "gw$i" \
+      --auth-tokens minio-dev/dev-tokens.toml --cluster-secret minio-dev/dev-cluster-secret
   done
   for i in $(seq 1 "$GATEWAYS"); do
     wait_port "$((GW_PORT_BASE + i))"
@@ -73,7 +76,8 @@ up() {
     --metrics-listen "127.0.0.1:$COMPACTOR_METRICS_PORT"
   wait_port "$COMPACTOR_METRICS_PORT"
   echo "compactor compactor1: http://127.0.0.1:$COMPACTOR_METRICS_PORT/metrics"
-  echo "cluster map: curl http://127.0.0.1:$((GW_PORT_BASE + 1))/v1/cluster"
+  echo "token: export TESSERA_TOKEN=dev-admin-token (minio-dev/dev-tokens.toml)"
+  echo "cluster map: curl -H 'Authorization: Bearer dev-admin-token' http://127.0.0.1:$((GW_PORT_BASE + 1))/v1/cluster"
 }
 
 down() {

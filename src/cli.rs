@@ -2,6 +2,7 @@
 //! overrides one setting of the config file, and can also be given as a `TESSERA_*`
 //! environment variable.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::config::{ClusterConfig, ObjectStoreConfig};
@@ -30,6 +31,22 @@ pub struct CommonArgs {
     /// etcd lease TTL (cluster.lease_ttl), whole seconds, e.g. 3s.
     #[arg(long, env = "TESSERA_LEASE_TTL", value_parser = humantime::parse_duration)]
     pub lease_ttl: Option<Duration>,
+    /// PEM CA of etcd's server certificate (cluster.etcd_ca); use https:// endpoints.
+    #[arg(long, env = "TESSERA_ETCD_CA")]
+    pub etcd_ca: Option<PathBuf>,
+    /// PEM client certificate for etcd (cluster.etcd_cert).
+    #[arg(long, env = "TESSERA_ETCD_CERT")]
+    pub etcd_cert: Option<PathBuf>,
+    /// PEM private key of --etcd-cert (cluster.etcd_key).
+    #[arg(long, env = "TESSERA_ETCD_KEY")]
+    pub etcd_key: Option<PathBuf>,
+    /// etcd user (cluster.etcd_user); the password comes from TESSERA_ETCD_PASSWORD or
+    /// --etcd-password-file.
+    #[arg(long, env = "TESSERA_ETCD_USER")]
+    pub etcd_user: Option<String>,
+    /// File holding the etcd password (cluster.etcd_password_file).
+    #[arg(long, env = "TESSERA_ETCD_PASSWORD_FILE")]
+    pub etcd_password_file: Option<PathBuf>,
     /// Log filter (log.level), e.g. info or tessera=debug.
     #[arg(long, env = "TESSERA_LOG")]
     pub log: Option<String>,
@@ -63,6 +80,20 @@ impl CommonArgs {
         }
         if let Some(v) = self.lease_ttl {
             cluster.lease_ttl = v;
+        }
+        let paths = [
+            (self.etcd_ca, &mut cluster.etcd_ca),
+            (self.etcd_cert, &mut cluster.etcd_cert),
+            (self.etcd_key, &mut cluster.etcd_key),
+            (self.etcd_password_file, &mut cluster.etcd_password_file),
+        ];
+        for (flag, key) in paths {
+            if flag.is_some() {
+                *key = flag;
+            }
+        }
+        if let Some(v) = self.etcd_user {
+            cluster.etcd_user = Some(v);
         }
         if let Some(v) = self.log {
             log.level = v;

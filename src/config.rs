@@ -6,6 +6,7 @@
 //! rules once at start-up. Nothing here reads the environment; the gateway layers files,
 //! environment variables and flags on top and then calls `validate`.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -61,6 +62,25 @@ pub struct ClusterConfig {
     /// Timeout of one etcd request. Default: 2s.
     #[serde(with = "humantime_serde")]
     pub etcd_timeout: Duration,
+    /// At start-up, how long to keep trying to reach etcd (connect, grant the first lease),
+    /// with backoff and one log line per failed attempt, before giving up: etcd may start
+    /// after us (compose, Kubernetes). `0s`: one attempt. Default: 60s.
+    #[serde(with = "humantime_serde")]
+    pub join_timeout: Duration,
+    /// PEM CA that signed etcd's server certificate; needs `https://` endpoints. Default:
+    /// unset (the system roots are not used: etcd certificates are usually private).
+    pub etcd_ca: Option<PathBuf>,
+    /// PEM client certificate for etcd (with `etcd_key`), when etcd checks client
+    /// certificates. Default: unset.
+    pub etcd_cert: Option<PathBuf>,
+    /// PEM private key of `etcd_cert`. Default: unset.
+    pub etcd_key: Option<PathBuf>,
+    /// etcd user name (etcd auth enabled). The password is read from `etcd_password_file`, or
+    /// else from the `TESSERA_ETCD_PASSWORD` environment variable; it is never a config value
+    /// or a flag, so it does not show in `ps` or in a printed config. Default: unset.
+    pub etcd_user: Option<String>,
+    /// File holding the etcd password (trailing newline ignored). Default: unset.
+    pub etcd_password_file: Option<PathBuf>,
 }
 
 impl Default for ClusterConfig {
@@ -75,6 +95,12 @@ impl Default for ClusterConfig {
             lease_margin: Duration::from_secs(1),
             rebalance_delay: Duration::from_millis(300),
             etcd_timeout: Duration::from_secs(2),
+            join_timeout: Duration::from_secs(60),
+            etcd_ca: None,
+            etcd_cert: None,
+            etcd_key: None,
+            etcd_user: None,
+            etcd_password_file: None,
         }
     }
 }
@@ -105,7 +131,45 @@ impl ClusterConfig {
                 "cluster.name must be non-empty and contain no `/`".into(),
             ));
         }
+        if c.etcd_cert.is_some() != c.etcd_key.is_some() {
+            return Err(Error::Config(
+                "cluster.etcd_cert and cluster.etcd_key (--etcd-cert, --etcd-key) go together"
+                    .into(),
+            ));
+        }
+        if c.etcd_password_file.is_some() && c.etcd_user.is_none() {
+            return Err(Error::Config(
+                "cluster.etcd_password_file needs cluster.etcd_user (--etcd-user)".into(),
+            ));
+        }
         Ok(())
+    }
+
+    /// The etcd password of `etcd_user`: the file's first line, or `TESSERA_ETCD_PASSWORD`.
+    /// `None` without a user. Errors name the file, never the password.
+    pub fn etcd_password(&self) -> Result<Option<String>> {
+        if self.etcd_user.is_none() {
+            return Ok(None);
+        }
+        let password = match &self.etcd_password_file {
+            Some(path) => std::fs::read_to_string(path)
+                .map_err(|e| {
+                    Error::Config(format!(
+                        "cannot read etcd password file `{}`: {e}",
+                        path.display()
+                    ))
+                })?
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_string(),
+            None => std::env::var("TESSERA_ETCD_PASSWORD").map_err(|_| {
+                Error::Config(
+                    "cluster.etcd_user needs a password: TESSERA_ETCD_PASSWORD or cluster.etcd_password_file (--etcd-password-file)".into(),
+                )
+            })?,
+        };
+        Ok(Some(password))
     }
 }
 

@@ -73,6 +73,21 @@ async fn run_sh_starts_a_working_three_gateway_cluster() {
 
     let http = client();
     let gw = |i: u16| format!("http://127.0.0.1:{}", base + i);
+    // Tokens are on by default: without one, 401.
+    let r = http
+        .get(format!("{}/v1/kv/greeting", gw(1)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let http = reqwest::Client::builder()
+        .default_headers(reqwest::header::HeaderMap::from_iter([(
+            reqwest::header::AUTHORIZATION,
+            "Bearer dev-admin-token".parse().unwrap(),
+        )]))
+        .timeout(std::time::Duration::from_secs(30))
+        .build()
+        .unwrap();
     let r = http
         .put(format!("{}/v1/kv/greeting", gw(1)))
         .body("hello")

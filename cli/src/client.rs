@@ -150,10 +150,25 @@ pub struct Api {
     endpoints: Vec<String>,
 }
 
+/// How the client proves who it is and whom it trusts.
+#[derive(Debug, Clone, Default)]
+pub struct Credentials {
+    /// Bearer token sent on every request.
+    pub token: Option<String>,
+    /// PEM CA certificates trusted for `https://` endpoints, besides the system's roots.
+    pub cacert: Option<std::path::PathBuf>,
+}
+
 impl Api {
-    /// A client of `endpoints` (`http://host:port`, trailing `/` ignored) with a per-request
-    /// `timeout` and up to `pool` idle keep-alive connections per endpoint.
-    pub fn new(endpoints: &[String], timeout: Duration, pool: usize) -> Result<Api, String> {
+    /// A client of `endpoints` (`http://` or `https://host:port`, trailing `/` ignored) with a
+    /// per-request `timeout`, up to `pool` idle keep-alive connections per endpoint, and
+    /// `credentials`.
+    pub fn new(
+        endpoints: &[String],
+        timeout: Duration,
+        pool: usize,
+        credentials: &Credentials,
+    ) -> Result<Api, String> {
         if endpoints.is_empty() {
             return Err("give at least one endpoint".into());
         }
@@ -161,18 +176,39 @@ impl Api {
             .iter()
             .map(|e| {
                 let e = e.trim().trim_end_matches('/');
-                if e.starts_with("http://") && e.len() > "http://".len() {
-                    Ok(e.to_string())
-                } else {
-                    Err(format!("endpoint `{e}` must be an http:// URL"))
+                let rest = e
+                    .strip_prefix("http://")
+                    .or_else(|| e.strip_prefix("https://"));
+                match rest {
+                    Some(rest) if !rest.is_empty() => Ok(e.to_string()),
+                    _ => Err(format!("endpoint `{e}` must be an http:// or https:// URL")),
                 }
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(2)))
             .pool_max_idle_per_host(pool)
-            .tcp_nodelay(true)
+            .tcp_nodelay(true);
+        if let Some(token) = &credentials.token {
+            let mut value = header::HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|_| "the token must be printable ASCII".to_string())?;
+            value.set_sensitive(true);
+            builder = builder.default_headers(header::HeaderMap::from_iter([(
+                header::AUTHORIZATION,
+                value,
+            )]));
+        }
+        if let Some(path) = &credentials.cacert {
+            let pem = std::fs::read(path)
+                .map_err(|e| format!("cannot read --cacert `{}`: {e}", path.display()))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| format!("invalid --cacert `{}`: {e}", path.display()))?;
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let http = builder
             .build()
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
         Ok(Api { http, endpoints })

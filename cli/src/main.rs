@@ -35,6 +35,12 @@ struct Cli {
     /// Read consistency for get and scan.
     #[arg(long, global = true, value_enum, default_value_t = Consistency::Strong)]
     consistency: Consistency,
+    /// Bearer token sent to the gateways (prefer the environment variable: flags show in `ps`).
+    #[arg(long, global = true, env = "TESSERA_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// PEM CA certificate(s) to trust for https:// endpoints, besides the system's roots.
+    #[arg(long, global = true, env = "TESSERA_CACERT")]
+    cacert: Option<PathBuf>,
     /// Per-request timeout, e.g. 15s or 500ms.
     #[arg(long, global = true, default_value = "15s", value_parser = humantime::parse_duration)]
     timeout: Duration,
@@ -210,7 +216,12 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<(), Failure> {
     let eventual = cli.consistency == Consistency::Eventual;
-    let api = client::Api::new(&cli.endpoints, cli.timeout, 1).map_err(Failure::Usage)?;
+    let credentials = client::Credentials {
+        token: cli.token,
+        cacert: cli.cacert,
+    };
+    let api =
+        client::Api::new(&cli.endpoints, cli.timeout, 1, &credentials).map_err(Failure::Usage)?;
     let out = commands::Printer::new(cli.output);
     match cli.command {
         Command::Get { key } => commands::get(&api, &out, &key, eventual).await,
@@ -244,7 +255,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Batch { file } => commands::batch(&api, &out, &file).await,
         Command::Cluster => commands::cluster(&api, &out).await,
-        Command::Bench(args) => bench::run(args, &cli.endpoints, cli.output).await,
+        Command::Bench(args) => bench::run(args, &cli.endpoints, &credentials, cli.output).await,
     }
 }
 

@@ -13,6 +13,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tessera::process::LogConfig;
+
+use crate::auth::AuthConfig;
+use crate::tls::TlsConfig;
 use tessera::{
     ClusterConfig, LimitsConfig, NodeConfig, ObjectStoreConfig, ReadsConfig, StorageConfig,
 };
@@ -35,6 +38,10 @@ pub struct GatewayConfig {
     pub reads: ReadsConfig,
     /// Cluster mode through etcd (see [`ClusterConfig`]); off by default.
     pub cluster: ClusterConfig,
+    /// Bearer tokens and the cluster secret (see [`AuthConfig`]); off by default.
+    pub auth: AuthConfig,
+    /// HTTPS on the listener and trust for `https://` peers (see [`TlsConfig`]); off by default.
+    pub tls: TlsConfig,
 }
 
 /// The HTTP server.
@@ -52,6 +59,20 @@ pub struct ServerConfig {
     /// closed anyway. Default: 30s.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// A request body must arrive within this of its head, or the client gets `408`.
+    /// Default: 10s.
+    #[serde(with = "humantime_serde")]
+    pub body_timeout: Duration,
+    /// A request head (and the TLS handshake) must arrive within this; a keep-alive connection
+    /// idle this long is closed. Default: 10s.
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// Requests served at once; past it, `503 overloaded` at once. Default: 1024.
+    pub max_in_flight: usize,
+    /// Largest request head, in bytes (431 past it; at least 8192 is used). Default: 65536.
+    pub max_header_bytes: usize,
+    /// Most headers in a request (431 past it). Default: 100.
+    pub max_headers: usize,
 }
 
 impl Default for ServerConfig {
@@ -60,6 +81,11 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
             request_timeout: Duration::from_secs(10),
             shutdown_timeout: Duration::from_secs(30),
+            body_timeout: Duration::from_secs(10),
+            header_timeout: Duration::from_secs(10),
+            max_in_flight: 1024,
+            max_header_bytes: 65536,
+            max_headers: 100,
         }
     }
 }
@@ -86,8 +112,35 @@ impl GatewayConfig {
     /// Checks the whole configuration.
     pub fn validate(&self) -> Result<(), String> {
         self.node().validate().map_err(|e| e.to_string())?;
-        if self.server.request_timeout.is_zero() {
-            return Err("server.request_timeout must be positive".into());
+        let s = &self.server;
+        if [s.request_timeout, s.body_timeout, s.header_timeout]
+            .iter()
+            .any(Duration::is_zero)
+        {
+            return Err(
+                "server.request_timeout, body_timeout and header_timeout must be positive".into(),
+            );
+        }
+        if s.max_in_flight == 0 || s.max_headers == 0 {
+            return Err("server.max_in_flight and server.max_headers must be positive".into());
+        }
+        self.tls.validate()?;
+        self.validate_auth()
+    }
+
+    /// The rules that keep a gateway from running open by mistake.
+    fn validate_auth(&self) -> Result<(), String> {
+        let a = &self.auth;
+        if a.tokens_file.is_none() && !a.insecure_no_auth && !self.server.listen.ip().is_loopback()
+        {
+            return Err(format!(
+                "refusing to listen on {} without tokens: anyone who can reach it could read and write everything. Give --auth-tokens FILE, or --insecure-no-auth to run open anyway",
+                self.server.listen
+            ));
+        }
+        if a.tokens_file.is_some() && a.cluster_secret_file.is_none() && self.cluster.is_clustered()
+        {
+            return Err("cluster mode with --auth-tokens needs --cluster-secret FILE: without it a client could pass for a gateway".into());
         }
         Ok(())
     }

@@ -96,12 +96,36 @@ error_codes! {
     ShuttingDown => "shutting_down",
     /// A bug; the log has the details.
     Internal => "internal",
+    /// No bearer token, or one this gateway does not know (`401`, `WWW-Authenticate: Bearer`).
+    Unauthorized => "unauthorized",
+    /// The token's role does not allow the request.
+    Forbidden => "forbidden",
+    /// An internal `x-tessera-*` header or parameter without valid peer proof.
+    ReservedHeader => "reserved_header",
+    /// The request body did not arrive within `server.body_timeout`.
+    RequestTimeout => "request_timeout",
+    /// More than `server.max_in_flight` requests in flight: retry after `Retry-After`.
+    Overloaded => "overloaded",
 }
 
 impl ErrorCode {
     /// The code spelled `code`, if there is one.
     pub fn parse(code: &str) -> Option<Self> {
         Self::ALL.iter().copied().find(|c| c.as_str() == code)
+    }
+
+    /// Whether this code refuses a request for who sent it or how (authentication,
+    /// authorization, internal headers, a slow body, overload) rather than for what it asks:
+    /// these answers are counted by reason in `tessera_http_rejected_total`.
+    pub fn is_rejection(self) -> bool {
+        matches!(
+            self,
+            ErrorCode::Unauthorized
+                | ErrorCode::Forbidden
+                | ErrorCode::ReservedHeader
+                | ErrorCode::RequestTimeout
+                | ErrorCode::Overloaded
+        )
     }
 }
 
@@ -151,6 +175,47 @@ impl ApiError {
         Self::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::BatchTooLarge,
+            message,
+        )
+    }
+
+    /// `401 unauthorized`: no valid bearer token. Never says which token was tried.
+    pub fn unauthorized() -> Self {
+        let message = "a valid bearer token is required (Authorization: Bearer <token>)";
+        Self::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, message)
+    }
+
+    /// `403 forbidden`: the token's role (`role`) does not allow the request, which needs
+    /// `needed`.
+    pub fn forbidden(role: &str, needed: &str) -> Self {
+        let message =
+            format!("this token's role `{role}` does not allow this request (needs `{needed}`)");
+        Self::new(StatusCode::FORBIDDEN, ErrorCode::Forbidden, message)
+    }
+
+    /// `400 reserved_header`: the request carries `what`, which only gateways may send.
+    pub fn reserved_header(what: &str) -> Self {
+        let message =
+            format!("`{what}` is reserved for requests between gateways and needs peer proof");
+        Self::bad_request(ErrorCode::ReservedHeader, message)
+    }
+
+    /// `408 request_timeout`: the body did not arrive within `timeout`.
+    pub fn request_timeout(timeout: std::time::Duration) -> Self {
+        let message = format!("the request body did not arrive within {timeout:?}");
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            ErrorCode::RequestTimeout,
+            message,
+        )
+    }
+
+    /// `503 overloaded`: `limit` requests are already in flight.
+    pub fn overloaded(limit: usize) -> Self {
+        let message = format!("{limit} requests are in flight on this gateway; retry later");
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Overloaded,
             message,
         )
     }
@@ -245,7 +310,11 @@ impl From<Error> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let code = self.code.as_str();
-        if self.status.is_server_error() && self.status != StatusCode::INTERNAL_SERVER_ERROR {
+        // Not `overloaded`: a flood would turn into as many log lines.
+        if self.status.is_server_error()
+            && self.status != StatusCode::INTERNAL_SERVER_ERROR
+            && self.code != ErrorCode::Overloaded
+        {
             tracing::warn!(code, message = %self.message, "request failed");
         }
         let mut error = json!({ "code": code, "message": self.message });
@@ -253,10 +322,26 @@ impl IntoResponse for ApiError {
             error["current_version"] = json!(v);
         }
         let mut resp = (self.status, Json(json!({ "error": error }))).into_response();
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        let headers = resp.headers_mut();
+        match self.status {
+            StatusCode::SERVICE_UNAVAILABLE => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            StatusCode::UNAUTHORIZED => {
+                // Basic is for browsers (the status page): they prompt for it.
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer, Basic realm=\"tessera\""),
+                );
+            }
+            // The rest of the body was not read: the connection cannot carry another request.
+            StatusCode::REQUEST_TIMEOUT => {
+                headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            _ => {}
         }
+        // For the metrics layer, which counts rejections by code.
+        resp.extensions_mut().insert(self.code);
         resp
     }
 }

@@ -18,6 +18,8 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 
+use crate::auth::{ClusterSecret, PEER_HEADER};
+use crate::config::GatewayConfig;
 use crate::error::{ApiError, ErrorCode};
 use crate::AppState;
 
@@ -126,6 +128,35 @@ impl Forwardable {
                 ApiError::bad_request(ErrorCode::InvalidQuery, format!("bad {MIN_VERSION}"))
             })
     }
+}
+
+/// The pooled keep-alive client gateways forward with. It sends `secret` (the peer proof) on
+/// every request and trusts `tls.ca` for `https://` peers.
+pub fn client(
+    config: &GatewayConfig,
+    secret: Option<&ClusterSecret>,
+) -> Result<reqwest::Client, String> {
+    let mut builder = reqwest::Client::builder()
+        // Under the peers' `server.header_timeout`, after which they close an idle connection:
+        // a pooled connection is dropped here before its peer drops it, never reused as it
+        // closes (a write sent on it would have an unknown outcome).
+        .pool_idle_timeout(config.server.header_timeout / 2)
+        .tcp_nodelay(true);
+    if let Some(secret) = secret {
+        let mut value = HeaderValue::from_str(secret.outgoing())
+            .map_err(|_| "the cluster secret must be printable ASCII".to_string())?;
+        value.set_sensitive(true);
+        builder = builder.default_headers(HeaderMap::from_iter([(
+            HeaderName::from_static(PEER_HEADER),
+            value,
+        )]));
+    }
+    if let Some(ca) = &config.tls.ca {
+        for cert in crate::tls::ca_certificates(ca)? {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    builder.build().map_err(|e| format!("http client: {e}"))
 }
 
 /// The outcome of one forwarding attempt.

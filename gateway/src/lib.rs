@@ -8,6 +8,10 @@
 //! - [`forward`]: one attempt to replay a request on another gateway.
 //! - [`error`]: stable error codes and the one mapping of core errors to HTTP.
 //! - [`codec`]: what arrives in URLs, headers and scan pages; [`config`], [`metrics`].
+//! - [`ui`]: the status page (`/ui`); [`openapi`]: the API's description (`/v1/openapi.json`).
+//! - Security, as layers in front of the handlers: [`auth`] (tokens, roles, the internal hop),
+//!   [`limits`] (in-flight bound, body timeout), [`listener`] (TLS from [`tls`], header
+//!   limits); [`reload`] re-reads their files on SIGHUP.
 //!
 //! All storage logic lives in the core.
 //!
@@ -15,18 +19,24 @@
 //! serve until the shutdown future resolves → stop accepting and drain in-flight requests
 //! (bounded by `server.shutdown_timeout`) → close every shard (flush memtables) → return.
 
+pub mod auth;
 pub mod codec;
 pub mod config;
 pub mod error;
 pub mod forward;
+pub mod limits;
+pub mod listener;
 pub mod metrics;
+pub mod openapi;
+pub mod reload;
 pub mod routes;
 pub mod service;
+pub mod tls;
+pub mod ui;
 
 use std::future::Future;
 use std::sync::Arc;
 
-use axum::routing::get;
 use axum::Router;
 use tessera::{Member, Node};
 use tokio::net::TcpListener;
@@ -47,6 +57,8 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Pooled keep-alive HTTP client for forwarding to shard owners.
     pub forwarder: reqwest::Client,
+    /// Tokens and the cluster secret.
+    pub auth: Arc<auth::Auth>,
 }
 
 impl AppState {
@@ -57,45 +69,37 @@ impl AppState {
         config: GatewayConfig,
         shutdown: CancellationToken,
     ) -> Result<Self, GatewayError> {
-        let forwarder = reqwest::Client::builder()
-            .pool_idle_timeout(std::time::Duration::from_secs(30))
-            .tcp_nodelay(true)
-            .build()
-            .map_err(|e| GatewayError::Config(format!("http client: {e}")))?;
+        let auth = Arc::new(auth::Auth::load(&config.auth).map_err(GatewayError::Config)?);
+        let forwarder = forward::client(&config, auth.secret()).map_err(GatewayError::Config)?;
+        let metrics = Arc::new(Metrics::new());
+        metrics.follow_keepalives(&node);
         Ok(AppState {
             node,
             config,
-            metrics: Arc::new(Metrics::new()),
+            metrics,
             shutdown,
             forwarder,
+            auth,
         })
     }
 }
 
-/// Builds the router.
+/// Builds the router. Layers, outermost first: metrics, admission ([`limits::admit`]),
+/// authorization ([`auth::authorize`]), then the handler.
 pub fn app(state: Arc<AppState>) -> Router {
     let metrics = Arc::clone(&state.metrics);
-    Router::new()
-        .route("/v1/kv", get(routes::scan))
-        .route(
-            "/v1/kv/",
-            get(routes::empty_key)
-                .put(routes::empty_key)
-                .delete(routes::empty_key),
-        )
-        .route(
-            "/v1/kv/{*key}",
-            get(routes::get_key)
-                .put(routes::put_key)
-                .delete(routes::delete_key),
-        )
-        .route("/v1/batch", axum::routing::post(routes::batch))
-        .route("/v1/cluster", get(routes::cluster))
-        .route("/healthz", get(routes::healthz))
-        .route("/readyz", get(routes::readyz))
-        .route("/metrics", get(routes::metrics))
-        .fallback(routes::not_found)
-        .method_not_allowed_fallback(routes::method_not_allowed)
+    let server = &state.config.server;
+    let admission = Arc::new(limits::Admission::new(
+        server.max_in_flight,
+        server.body_timeout,
+    ));
+    let auth = Arc::clone(&state.auth);
+    routes::router()
+        .layer(axum::middleware::from_fn_with_state(auth, auth::authorize))
+        .layer(axum::middleware::from_fn_with_state(
+            admission,
+            limits::admit,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             metrics,
             metrics::track,
@@ -129,6 +133,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), GatewayError> {
     config.validate().map_err(GatewayError::Config)?;
+    let tls = tls::ServerTls::load(&config.tls).map_err(GatewayError::Config)?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let listener = TcpListener::bind(config.server.listen)
         .await
         .map_err(|source| GatewayError::Bind {
@@ -140,7 +146,7 @@ pub async fn run(
         .cluster
         .advertise_url
         .clone()
-        .unwrap_or_else(|| format!("http://{addr}"));
+        .unwrap_or_else(|| format!("{scheme}://{addr}"));
     let me = Member {
         id: config
             .cluster
@@ -156,8 +162,16 @@ pub async fn run(
         config.clone(),
         token.clone(),
     )?);
+    let mut reloads: Vec<Arc<dyn reload::Reload>> = Vec::new();
+    if let Some(tokens) = state.auth.tokens() {
+        reloads.push(tokens);
+    }
+    if let Some(tls) = &tls {
+        reloads.push(Arc::clone(&tls.cert) as Arc<dyn reload::Reload>);
+    }
+    reload::watch(reloads, token.clone()).map_err(GatewayError::Serve)?;
     // The only stdout line: scripts and tests read the URL from it.
-    println!("Tessera gateway listening on http://{addr}");
+    println!("Tessera gateway listening on {scheme}://{addr}");
     tracing::info!(%addr, shards = config.storage.shard_count, store = %config.object_store.url, "gateway ready");
 
     let signal = token.clone();
@@ -169,12 +183,14 @@ pub async fn run(
     // forwarding requests, then stop accepting and drain HTTP, then close what is left.
     let drain = token.clone();
     let leaving = Arc::clone(&node);
-    let server = axum::serve(listener, app(state)).with_graceful_shutdown(async move {
+    let acceptor = tls.map(|t| t.acceptor);
+    let server_config = config.server.clone();
+    let server = listener::serve(listener, acceptor, app(state), &server_config, async move {
         drain.cancelled().await;
         leaving.leave().await;
     });
-    let served = tokio::select! {
-        r = server => r.map_err(GatewayError::Serve),
+    let served: Result<(), GatewayError> = tokio::select! {
+        () = server => Ok(()),
         // Past the drain budget, stop waiting for stragglers; their writes are unacknowledged.
         _ = async {
             token.cancelled().await;

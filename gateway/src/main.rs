@@ -37,6 +37,34 @@ struct Args {
     /// URL other gateways reach this one at (cluster.advertise_url).
     #[arg(long, env = "TESSERA_ADVERTISE_URL")]
     advertise_url: Option<String>,
+    /// TOML file of bearer tokens (auth.tokens_file); reloaded on SIGHUP.
+    #[arg(long, env = "TESSERA_AUTH_TOKENS")]
+    auth_tokens: Option<PathBuf>,
+    /// File holding the secret gateways prove themselves to each other with
+    /// (auth.cluster_secret_file).
+    #[arg(long, env = "TESSERA_CLUSTER_SECRET")]
+    cluster_secret: Option<PathBuf>,
+    /// Allow a non-loopback --listen address without tokens (auth.insecure_no_auth).
+    #[arg(long, env = "TESSERA_INSECURE_NO_AUTH")]
+    insecure_no_auth: bool,
+    /// PEM certificate chain: serve HTTPS only (tls.cert).
+    #[arg(long, env = "TESSERA_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert (tls.key).
+    #[arg(long, env = "TESSERA_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// PEM CA trusted when forwarding to https:// peers (tls.ca).
+    #[arg(long, env = "TESSERA_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+    /// Time a request body may take to arrive (server.body_timeout), e.g. 10s.
+    #[arg(long, env = "TESSERA_BODY_TIMEOUT", value_parser = humantime::parse_duration)]
+    body_timeout: Option<Duration>,
+    /// Time a request head may take to arrive (server.header_timeout), e.g. 10s.
+    #[arg(long, env = "TESSERA_HEADER_TIMEOUT", value_parser = humantime::parse_duration)]
+    header_timeout: Option<Duration>,
+    /// Requests served at once before answering 503 overloaded (server.max_in_flight).
+    #[arg(long, env = "TESSERA_MAX_IN_FLIGHT")]
+    max_in_flight: Option<usize>,
 }
 
 impl Args {
@@ -61,6 +89,28 @@ impl Args {
         }
         if let Some(v) = self.advertise_url {
             c.cluster.advertise_url = Some(v);
+        }
+        let paths = [
+            (self.auth_tokens, &mut c.auth.tokens_file),
+            (self.cluster_secret, &mut c.auth.cluster_secret_file),
+            (self.tls_cert, &mut c.tls.cert),
+            (self.tls_key, &mut c.tls.key),
+            (self.tls_ca, &mut c.tls.ca),
+        ];
+        for (flag, key) in paths {
+            if flag.is_some() {
+                *key = flag;
+            }
+        }
+        c.auth.insecure_no_auth |= self.insecure_no_auth;
+        if let Some(v) = self.body_timeout {
+            c.server.body_timeout = v;
+        }
+        if let Some(v) = self.header_timeout {
+            c.server.header_timeout = v;
+        }
+        if let Some(v) = self.max_in_flight {
+            c.server.max_in_flight = v;
         }
         c.validate()?;
         Ok(c)

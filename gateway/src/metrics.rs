@@ -1,5 +1,6 @@
 //! Prometheus metrics: HTTP requests by route and status, latency, bytes, shard and storage
-//! state. Served as text at `GET /metrics`.
+//! state, lease keep-alives, the build, and the standard `process_*` metrics. Served as text
+//! at `GET /metrics`.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -9,11 +10,15 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::header::CONTENT_LENGTH;
 use axum::middleware::Next;
 use axum::response::Response;
+#[cfg(target_os = "linux")]
+use prometheus::process_collector::ProcessCollector;
 use prometheus::{
     Counter, CounterVec, Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter,
-    IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use tessera::Node;
+
+use crate::error::ErrorCode;
 
 /// The gateway's metrics.
 pub struct Metrics {
@@ -29,8 +34,7 @@ pub struct Metrics {
     ownership_changes: IntCounter,
     forwarded: IntCounter,
     hedged: IntCounterVec,
-    keepalives: IntCounter,
-    keepalive_seconds: Counter,
+    keepalive: Histogram,
     keepalive_last: Gauge,
     leases_lost: IntCounterVec,
     lease_rejoins: IntCounter,
@@ -47,6 +51,9 @@ pub struct Metrics {
     follower_reads_late: IntCounter,
     eventual_lag: Histogram,
     object_store_requests: IntCounterVec,
+    /// Unprefixed metrics: `process_*` (CPU, memory, file descriptors, start time).
+    process: Registry,
+    rejected: IntCounterVec,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -148,19 +155,18 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
-            keepalives: register(
+            keepalive: register(
                 &r,
-                IntCounter::new(
-                    "lease_keepalive_seconds_count",
-                    "Acknowledged lease keep-alives",
-                )
-                .expect("valid metric"),
-            ),
-            keepalive_seconds: register(
-                &r,
-                Counter::new(
-                    "lease_keepalive_seconds_sum",
-                    "Total round-trip time of acknowledged lease keep-alives",
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "lease_keepalive_seconds",
+                        "Round-trip time of acknowledged lease keep-alives",
+                    )
+                    // Up to the default lease TTL (3s) and past it: alerts compare to the TTL.
+                    .buckets(vec![
+                        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0,
+                        3.0, 5.0,
+                    ]),
                 )
                 .expect("valid metric"),
             ),
@@ -298,8 +304,31 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
+            process: process_registry(),
+            rejected: register(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "http_rejected_total",
+                        "Requests refused for who sent them or how, by reason: unauthorized, \
+                         forbidden, reserved_header, request_timeout, overloaded (never by token)",
+                    ),
+                    &["reason"],
+                )
+                .expect("valid metric"),
+            ),
             registry: r,
         }
+    }
+
+    /// Feeds every acknowledged lease keep-alive of `node` into the keep-alive histogram and
+    /// the last-round-trip gauge (cluster mode; an embedded node sends none).
+    pub fn follow_keepalives(&self, node: &Node) {
+        let (histogram, last) = (self.keepalive.clone(), self.keepalive_last.clone());
+        node.stats().keepalive.observe_rtt(move |rtt| {
+            histogram.observe(rtt.as_secs_f64());
+            last.set(rtt.as_secs_f64());
+        });
     }
 
     /// Counts one forwarded request.
@@ -326,10 +355,6 @@ impl Metrics {
             &self.ownership_changes,
             stats.ownership_changes.load(Relaxed),
         );
-        let (count, sum, last) = stats.keepalive.snapshot();
-        catch_up(&self.keepalives, count);
-        catch_up_f64(&self.keepalive_seconds, sum.as_secs_f64());
-        self.keepalive_last.set(last.as_secs_f64());
         for (why, n) in stats.keepalive.losses() {
             catch_up(&self.leases_lost.with_label_values(&[why.as_str()]), n);
         }
@@ -375,7 +400,9 @@ impl Metrics {
         }
         let mut out = Vec::new();
         // Encoding into a Vec cannot fail for well-formed metrics.
-        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        let mut families = self.registry.gather();
+        families.extend(self.process.gather());
+        let _ = TextEncoder::new().encode(&families, &mut out);
         String::from_utf8(out).unwrap_or_default()
     }
 }
@@ -384,6 +411,29 @@ impl Default for Metrics {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// The registry of metrics named without the `tessera_` prefix: the standard `process_*`
+/// metrics (Linux), and `tessera_build_info` (named in full: it is `1` with the version as
+/// a label, so dashboards can join on it).
+fn process_registry() -> Registry {
+    let r = Registry::new();
+    #[cfg(target_os = "linux")]
+    r.register(Box::new(ProcessCollector::for_self()))
+        .expect("metric names are unique");
+    let info = register(
+        &r,
+        IntGaugeVec::new(
+            Opts::new(
+                "tessera_build_info",
+                "Always 1; labels: the gateway's version",
+            ),
+            &["version"],
+        )
+        .expect("valid metric"),
+    );
+    info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+    r
 }
 
 /// Advances a counter mirrored from an atomic to the atomic's value.
@@ -406,6 +456,13 @@ pub async fn track(State(metrics): State<Arc<Metrics>>, req: Request, next: Next
     let bytes_in = content_length(req.headers());
     let resp = next.run(req).await;
     let status = resp.status().as_u16().to_string();
+    if let Some(code) = resp
+        .extensions()
+        .get::<ErrorCode>()
+        .filter(|c| c.is_rejection())
+    {
+        metrics.rejected.with_label_values(&[code.as_str()]).inc();
+    }
     let labels = [route.as_str(), method.as_str(), status.as_str()];
     metrics.requests.with_label_values(&labels).inc();
     metrics

@@ -1,5 +1,7 @@
-//! HTTP handlers: parse the request, call the service (`crate::service`), render the answer.
-//! Errors convert to [`ApiError`] with `?`.
+//! The route table and the HTTP handlers: parse the request, call the service
+//! (`crate::service`), render the answer. Errors convert to [`ApiError`] with `?`. Adding an
+//! endpoint means a line in [`router`], a handler here, a service function, docs/api.md (and
+//! docs/openapi.json, which a test checks against [`router`]) and a test.
 
 use std::sync::Arc;
 
@@ -7,7 +9,8 @@ use axum::body::{to_bytes, Body};
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::routing::{get, post};
+use axum::{Json, Router};
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::json;
@@ -16,10 +19,32 @@ use tessera::{Error, Precondition, Read, ReadSource, ScanRequest, ShardId, Write
 use crate::codec::{self, Query};
 use crate::error::{ApiError, ErrorCode};
 use crate::forward::Forwardable;
+use crate::limits;
 use crate::service;
-use crate::AppState;
+use crate::{openapi, ui, AppState};
 
 type Shared = State<Arc<AppState>>;
+
+/// Every route of the API, each to its handler (the layers in front of them are added by
+/// [`crate::app`]).
+pub fn router() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/v1/kv", get(scan))
+        .route("/v1/kv/", get(empty_key).put(empty_key).delete(empty_key))
+        .route(
+            "/v1/kv/{*key}",
+            get(get_key).put(put_key).delete(delete_key),
+        )
+        .route("/v1/batch", post(batch))
+        .route("/v1/cluster", get(cluster))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/ui", get(ui::page))
+        .route("/v1/openapi.json", get(openapi::spec))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+}
 
 /// Response header naming what served a read: `strong`, `cache` or `eventual`.
 const READ_HEADER: &str = "x-tessera-read";
@@ -331,6 +356,8 @@ async fn read_body(
         let inner = e.into_inner();
         if inner.is::<http_body_util::LengthLimitError>() {
             too_large()
+        } else if let Some(timeout) = limits::body_timeout(&*inner) {
+            ApiError::request_timeout(timeout)
         } else {
             ApiError::bad_request(
                 ErrorCode::InvalidBody,

@@ -30,8 +30,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp,
-    WatchOptions,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity,
+    PutOptions, TlsOptions, Txn, TxnOp, WatchOptions,
 };
 use tokio::sync::watch;
 
@@ -61,23 +61,55 @@ pub struct LeaseHolder<'a> {
     pub tasks: &'a Tasks,
 }
 
+/// The TLS options of `config` (`None` without `etcd_ca` or a client certificate).
+fn etcd_tls(config: &ClusterConfig) -> Result<Option<TlsOptions>> {
+    let read = |what: &str, path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| {
+            Error::Config(format!("cannot read etcd {what} `{}`: {e}", path.display()))
+        })
+    };
+    if config.etcd_ca.is_none() && config.etcd_cert.is_none() {
+        return Ok(None);
+    }
+    let mut tls = TlsOptions::new();
+    if let Some(ca) = &config.etcd_ca {
+        tls = tls.ca_certificate(Certificate::from_pem(read("CA", ca)?));
+    }
+    if let (Some(cert), Some(key)) = (&config.etcd_cert, &config.etcd_key) {
+        tls = tls.identity(Identity::from_pem(
+            read("certificate", cert)?,
+            read("key", key)?,
+        ));
+    }
+    Ok(Some(tls))
+}
+
 fn etcd_err(context: &str, e: etcd_client::Error) -> Error {
     Error::Coordination(format!("{context}: {e}"))
 }
 
 impl Etcd {
-    /// Connects to `endpoints`; every call is bounded by `timeout`.
-    pub async fn connect(endpoints: &[String], cluster: &str, timeout: Duration) -> Result<Self> {
-        let options = ConnectOptions::new()
+    /// Connects to `config.etcd_endpoints` (TLS and user as configured); every call is
+    /// bounded by `config.etcd_timeout`. With a user, etcd-client authenticates at connect and
+    /// fetches a new auth token whenever etcd reports the old one expired.
+    pub async fn connect(config: &ClusterConfig) -> Result<Self> {
+        let timeout = config.etcd_timeout;
+        let mut options = ConnectOptions::new()
             .with_connect_timeout(timeout)
             .with_timeout(timeout)
             .with_keep_alive(Duration::from_secs(1), timeout);
-        let client = Client::connect(endpoints, Some(options))
+        if let Some(tls) = etcd_tls(config)? {
+            options = options.with_tls(tls);
+        }
+        if let (Some(user), Some(password)) = (&config.etcd_user, config.etcd_password()?) {
+            options = options.with_user(user.clone(), password);
+        }
+        let client = Client::connect(&config.etcd_endpoints, Some(options))
             .await
             .map_err(|e| etcd_err("connect to etcd", e))?;
         Ok(Etcd {
             client,
-            prefix: format!("/tessera/{cluster}/"),
+            prefix: format!("/tessera/{}/", config.name),
         })
     }
 

@@ -29,7 +29,7 @@
 //! ([`ManualClock`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
@@ -238,30 +238,38 @@ impl LeaseClock {
 /// Keep-alive round trips, lease losses and rejoins (for metrics).
 #[derive(Debug, Default)]
 pub struct KeepAliveStats {
-    count: AtomicU64,
-    sum_micros: AtomicU64,
-    last_micros: AtomicU64,
+    rtt_observer: RttObserver,
     losses: [AtomicU64; 3],
     rejoins: AtomicU64,
     last_rejoin_micros: AtomicU64,
 }
 
+/// Where acknowledged keep-alives' round trips go (a metrics histogram); set at most once.
+#[derive(Default)]
+struct RttObserver(OnceLock<Box<dyn Fn(Duration) + Send + Sync>>);
+
+impl std::fmt::Debug for RttObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() {
+            "RttObserver(set)"
+        } else {
+            "RttObserver(unset)"
+        })
+    }
+}
+
 impl KeepAliveStats {
     /// Records one acknowledged keep-alive that took `rtt`.
     pub fn record(&self, rtt: Duration) {
-        let micros = rtt.as_micros() as u64;
-        self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_micros.fetch_add(micros, Ordering::Relaxed);
-        self.last_micros.store(micros, Ordering::Relaxed);
+        if let Some(observe) = self.rtt_observer.0.get() {
+            observe(rtt);
+        }
     }
 
-    /// (acknowledged keep-alives, total round-trip time, last round-trip time).
-    pub fn snapshot(&self) -> (u64, Duration, Duration) {
-        (
-            self.count.load(Ordering::Relaxed),
-            Duration::from_micros(self.sum_micros.load(Ordering::Relaxed)),
-            Duration::from_micros(self.last_micros.load(Ordering::Relaxed)),
-        )
+    /// Sends every acknowledged keep-alive's round trip to `observe` from now on. Only the
+    /// first observer is kept: returns false (and drops `observe`) if one was already set.
+    pub fn observe_rtt(&self, observe: impl Fn(Duration) + Send + Sync + 'static) -> bool {
+        self.rtt_observer.0.set(Box::new(observe)).is_ok()
     }
 
     /// Records a lease given up for `why`.

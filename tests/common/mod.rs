@@ -83,6 +83,14 @@ fn which(name: &str) -> Option<PathBuf> {
     dirs.into_iter().map(|d| d.join(name)).find(|p| p.is_file())
 }
 
+/// Path of the external program `name` (etcd, promtool, chromium, kubectl, python3, ...).
+/// Panics, saying how to install it, when it is missing: no test passes by skipping its tool.
+pub fn tool(name: &str, install: &str) -> PathBuf {
+    which(name).unwrap_or_else(|| {
+        panic!("{name} is not installed: run `{install}` (scripts/test.sh does this)")
+    })
+}
+
 /// Spawns server `name`, its log `{name}.log` in `dir`, and waits until it listens on `port`.
 fn start_server(name: &str, cmd: Command, dir: &Path, port: u16) -> ServiceProcess {
     let mut process = ServiceProcess::spawn(name, cmd, &dir.join(format!("{name}.log")));
@@ -255,9 +263,14 @@ impl GatewayOpts {
         self.start_on(log, "127.0.0.1:0")
     }
 
+    /// Spawns the gateway listening on `listen`, without waiting for it.
+    pub fn spawn(&self, log: &Path, listen: &str) -> ServiceProcess {
+        ServiceProcess::spawn("gateway", self.command(listen), log)
+    }
+
     /// Starts the gateway listening on `listen` and waits until it prints its URL.
     pub fn start_on(&self, log: &Path, listen: &str) -> Gateway {
-        let mut process = ServiceProcess::spawn("gateway", self.command(listen), log);
+        let mut process = self.spawn(log, listen);
         let url = process.wait_for_url(Duration::from_secs(90));
         Gateway { url, process }
     }
@@ -346,27 +359,47 @@ pub struct EtcdServer {
     peer_port: u16,
     dir: TempDir,
     process: Option<ServiceProcess>,
+    /// `https` when started with TLS.
+    scheme: &'static str,
+    /// Extra flags (TLS files).
+    extra: Vec<String>,
 }
 
 impl EtcdServer {
     /// Starts etcd. Panics if `etcd` is not installed.
     pub fn start() -> Self {
-        let mut e = EtcdServer {
+        Self::start_with("http", Vec::new())
+    }
+
+    /// Ports and a data directory for an etcd started later (`restart`), e.g. after the
+    /// processes that use it.
+    pub fn unstarted() -> Self {
+        Self::unstarted_with("http", Vec::new())
+    }
+
+    /// Starts etcd serving clients over `scheme` (`http` or `https`), with `extra` flags
+    /// (e.g. `--cert-file`).
+    pub fn start_with(scheme: &'static str, extra: Vec<String>) -> Self {
+        let mut e = Self::unstarted_with(scheme, extra);
+        e.restart();
+        e
+    }
+
+    fn unstarted_with(scheme: &'static str, extra: Vec<String>) -> Self {
+        EtcdServer {
             port: free_port(),
             peer_port: free_port(),
             dir: tempfile::tempdir().expect("tempdir"),
             process: None,
-        };
-        e.restart();
-        e
+            scheme,
+            extra,
+        }
     }
 
     /// Starts the stopped etcd again on the same ports and data.
     pub fn restart(&mut self) {
         assert!(self.process.is_none(), "already running");
-        let bin = which("etcd").expect(
-            "etcd is not installed: run `apt-get install etcd-server` (scripts/test.sh does this)",
-        );
+        let bin = tool("etcd", "apt-get install etcd-server");
         let client = self.endpoint();
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let mut cmd = Command::new(bin);
@@ -376,7 +409,8 @@ impl EtcdServer {
             .args(["--advertise-client-urls", &client])
             .args(["--listen-peer-urls", &peer])
             .args(["--initial-advertise-peer-urls", &peer])
-            .args(["--initial-cluster", &format!("test={peer}")]);
+            .args(["--initial-cluster", &format!("test={peer}")])
+            .args(&self.extra);
         self.process = Some(start_server("etcd", cmd, self.dir.path(), self.port));
     }
 
@@ -386,7 +420,7 @@ impl EtcdServer {
     }
 
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("{}://127.0.0.1:{}", self.scheme, self.port)
     }
 }
 

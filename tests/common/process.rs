@@ -63,7 +63,7 @@ impl ServiceProcess {
         }
     }
 
-    /// Waits for the first line on stdout and returns its last word, an `http://` URL (the
+    /// Waits for the first line on stdout and returns its last word, an `http://` or `https://` URL (the
     /// gateway prints "… listening on URL", the compactor "… metrics on URL").
     pub fn wait_for_url(&mut self, timeout: Duration) -> String {
         let line = match self.first_line.lock().unwrap().recv_timeout(timeout) {
@@ -76,7 +76,7 @@ impl ServiceProcess {
             }
         };
         let url = line.rsplit(' ').next().unwrap_or_default();
-        if !url.starts_with("http://") {
+        if !url.starts_with("http://") && !url.starts_with("https://") {
             self.fail(&format!("unexpected ready line: {line}"));
         }
         url.to_string()
@@ -137,7 +137,7 @@ impl ServiceProcess {
         log_tail(&self.log)
     }
 
-    fn signal(&self, sig: &str) {
+    pub fn signal(&self, sig: &str) {
         let status = Command::new("kill")
             .args([&format!("-{sig}"), &self.pid().to_string()])
             .status()
@@ -150,9 +150,14 @@ impl ServiceProcess {
         );
     }
 
+    /// The exit status, if the process has exited.
+    pub fn exit_status(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().expect("try_wait")
+    }
+
     /// Panics if the process has exited.
     fn assert_running(&mut self, doing: &str) {
-        if let Some(status) = self.child.try_wait().expect("try_wait") {
+        if let Some(status) = self.exit_status() {
             self.fail(&format!("exited ({status}) before {doing}"));
         }
     }

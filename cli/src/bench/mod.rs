@@ -27,7 +27,7 @@ use rand::{Rng, SeedableRng};
 use rand_distr::Distribution as _;
 use serde::Serialize;
 
-use crate::client::Api;
+use crate::client::{Api, Credentials};
 use crate::{Failure, Output};
 use target::{CasOutcome, ShardMap, Target};
 
@@ -192,7 +192,12 @@ struct Tally {
 }
 
 /// Runs the benchmark and prints its report.
-pub async fn run(args: BenchArgs, endpoints: &[String], output: Output) -> Result<(), Failure> {
+pub async fn run(
+    args: BenchArgs,
+    endpoints: &[String],
+    credentials: &Credentials,
+    output: Output,
+) -> Result<(), Failure> {
     if args.zipf_theta <= 0.0 || !args.zipf_theta.is_finite() {
         return Err(Failure::Usage(
             "--zipf-theta must be a positive number".into(),
@@ -201,8 +206,8 @@ pub async fn run(args: BenchArgs, endpoints: &[String], output: Output) -> Resul
     let concurrency = args.concurrency as usize;
     let target = match args.target {
         TargetKind::Tessera => {
-            let api =
-                Api::new(endpoints, args.request_timeout, concurrency).map_err(Failure::Usage)?;
+            let api = Api::new(endpoints, args.request_timeout, concurrency, credentials)
+                .map_err(Failure::Usage)?;
             let map = match args.route {
                 Route::Any => None,
                 Route::Owner => Some(ShardMap::fetch(&api).await.map_err(Failure::Unavailable)?),

@@ -5,7 +5,8 @@
 //! Protocol (keys in `etcd.rs`; the deadline's safety argument in `lease.rs`):
 //!
 //! - **Join**: grant a lease, register `members/{id}` under it (batch jobs do not register:
-//!   nothing is placed onto them), keep it alive, watch the member set and the claims. Every
+//!   nothing is placed onto them; at start-up, retried with backoff for
+//!   `cluster.join_timeout` while etcd does not answer), keep it alive, watch the member set and the claims. Every
 //!   claim this process creates hangs off the same lease.
 //! - **Claim** (the shard has no holder and this member is its rendezvous choice,
 //!   [`crate::cluster::placement::plan`]): create the shard's key in a transaction that requires
@@ -32,11 +33,10 @@
 //! The session gives availability, not safety: a paused process may outlive its deadline.
 //! Safety comes from fencing at the storage (SlateDB's writer and compactor epochs).
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -47,12 +47,11 @@ use crate::config::ClusterConfig;
 use crate::error::{Error, Result};
 use crate::shard::ShardId;
 use crate::tasks::Tasks;
+use join::first_lease;
+use place::{claims, MOVE_CONCURRENCY};
 
-/// Claims taken or released concurrently by one placement pass.
-const MOVE_CONCURRENCY: usize = 8;
-
-/// Longest pause between attempts to join again after the lease was lost.
-const MAX_REJOIN_BACKOFF: Duration = Duration::from_secs(1);
+mod join;
+mod place;
 
 /// A claim this process holds on a shard: the right to work on it while the lease holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -179,11 +178,6 @@ impl Session {
             ));
         }
         config.validate()?;
-        let mut etcd =
-            Etcd::connect(&config.etcd_endpoints, &config.name, config.etcd_timeout).await?;
-        if let Some(keys) = role.keys() {
-            etcd = etcd.scoped(keys);
-        }
         let keepalive = Arc::new(KeepAliveStats::default());
         let tasks = Tasks::new();
         let holder = LeaseHolder {
@@ -192,7 +186,7 @@ impl Session {
             stats: &keepalive,
             tasks: &tasks,
         };
-        let lease = etcd.start_lease(&holder).await?;
+        let (etcd, lease) = first_lease(role, &holder).await?;
         let registration = role
             .registers()
             .then(|| Registration::new(etcd.clone(), me.clone()));
@@ -343,100 +337,6 @@ impl Session {
         }
     }
 
-    /// The placement loop: one pass per view change, lease loss or `tick`, until leaving.
-    async fn place<H: ShardHost>(self: Arc<Self>, host: Arc<H>, tick: Duration) {
-        let mut changes = self.view.subscribe();
-        let mut members = BTreeMap::new();
-        let mut quiet_until = Instant::now();
-        loop {
-            let lease = self.lease();
-            let wait = quiet_until
-                .saturating_duration_since(Instant::now())
-                .max(Duration::from_millis(1));
-            // The only point where the loop stops for leaving: a pass in progress (an open, a
-            // drain) always completes.
-            tokio::select! {
-                _ = self.leaving.cancelled() => return,
-                _ = changes.changed() => {}
-                _ = lease.lost() => {}
-                _ = tokio::time::sleep(tick.min(wait)) => {}
-            }
-            if lease.is_lost() {
-                let held = claims(host.as_ref());
-                if !held.is_empty() {
-                    tracing::warn!(shards = held.len(), "lease lost: dropping every shard");
-                }
-                futures::future::join_all(held.into_iter().map(|c| host.drop_claim(c))).await;
-                self.rejoin(&lease).await;
-                continue;
-            }
-            // Quiet period after a membership change: let a burst (a flapping member, several
-            // joins) settle before moving shards. Only the member set must hold still: claim
-            // changes (a release, an expiry) are the critical path of every hand-over, and a
-            // steady stream of them would otherwise keep this member from ever placing.
-            let now_members = self.view.borrow().members.clone();
-            if now_members != members {
-                members = now_members;
-                quiet_until = Instant::now() + self.config.rebalance_delay;
-            }
-            host.tick().await;
-            if Instant::now() < quiet_until {
-                continue;
-            }
-            self.keep_registered().await;
-            self.pass(&host).await;
-        }
-    }
-
-    /// One placement pass: drop the claims that are gone, release the shards another live
-    /// member should have, claim the unclaimed shards this member should have.
-    async fn pass<H: ShardHost>(&self, host: &Arc<H>) {
-        let Moves {
-            acquire,
-            release,
-            lost,
-        } = self.plan(host.holdings());
-        for (shard, epoch) in lost {
-            tracing::warn!(%shard, epoch, "claim lost; dropping shard");
-            host.drop_claim(Claim { shard, epoch }).await;
-        }
-        let mut moves: Vec<futures::future::BoxFuture<'_, ()>> = Vec::new();
-        for shard in acquire {
-            moves.push(
-                async move {
-                    match self.claim(shard).await {
-                        Ok(Some(claim)) => {
-                            if let Err(e) = host.open(claim).await {
-                                tracing::warn!(%shard, error = %e, "opening a claimed shard failed; releasing it");
-                                self.release(claim).await;
-                            }
-                        }
-                        Ok(None) => {} // someone else holds it; the watch will tell us
-                        Err(e) => tracing::warn!(%shard, error = %e, "claim failed"),
-                    }
-                }
-                .boxed(),
-            );
-        }
-        for (shard, epoch) in release {
-            moves.push(
-                self.hand_over(host.as_ref(), Claim { shard, epoch })
-                    .boxed(),
-            );
-        }
-        futures::stream::iter(moves)
-            .buffer_unordered(MOVE_CONCURRENCY)
-            .collect::<Vec<()>>()
-            .await;
-    }
-
-    /// ORDERING: the host stops working on the shard before its key goes, so the next holder
-    /// never overlaps with us.
-    async fn hand_over<H: ShardHost>(&self, host: &H, claim: Claim) {
-        host.close(claim).await;
-        self.release(claim).await;
-    }
-
     /// The moves placement asks for, given what the host holds (see
     /// [`crate::cluster::placement::plan`]). Empty until the lease is valid and this member's
     /// registration is visible (or while leaving).
@@ -446,51 +346,6 @@ impl Session {
             return Moves::default();
         }
         plan(&view, &self.me.id, holdings)
-    }
-
-    /// Registers again if this member's key has gone missing under a live lease (see
-    /// `etcd::Registration`). A no-op for batch jobs, which never register.
-    async fn keep_registered(&self) {
-        let Coordinator::Etcd {
-            registration: Some(registration),
-            ..
-        } = &self.coordinator
-        else {
-            return;
-        };
-        if self.lease_valid() {
-            let present = self.view.borrow().members.contains_key(&self.me.id);
-            registration.check(present, self.lease_id()).await;
-        }
-    }
-
-    /// After `old` was lost: joins again with a new lease, retrying with backoff until etcd
-    /// answers or the session is leaving.
-    async fn rejoin(&self, old: &LeaseClock) {
-        let Coordinator::Etcd { etcd, .. } = &self.coordinator else {
-            return;
-        };
-        let holder = LeaseHolder {
-            member: self.role.registers().then_some(&self.me),
-            config: &self.config,
-            stats: &self.keepalive,
-            tasks: &self.tasks,
-        };
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            match etcd.replace_lease(self.lease_id(), old, &holder).await {
-                Ok(lease) => {
-                    *self.lease.write().unwrap_or_else(|e| e.into_inner()) = lease;
-                    return;
-                }
-                Err(e) => tracing::warn!(error = %e, "rejoin failed; retrying"),
-            }
-            tokio::select! {
-                _ = self.leaving.cancelled() => return,
-                _ = tokio::time::sleep(backoff) => {}
-            }
-            backoff = (backoff * 2).min(MAX_REJOIN_BACKOFF);
-        }
     }
 
     /// Planned departure: stop placing, deregister so the others take over, then hand every
@@ -530,20 +385,10 @@ impl Session {
     }
 }
 
-/// The claims `host` holds.
-fn claims<H: ShardHost + ?Sized>(host: &H) -> Vec<Claim> {
-    host.holdings()
-        .into_iter()
-        .filter_map(|(shard, h)| match h {
-            Holding::Held(epoch) => Some(Claim { shard, epoch }),
-            Holding::Free | Holding::Busy => None,
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
     use std::sync::Mutex;
 
     /// A host that records what it was asked to do.
