@@ -4,7 +4,9 @@
 //! connections. Operations started during `--warmup` are not measured; after it the run lasts
 //! `--duration` (or `--ops` measured operations). Latency is recorded per operation in an HDR
 //! histogram (microsecond resolution, 3 significant digits); a CAS counts as one operation
-//! (its read plus its conditional write).
+//! (its read plus its conditional write). Successful operations are also recorded apart
+//! (`ok_latency_ms`), so a run with refusals (an overloaded gateway's fast `503`s) still shows
+//! what the admitted requests waited.
 //!
 //! For Tessera, every gateway's `/metrics` is scraped before the warm-up and after the run, and
 //! the object-store requests made in between (`tessera_object_store_requests_total`) are
@@ -174,6 +176,8 @@ struct Report {
     ops: u64,
     ops_per_sec: f64,
     latency_ms: Latency,
+    /// The same, of the operations that succeeded.
+    ok_latency_ms: Latency,
     errors: u64,
     errors_by_kind: BTreeMap<String, u64>,
     cas_conflicts: u64,
@@ -183,6 +187,8 @@ struct Report {
 /// What one worker measured.
 struct Tally {
     hist: Histogram<u64>,
+    /// Successful operations only.
+    ok_hist: Histogram<u64>,
     errors: BTreeMap<String, u64>,
     conflicts: u64,
     /// Operations finished, warm-up included.
@@ -234,13 +240,13 @@ pub async fn run(
     let window = window.elapsed();
     let after = scrape(&target).await;
 
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 120_000_000, 3)
-        .map_err(|e| Failure::Other(format!("histogram: {e}")))?;
+    let mut hist = new_histogram().map_err(histogram_error)?;
+    let mut ok_hist = new_histogram().map_err(histogram_error)?;
     let mut errors_by_kind = BTreeMap::new();
     let (mut conflicts, mut all_ops, mut last_end) = (0, 0, measure_from);
     for t in tallies {
-        hist.add(&t.hist)
-            .map_err(|e| Failure::Other(format!("histogram: {e}")))?;
+        hist.add(&t.hist).map_err(histogram_error)?;
+        ok_hist.add(&t.ok_hist).map_err(histogram_error)?;
         for (k, n) in t.errors {
             *errors_by_kind.entry(k).or_insert(0) += n;
         }
@@ -251,7 +257,6 @@ pub async fn run(
     let errors: u64 = errors_by_kind.values().sum();
     let elapsed = last_end.duration_since(measure_from).as_secs_f64();
     let ops = hist.len();
-    let ms = |us: u64| us as f64 / 1000.0;
     let report = Report {
         target: args.target,
         workload: args.workload,
@@ -269,14 +274,8 @@ pub async fn run(
         } else {
             0.0
         },
-        latency_ms: Latency {
-            p50: ms(hist.value_at_quantile(0.50)),
-            p90: ms(hist.value_at_quantile(0.90)),
-            p99: ms(hist.value_at_quantile(0.99)),
-            p999: ms(hist.value_at_quantile(0.999)),
-            max: ms(hist.max()),
-            mean: hist.mean() / 1000.0,
-        },
+        latency_ms: latency(&hist),
+        ok_latency_ms: latency(&ok_hist),
         errors,
         errors_by_kind,
         cas_conflicts: conflicts,
@@ -399,8 +398,8 @@ async fn drive(
             tokio::spawn(async move {
                 let mut rng = StdRng::from_os_rng();
                 let mut tally = Tally {
-                    hist: Histogram::new_with_bounds(1, 120_000_000, 3)
-                        .map_err(|e| e.to_string())?,
+                    hist: new_histogram().map_err(|e| e.to_string())?,
+                    ok_hist: new_histogram().map_err(|e| e.to_string())?,
                     errors: BTreeMap::new(),
                     conflicts: 0,
                     all_ops: 0,
@@ -460,8 +459,9 @@ async fn drive(
                         tally.hist.saturating_record(us);
                         tally.last_end = Some(ended);
                         measured.fetch_add(1, Ordering::Relaxed);
-                        if let Err(kind) = result {
-                            *tally.errors.entry(kind).or_insert(0) += 1;
+                        match result {
+                            Ok(()) => tally.ok_hist.saturating_record(us),
+                            Err(kind) => *tally.errors.entry(kind).or_insert(0) += 1,
                         }
                     }
                 }
@@ -570,6 +570,28 @@ fn object_store_report(
     })
 }
 
+/// An empty latency histogram: 1 µs to 120 s, 3 significant digits.
+fn new_histogram() -> Result<Histogram<u64>, hdrhistogram::CreationError> {
+    Histogram::new_with_bounds(1, 120_000_000, 3)
+}
+
+fn histogram_error(e: impl std::fmt::Display) -> Failure {
+    Failure::Other(format!("histogram: {e}"))
+}
+
+/// The percentiles of `hist`, in milliseconds.
+fn latency(hist: &Histogram<u64>) -> Latency {
+    let ms = |us: u64| us as f64 / 1000.0;
+    Latency {
+        p50: ms(hist.value_at_quantile(0.50)),
+        p90: ms(hist.value_at_quantile(0.90)),
+        p99: ms(hist.value_at_quantile(0.99)),
+        p999: ms(hist.value_at_quantile(0.999)),
+        max: ms(hist.max()),
+        mean: hist.mean() / 1000.0,
+    }
+}
+
 fn print(r: &Report, json: bool) -> Result<(), Failure> {
     let text = if json {
         serde_json::to_string(r).map_err(|e| Failure::Other(format!("cannot encode JSON: {e}")))?
@@ -586,6 +608,13 @@ fn print(r: &Report, json: bool) -> Result<(), Failure> {
             r.errors,
             if r.errors_by_kind.is_empty() { String::new() } else { format!(" {:?}", r.errors_by_kind) },
         );
+        if r.errors > 0 {
+            let ok = &r.ok_latency_ms;
+            t.push_str(&format!(
+                "successes   p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}  mean {:.2}\n",
+                ok.p50, ok.p90, ok.p99, ok.p999, ok.max, ok.mean
+            ));
+        }
         if r.workload == Workload::Cas {
             t.push_str(&format!("cas conflicts {}\n", r.cas_conflicts));
         }
