@@ -372,15 +372,11 @@ async fn roles_statuses_reserved_headers_and_reload() {
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     // Rejections are counted by reason, never by token; no secret shows anywhere.
-    let metrics = http
-        .get(u("/metrics"))
-        .header("authorization", bearer(ADMIN))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let admin_text = |path: &'static str| {
+        let req = http.get(u(path)).header("authorization", bearer(ADMIN));
+        async move { req.send().await.unwrap().text().await.unwrap() }
+    };
+    let metrics = admin_text("/metrics").await;
     for reason in ["unauthorized", "forbidden", "reserved_header"] {
         let n = common::metric(
             &metrics,
@@ -388,15 +384,7 @@ async fn roles_statuses_reserved_headers_and_reload() {
         );
         assert!(n >= 1.0, "{reason}: {n}");
     }
-    let cluster = http
-        .get(u("/v1/cluster"))
-        .header("authorization", bearer(ADMIN))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let cluster = admin_text("/v1/cluster").await;
     let logged = std::fs::read_to_string(&log).unwrap();
     for secret in [READ, WRITE, ADMIN, new, "not-a-token", "guessed-secret"] {
         for (what, text) in [

@@ -24,7 +24,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use tokio::sync::Semaphore;
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 
 use crate::error::ApiError;
 
@@ -74,11 +74,14 @@ pub fn body_timeout(e: &(dyn std::error::Error + 'static)) -> Option<Duration> {
         .find_map(|e| e.downcast_ref::<BodyTimeout>().map(|t| t.0))
 }
 
-/// A body that fails with [`BodyTimeout`] once its deadline passes.
+/// A body that fails with [`BodyTimeout`] once its deadline (`timeout` after the request
+/// head) passes. The timer is armed only when the body first makes the reader wait, so a
+/// request whose body is empty or already here (most of them) never registers one.
 struct TimedBody {
     inner: Body,
     timeout: Duration,
-    deadline: Pin<Box<Sleep>>,
+    deadline: Instant,
+    timer: Option<Pin<Box<Sleep>>>,
 }
 
 impl TimedBody {
@@ -86,7 +89,8 @@ impl TimedBody {
         TimedBody {
             inner,
             timeout,
-            deadline: Box::pin(tokio::time::sleep(timeout)),
+            deadline: Instant::now() + timeout,
+            timer: None,
         }
     }
 }
@@ -104,7 +108,11 @@ impl HttpBody for TimedBody {
             Poll::Pending => {}
             ready => return ready.map(|f| f.map(|r| r.map_err(Into::into))),
         }
-        match this.deadline.as_mut().poll(cx) {
+        let deadline = this.deadline;
+        let timer = this
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        match timer.as_mut().poll(cx) {
             Poll::Ready(()) => Poll::Ready(Some(Err(BodyTimeout(this.timeout).into()))),
             Poll::Pending => Poll::Pending,
         }

@@ -2,19 +2,18 @@
 //! store, driven with `tower::ServiceExt::oneshot`. They pin statuses, headers and error bodies
 //! of the API byte for byte where the README documents them.
 
-use std::sync::Arc;
-
 use axum::body::{to_bytes, Body};
 use axum::http::{header, HeaderMap, Method, Request, StatusCode};
 use axum::Router;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use bytes::Bytes;
-use gateway::{AppState, GatewayConfig};
+use gateway::GatewayConfig;
 use serde_json::{json, Value};
-use tessera::{shard_for_key, Member, Node};
-use tokio_util::sync::CancellationToken;
+use tessera::shard_for_key;
 use tower::ServiceExt;
+
+mod common;
 
 const SHARDS: u32 = 4;
 
@@ -26,13 +25,7 @@ async fn app() -> Router {
     config.limits.max_value_bytes = 64;
     config.limits.max_batch_ops = 3;
     config.limits.max_batch_body_bytes = 4096;
-    let me = Member {
-        id: "test".into(),
-        url: "http://127.0.0.1:1".into(),
-    };
-    let node = Node::open(config.node(), me).await.expect("open node");
-    let state = AppState::new(node, config, CancellationToken::new()).expect("state");
-    gateway::app(Arc::new(state))
+    common::app(config).await
 }
 
 /// A response, read whole.

@@ -7,16 +7,15 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::sync::Arc;
 
 use axum::body::{to_bytes, Body};
 use axum::http::{Method, Request, StatusCode};
 use axum::Router;
-use gateway::{AppState, GatewayConfig};
+use gateway::GatewayConfig;
 use serde_json::Value;
-use tessera::{Member, Node};
-use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
+
+mod common;
 
 /// Methods the probe tries on every documented path.
 const METHODS: [&str; 5] = ["get", "put", "post", "delete", "patch"];
@@ -85,13 +84,7 @@ async fn app() -> Router {
     let mut config = GatewayConfig::default();
     config.object_store.url = "memory://".into();
     config.storage.shard_count = 2;
-    let me = Member {
-        id: "test".into(),
-        url: "http://127.0.0.1:1".into(),
-    };
-    let node = Node::open(config.node(), me).await.expect("open node");
-    let state = AppState::new(node, config, CancellationToken::new()).expect("state");
-    gateway::app(Arc::new(state))
+    common::app(config).await
 }
 
 /// The error code of `method path` (None if the answer is not an error body).
