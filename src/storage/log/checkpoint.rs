@@ -4,13 +4,17 @@
 //! A [`Marker`] is written in the last batch of a memtable flush of the shard (so it is
 //! durable exactly when the records before it are) and says: every record of this shard in
 //! `log` up to `through_seq` is in the database. It is also published after the flush as
-//! `shards/{s}/checkpoint.json`, which may lag the marker but never leads it: GC reads the
-//! published copy, a new owner the marker itself.
+//! `checkpoints/{s}.json` ([`publish`]), which may lag the marker but never leads it: GC reads
+//! the published copy ([`published`]), a new owner the marker itself.
 
+use object_store::path::Path;
+use object_store::{ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 
 use super::format::{Record, Segment};
+use crate::error::{Error, Result};
 use crate::shard::ShardId;
+use crate::storage::objstore::ClusterStore;
 
 /// A shard's checkpoint.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -26,6 +30,33 @@ pub struct Marker {
     /// Written by a planned release: nothing to replay, and the log must not be sealed (its
     /// owner still serves other shards).
     pub clean: bool,
+}
+
+fn published_path(store: &ClusterStore, shard: ShardId) -> Path {
+    store.path(&format!("checkpoints/{shard}.json"))
+}
+
+/// Publishes `marker` as `shard`'s checkpoint, for GC. Call only once the marker is durable
+/// in the shard's database (after the memtable flush that holds it).
+pub async fn publish(store: &ClusterStore, shard: ShardId, marker: &Marker) -> Result<()> {
+    let json = serde_json::to_vec(marker).map_err(|e| Error::Internal(e.to_string()))?;
+    store
+        .store
+        .put(&published_path(store, shard), PutPayload::from(json))
+        .await?;
+    Ok(())
+}
+
+/// `shard`'s published checkpoint, if any.
+pub async fn published(store: &ClusterStore, shard: ShardId) -> Result<Option<Marker>> {
+    let bytes = match store.store.get(&published_path(store, shard)).await {
+        Ok(got) => got.bytes().await?,
+        Err(object_store::Error::NotFound { .. }) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| Error::Internal(format!("checkpoint of shard {shard}: {e}")))
 }
 
 /// What a new owner of a shard must do with the previous owner's log.
