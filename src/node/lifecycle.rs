@@ -34,8 +34,9 @@ pub(crate) enum SlotState<S> {
     Open { store: Arc<S>, epoch: i64 },
     /// A planned release waits for in-flight requests, then closes the store.
     Draining { epoch: i64 },
-    /// The database stopped on its own (e.g. a WAL flush exhausted its retries); a task
-    /// reopens it while the claim holds. Requests wait for it (bounded).
+    /// The database stopped on its own (a memtable flush exhausted its retries, or the log
+    /// it was recovered into was sealed); a task reopens it while the claim holds. Requests
+    /// wait for it (bounded).
     Reopening { epoch: i64 },
     /// Another process opened the database while we held it for good (embedded mode): never
     /// served again.
@@ -89,14 +90,15 @@ pub(crate) enum Action<S> {
     Forget(Arc<S>),
     /// Watch the store; report [`Event::Stopped`] when it stops on its own.
     Supervise(Arc<S>),
-    /// Wait for in-flight requests, close the store, then report [`Event::Released`].
-    Drain(Arc<S>),
+    /// Wait for in-flight requests, checkpoint the store (clean: the next owner replays
+    /// nothing) under the claim `epoch`, close it, then report [`Event::Released`].
+    Drain(Arc<S>, i64),
     /// Close the store in the background: nothing waits for it, and nothing in it is
     /// acknowledged that is not durable already.
     Close(Arc<S>),
-    /// Close the store and wait, reporting failure (shutdown: the next open then replays no
-    /// WAL).
-    CloseAndWait(Arc<S>),
+    /// Checkpoint the store (clean) under the claim `epoch`, close it and wait, reporting
+    /// failure (shutdown: the next owner then replays nothing).
+    CloseAndWait(Arc<S>, i64),
     /// Delete the claim `epoch` (a newer owner fenced us: the shard is theirs).
     ReleaseClaim(i64),
     /// Reopen the database for the claim `epoch`, with backoff, while the claim holds.
@@ -126,7 +128,7 @@ pub(crate) fn transition<S>(
         (_, Event::Opened { store, .. }) => (None, vec![A::Close(store)]),
         (St::Open { store, epoch }, Event::Release { epoch: e }) if *epoch == e => (
             Some(St::Draining { epoch: e }),
-            vec![A::Forget(Arc::clone(store)), A::Drain(Arc::clone(store))],
+            vec![A::Forget(Arc::clone(store)), A::Drain(Arc::clone(store), e)],
         ),
         (_, Event::Release { .. }) => (None, vec![]),
         (St::Draining { .. }, Event::Released) => (Some(St::NotOwned), vec![]),
@@ -165,11 +167,11 @@ pub(crate) fn transition<S>(
             (Some(St::NotOwned), vec![])
         }
         (_, Event::ReopenAbandoned { .. }) => (None, vec![]),
-        (St::Open { store, .. }, Event::Shutdown) => (
+        (St::Open { store, epoch }, Event::Shutdown) => (
             Some(St::Closed),
             vec![
                 A::Forget(Arc::clone(store)),
-                A::CloseAndWait(Arc::clone(store)),
+                A::CloseAndWait(Arc::clone(store), *epoch),
             ],
         ),
         (St::Closed, Event::Shutdown) => (None, vec![]),
@@ -211,9 +213,9 @@ mod tests {
             .map(|a| match a {
                 Action::Forget(s) => format!("Forget({s})"),
                 Action::Supervise(s) => format!("Supervise({s})"),
-                Action::Drain(s) => format!("Drain({s})"),
+                Action::Drain(s, _) => format!("Drain({s})"),
                 Action::Close(s) => format!("Close({s})"),
-                Action::CloseAndWait(s) => format!("CloseAndWait({s})"),
+                Action::CloseAndWait(s, _) => format!("CloseAndWait({s})"),
                 Action::ReleaseClaim(e) => format!("ReleaseClaim({e})"),
                 Action::Reopen(e) => format!("Reopen({e})"),
             })

@@ -38,6 +38,8 @@ use crate::error::{BadInput, Error, Result};
 use crate::reads::cache::HotCache;
 use crate::reads::follower::{Followers, LagSamples};
 use crate::shard::{shard_for_key, ShardId};
+use crate::storage::commit::CommitLog;
+use crate::storage::log::writer::WriterConfig;
 use crate::storage::meta;
 use crate::storage::objstore::{self, ClusterStore};
 use crate::storage::store::{BlockCache, Entry};
@@ -189,6 +191,8 @@ pub struct Node {
     store: ClusterStore,
     session: Arc<Session>,
     shards: Arc<Shards>,
+    /// The log every write of this process goes through.
+    commit: Arc<CommitLog>,
     /// Hot keys of the shards served here, and recent follower answers.
     hot: Arc<HotCache>,
     /// Followers of shards served elsewhere, for eventual reads.
@@ -209,6 +213,14 @@ impl Node {
         config.validate()?;
         let store = objstore::open(&config.object_store)?;
         meta::create_or_check(&store, config.storage.shard_count).await?;
+        let commit = CommitLog::start(
+            store.clone(),
+            &me.id,
+            WriterConfig {
+                min_interval: config.storage.flush_interval,
+                ..WriterConfig::default()
+            },
+        );
         let session = if config.cluster.is_clustered() {
             Session::join(&config.cluster, me, Role::Gateway).await?
         } else {
@@ -223,10 +235,10 @@ impl Node {
         let tasks = Tasks::new();
         let shards = Shards::new(
             config.clone(),
-            store.clone(),
             cache.clone(),
             &hot,
             Arc::clone(&session),
+            Arc::clone(&commit),
             Arc::clone(&stats),
             tasks.clone(),
         );
@@ -242,6 +254,7 @@ impl Node {
             store,
             session,
             shards,
+            commit,
             stats,
             tasks,
             record_delay: std::env::var("TESSERA_FAULT_RECORD_DELAY_MS")
@@ -258,6 +271,7 @@ impl Node {
             .await?;
         node.reap_followers();
         node.track_unowned();
+        node.shards.renew_sealed_logs();
         tracing::info!(
             shards = node.owned_shards().len(),
             elapsed_ms = started.elapsed().as_millis() as u64,
@@ -409,14 +423,15 @@ impl Node {
         }
     }
 
-    /// Stops background work and closes every open shard, flushing its memtable so the next
-    /// open replays no WAL. Call after the HTTP server has drained.
+    /// Stops background work and closes every open shard, checkpointing it so the next
+    /// owner replays nothing. Call after the HTTP server has drained.
     pub async fn close(&self) -> Result<()> {
         // The session first: no placement pass may open a shard while the rest shuts down.
         self.session.close().await;
         self.tasks.shutdown().await;
         self.followers.close_all().await;
         let failed = self.shards.close_all().await;
+        self.commit.shutdown().await;
         if failed.is_empty() {
             Ok(())
         } else {

@@ -16,7 +16,7 @@ use crate::node::slot::ShardSlot;
 use crate::node::{Located, Node, Read, ReadSource};
 use crate::reads::cache::{Cached, HotCache};
 use crate::shard::ShardId;
-use crate::storage::store::{now_ms, Durability};
+use crate::storage::store::now_ms;
 
 impl Node {
     /// Returns the durable, live value of `key` (linearizable): from the hot-key cache or the
@@ -49,7 +49,7 @@ impl Node {
             _ => {
                 let stripe = &slot.stripe_writes[stripe];
                 let before = stripe.load(Ordering::Acquire);
-                let found = self.observe(entered.store.get(key, Durability::Durable).await)?;
+                let found = self.observe(entered.store.get(key).await)?;
                 let filled = found
                     .clone()
                     .map_or(Cached::Absent { version: 0 }, Cached::Value);

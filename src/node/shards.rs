@@ -2,9 +2,16 @@
 //! shard means for a gateway. This is the gateway's [`ShardHost`]: the session decides which
 //! shards to hold, this carries it out through each slot's lifecycle (`lifecycle.rs`).
 //!
+//! Opening a shard recovers it from the commit log before it is served
+//! ([`CommitLog::recover`]); releasing it or shutting down checkpoints it first (clean: the
+//! next owner replays nothing).
+//!
 //! A supervisor task per open database watches its status: when the database stops on its own
 //! the slot is told ([`Event::Stopped`]) and either gives the shard up (fenced) or reopens it,
-//! so shards recover after an outage without waiting for a request to notice.
+//! so shards recover after an outage without waiting for a request to notice. It also
+//! checkpoints the shard every `storage.memtable_flush_interval` while it is written, which
+//! bounds what a crash leaves to replay. When another process seals this process's log, every
+//! served shard is reopened, which recovers it into a new log.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -15,11 +22,11 @@ use crate::cluster::session::{Claim, Session, ShardHost};
 use crate::config::NodeConfig;
 use crate::error::Result;
 use crate::node::lifecycle::{Action, Event};
-use crate::node::slot::ShardSlot;
+use crate::node::slot::{ShardSlot, SlotState};
 use crate::node::NodeStats;
 use crate::reads::cache::HotCache;
 use crate::shard::ShardId;
-use crate::storage::objstore::ClusterStore;
+use crate::storage::commit::CommitLog;
 use crate::storage::store::{BlockCache, Closed, ShardStore};
 use crate::tasks::Tasks;
 
@@ -30,9 +37,9 @@ const MAX_REOPEN_BACKOFF: Duration = Duration::from_secs(2);
 pub(crate) struct Shards {
     slots: Vec<Arc<ShardSlot>>,
     config: NodeConfig,
-    store: ClusterStore,
     cache: BlockCache,
     session: Arc<Session>,
+    commit: Arc<CommitLog>,
     stats: Arc<NodeStats>,
     tasks: Tasks,
 }
@@ -43,10 +50,10 @@ pub(crate) struct Host(pub(crate) Arc<Shards>);
 impl Shards {
     pub(crate) fn new(
         config: NodeConfig,
-        store: ClusterStore,
         cache: BlockCache,
         hot: &Arc<HotCache>,
         session: Arc<Session>,
+        commit: Arc<CommitLog>,
         stats: Arc<NodeStats>,
         tasks: Tasks,
     ) -> Arc<Self> {
@@ -55,9 +62,9 @@ impl Shards {
                 .map(|n| Arc::new(ShardSlot::new(ShardId(n), Arc::clone(hot))))
                 .collect(),
             config,
-            store,
             cache,
             session,
+            commit,
             stats,
             tasks,
         })
@@ -78,18 +85,64 @@ impl Shards {
         &self.slots
     }
 
-    /// Opens `shard`'s database with this node's settings, fencing any previous writer.
-    async fn open_store(&self, shard: ShardId) -> Result<Arc<ShardStore>> {
-        let store = ShardStore::open(
-            shard,
-            &self.store,
-            &self.config.storage,
-            &self.config.object_store,
-            &self.cache,
-            self.config.embedded_compaction(),
-        )
-        .await?;
-        Ok(Arc::new(store))
+    /// Opens `shard`'s database with this node's settings, fencing any previous writer, and
+    /// recovers it from the log for the claim `epoch`: ready to serve.
+    async fn open_store(&self, shard: ShardId, epoch: i64) -> Result<Arc<ShardStore>> {
+        let store = Arc::new(
+            ShardStore::open(
+                shard,
+                self.commit.store(),
+                &self.config.storage,
+                &self.config.object_store,
+                &self.cache,
+                self.config.embedded_compaction(),
+            )
+            .await?,
+        );
+        if let Err(e) = self.commit.recover(&store, epoch).await {
+            let _ = store.close().await;
+            return Err(e);
+        }
+        Ok(store)
+    }
+
+    /// Checkpoints `store` for a planned hand-over (the next owner replays nothing), then
+    /// closes it. If the checkpoint fails, the next owner seals this process's log and
+    /// replays it: nothing is lost, but every shard here then reopens into a new log.
+    async fn checkpoint_and_close(&self, store: &Arc<ShardStore>, epoch: i64) -> Result<()> {
+        let checkpointed = self.commit.checkpoint(store, epoch, true).await;
+        if let Err(e) = &checkpointed {
+            tracing::warn!(shard = %store.shard(), error = %e, "clean checkpoint failed; the next owner will replay the log");
+        }
+        let closed = store.close().await;
+        checkpointed.and(closed)
+    }
+
+    /// Reopens every served shard once another process seals this process's log (an
+    /// operator took a shard over by hand, or a takeover after a lost lease raced a rejoin):
+    /// the shards may be missing records the sealed log never made durable, so each is
+    /// recovered into a new log before it is served again.
+    pub(crate) fn renew_sealed_logs(self: &Arc<Self>) {
+        let shards = Arc::clone(self);
+        self.tasks.spawn("renew sealed log", async move {
+            loop {
+                let sealed = shards.commit.sealed().await;
+                shards.commit.renew(&sealed);
+                for slot in &shards.slots {
+                    if let SlotState::Open { store, .. } = slot.state() {
+                        shards
+                            .apply(
+                                slot,
+                                Event::Stopped {
+                                    store,
+                                    fenced: false,
+                                },
+                            )
+                            .await;
+                    }
+                }
+            }
+        });
     }
 
     /// Applies `event` to `slot` and carries out what follows.
@@ -100,11 +153,11 @@ impl Shards {
                 // Dropped by `ShardSlot::apply`.
                 Action::Forget(_) => {}
                 Action::Supervise(store) => self.supervise(Arc::clone(slot), store),
-                Action::Drain(store) => {
-                    // ORDERING: in-flight requests finish, then the store closes; the session
-                    // deletes the claim only after this returns.
+                Action::Drain(store, epoch) => {
+                    // ORDERING: in-flight requests finish, then the store checkpoints and
+                    // closes; the session deletes the claim only after this returns.
                     let _drained = slot.drained().await;
-                    if let Err(e) = store.close().await {
+                    if let Err(e) = self.checkpoint_and_close(&store, epoch).await {
                         tracing::warn!(shard = %slot.id, error = %e, "closing released shard failed");
                     }
                     slot.apply(Event::Released, self.session.places());
@@ -113,8 +166,8 @@ impl Shards {
                 Action::Close(store) => self.tasks.spawn("close store", async move {
                     let _ = store.close().await;
                 }),
-                Action::CloseAndWait(store) => {
-                    if let Err(e) = store.close().await {
+                Action::CloseAndWait(store, epoch) => {
+                    if let Err(e) = self.checkpoint_and_close(&store, epoch).await {
                         tracing::warn!(shard = %slot.id, error = %e, "closing shard failed");
                     }
                 }
@@ -131,11 +184,34 @@ impl Shards {
         }
     }
 
-    /// Watches `store` until it stops on its own, and tells its slot.
+    /// Watches `store` until it stops on its own, and tells its slot; checkpoints it every
+    /// `memtable_flush_interval` in which it was written.
     fn supervise(self: &Arc<Self>, slot: Arc<ShardSlot>, store: Arc<ShardStore>) {
         let shards = Arc::clone(self);
+        let every = self.config.storage.memtable_flush_interval;
         self.tasks.spawn("supervise shard", async move {
-            let fenced = match store.wait_closed().await {
+            let mut checkpointed = store.applied_version();
+            let stopped = async {
+                loop {
+                    tokio::select! {
+                        closed = store.wait_closed() => return closed,
+                        _ = tokio::time::sleep(every) => {}
+                    }
+                    let Some(epoch) = slot.open_epoch().filter(|_| slot.serves(&store)) else {
+                        continue;
+                    };
+                    if store.applied_version() == checkpointed {
+                        continue;
+                    }
+                    match shards.commit.checkpoint(&store, epoch, false).await {
+                        Ok(()) => checkpointed = store.applied_version(),
+                        Err(e) => {
+                            tracing::warn!(shard = %slot.id, error = %e, "checkpoint failed")
+                        }
+                    }
+                }
+            };
+            let fenced = match stopped.await {
                 Closed::Fenced => true,
                 Closed::Other => false,
             };
@@ -173,7 +249,7 @@ impl Shards {
                 self.apply(&slot, Event::ReopenAbandoned { epoch }).await;
                 return;
             }
-            match self.open_store(slot.id).await {
+            match self.open_store(slot.id, epoch).await {
                 Ok(store) => {
                     self.stats.shard_reopens.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(shard = %slot.id, "shard reopened");
@@ -201,8 +277,12 @@ impl Shards {
             let actions = slot.apply(Event::Shutdown, self.session.places());
             let mut failed = None;
             for action in actions {
-                if let Action::CloseAndWait(store) = action {
-                    failed = store.close().await.err().map(|e| e.to_string());
+                if let Action::CloseAndWait(store, epoch) = action {
+                    failed = self
+                        .checkpoint_and_close(&store, epoch)
+                        .await
+                        .err()
+                        .map(|e| e.to_string());
                 }
             }
             failed
@@ -223,7 +303,7 @@ impl ShardHost for Host {
 
     async fn open(&self, claim: Claim) -> Result<()> {
         let started = std::time::Instant::now();
-        let store = self.0.open_store(claim.shard).await?;
+        let store = self.0.open_store(claim.shard, claim.epoch).await?;
         let slot = self.0.slot(claim.shard);
         self.0
             .apply(

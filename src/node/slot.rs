@@ -31,8 +31,9 @@ pub(crate) type SlotState = lifecycle::SlotState<ShardStore>;
 pub(crate) struct ShardSlot {
     pub(crate) id: ShardId,
     state: watch::Sender<SlotState>,
-    /// Per stripe: a write's precondition check and submission to SlateDB.
-    pub(crate) stripes: Vec<Mutex<()>>,
+    /// Per stripe: held by a write from its precondition check until it is applied or has
+    /// failed, so a precondition always sees every earlier write of its keys.
+    pub(crate) stripes: Vec<Arc<Mutex<()>>>,
     /// Per stripe: writes made durable and recorded in the cache (see `cache.rs`, rule 3).
     pub(crate) stripe_writes: Vec<AtomicU64>,
     /// Per stripe: writes handed to SlateDB whose outcome the cache has not recorded yet
@@ -45,9 +46,11 @@ pub(crate) struct ShardSlot {
     gate: Arc<RwLock<()>>,
 }
 
-/// A request's pass into an open shard: the store and a share of the slot's gate.
+/// A request's pass into an open shard: the store, its claim's epoch, and a share of the
+/// slot's gate.
 pub(crate) struct Entered {
     pub(crate) store: Arc<ShardStore>,
+    pub(crate) epoch: i64,
     _gate: OwnedRwLockReadGuard<()>,
 }
 
@@ -56,7 +59,7 @@ impl ShardSlot {
         ShardSlot {
             id,
             state: watch::Sender::new(SlotState::NotOwned),
-            stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+            stripes: (0..STRIPES).map(|_| Arc::new(Mutex::new(()))).collect(),
             stripe_writes: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
             stripe_pending: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
             hot,
@@ -81,6 +84,11 @@ impl ShardSlot {
             _ => true,
         });
         actions
+    }
+
+    /// The slot's state now.
+    pub(crate) fn state(&self) -> SlotState {
+        self.state.borrow().clone()
     }
 
     /// The epoch of the claim this slot serves, if it is open.
@@ -139,7 +147,7 @@ impl ShardSlot {
     /// Enters the slot for one request: the open store (waiting up to [`REOPEN_WAIT`] if it
     /// is reopening) and a share of its gate. The caller checks the lease.
     pub(crate) async fn enter(&self) -> Result<Entered> {
-        let store = self.store().await?;
+        let (store, epoch) = self.store().await?;
         let gate = Arc::clone(&self.gate)
             .try_read_owned()
             .map_err(|_| Error::NotOwner { shard: self.id })?;
@@ -147,12 +155,16 @@ impl ShardSlot {
         if !self.serves(&store) {
             return Err(Error::NotOwner { shard: self.id });
         }
-        Ok(Entered { store, _gate: gate })
+        Ok(Entered {
+            store,
+            epoch,
+            _gate: gate,
+        })
     }
 
-    /// Returns the open store, waiting up to [`REOPEN_WAIT`] if it is reopening, or why the
-    /// shard cannot be served now.
-    async fn store(&self) -> Result<Arc<ShardStore>> {
+    /// Returns the open store and its epoch, waiting up to [`REOPEN_WAIT`] if it is
+    /// reopening, or why the shard cannot be served now.
+    async fn store(&self) -> Result<(Arc<ShardStore>, i64)> {
         let mut rx = self.state.subscribe();
         let settled = tokio::time::timeout(
             REOPEN_WAIT,
@@ -160,12 +172,12 @@ impl ShardSlot {
         )
         .await;
         if let Ok(Ok(state)) = settled {
-            if let SlotState::Open { store, .. } = &*state {
-                return Ok(Arc::clone(store));
+            if let SlotState::Open { store, epoch } = &*state {
+                return Ok((Arc::clone(store), *epoch));
             }
         }
         match &*self.state.borrow() {
-            SlotState::Open { store, .. } => Ok(Arc::clone(store)),
+            SlotState::Open { store, epoch } => Ok((Arc::clone(store), *epoch)),
             SlotState::Reopening { .. } => Err(Error::ShardUnavailable {
                 shard: self.id,
                 reason: "reopening after an object-store failure".into(),

@@ -1,26 +1,31 @@
 //! Writes: validation, preconditions, and the path from a request to a durable, cached write.
 //!
-//! Every write to a key holds the key's stripe lock while it checks its precondition against
-//! the newest value (in memory or durable) and hands the write to SlateDB; it releases the lock
-//! before waiting for durability, so writers of one shard still share WAL flushes (group
-//! commit). Because the WAL is ordered, a write that depended on an earlier, unacknowledged
-//! write can only become durable after it.
+//! Every write to a key holds the key's stripe lock from its precondition check until it is
+//! applied to the memtable (or has failed): the memtable holds only writes durable in the
+//! commit log, and with the lock held it also holds every earlier write of those keys, so a
+//! precondition is decided on the newest value, which is durable. Writes of different keys
+//! share log objects (`storage/commit.rs`).
 //!
-//! A write is acknowledged (returns `Ok`) only after it is durable in the object store and the
-//! hot-key cache has recorded it (cache rules 1, 3 and 4 in `cache.rs`).
+//! A write is acknowledged (returns `Ok`) only after it is durable in the object store, the
+//! lease still holds, and the hot-key cache has recorded it (cache rules 1, 3 and 4 in
+//! `cache.rs`).
 
+use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use tokio::sync::OwnedMutexGuard;
 
 use crate::error::{BadInput, Error, Result};
 use crate::node::slot::ShardSlot;
 use crate::node::{Node, Precondition, WriteKind, WriteOp};
 use crate::reads::cache::Cached;
 use crate::shard::ShardId;
-use crate::storage::store::{now_ms, Durability, Entry, Mutation, PendingWrite, ShardStore};
+use crate::storage::commit::CommitLog;
+use crate::storage::log::format::Op;
+use crate::storage::store::{now_ms, Entry, ShardStore};
 use crate::tasks::Tasks;
 
 impl Node {
@@ -57,10 +62,12 @@ impl Node {
         let slot = self.check_write(&ops)?;
         let entered = self.enter(slot).await?;
         let store = &entered.store;
-        // Expiry as the cache records it: measured before SlateDB stamps the write, so the
-        // cache never believes a value lives longer than the database does.
+        // The expiry the log record carries, so the cache, the database and any replay agree.
         let written_ms = now_ms();
-        // The new state of each key, versioned once the write is durable.
+        let expiry = |ttl_secs: &Option<u64>| {
+            ttl_secs.map(|t| written_ms.saturating_add((t as i64).saturating_mul(1000)))
+        };
+        // The new state of each key, versioned once the write is applied.
         let touched: Vec<(Bytes, Option<Entry>)> = ops
             .iter()
             .map(|op| {
@@ -69,8 +76,7 @@ impl Node {
                         key: op.key.clone(),
                         value: value.clone(),
                         version: 0,
-                        expires_at_ms: ttl_secs
-                            .map(|t| written_ms.saturating_add((t as i64).saturating_mul(1000))),
+                        expires_at_ms: expiry(ttl_secs),
                         written_at_ms: written_ms,
                     }),
                     WriteKind::Delete => None,
@@ -81,42 +87,44 @@ impl Node {
         let mut stripes: Vec<usize> = ops.iter().map(|op| ShardSlot::stripe(&op.key)).collect();
         stripes.sort_unstable();
         stripes.dedup();
-        // The stripe locks are held until SlateDB has the write (ordered in the WAL); durability
-        // is awaited outside them so concurrent writers share WAL flushes.
-        let (pending, mark) = {
-            let mut guards = Vec::with_capacity(stripes.len());
-            for &s in &stripes {
-                guards.push(slot.stripes[s].lock().await);
-            }
-            for op in &ops {
-                self.check_precondition(store, op).await?;
-            }
-            let mutations = ops
-                .into_iter()
-                .map(|op| match op.kind {
-                    WriteKind::Put { value, ttl_secs } => Mutation::Put {
-                        key: op.key,
+        let mut guards = Vec::with_capacity(stripes.len());
+        for &s in &stripes {
+            guards.push(Arc::clone(&slot.stripes[s]).lock_owned().await);
+        }
+        for op in &ops {
+            self.check_precondition(store, op).await?;
+        }
+        let records = ops
+            .into_iter()
+            .map(|op| match op.kind {
+                WriteKind::Put { value, ttl_secs } => (
+                    op.key,
+                    Op::Put {
                         value,
-                        ttl_ms: ttl_secs.map(|s| s.saturating_mul(1000)),
+                        expires_at_ms: expiry(&ttl_secs),
                     },
-                    WriteKind::Delete => Mutation::Delete { key: op.key },
-                })
-                .collect();
-            // CACHE RULE 4: marked before SlateDB has the write, so before anything can reveal
-            // it. Dropped at once if the write is refused (nothing was submitted).
-            let mark = PendingMark::new(slot, &stripes);
-            let written = store.write(mutations).await;
-            (self.observe(written)?, mark)
+                ),
+                WriteKind::Delete => (op.key, Op::Delete),
+            })
+            .collect();
+        // CACHE RULE 4: marked before the write is submitted, so before anything can reveal
+        // it.
+        let held = Held {
+            mark: PendingMark::new(slot, &stripes),
+            guards,
         };
-        // The rest runs in a task of its own so that it finishes, and the cache learns the
-        // outcome, even if this request is dropped (client gone, deadline passed): the write
-        // may still become durable, and a mark never cleared would only cost cache hits, but
-        // an outcome never recorded would leave the cache behind the database.
+        let commit = Arc::clone(&self.commit).commit(Arc::clone(store), entered.epoch, records);
+        // The rest runs in a task of its own so that it finishes, the stripe locks are held
+        // until the outcome is known, and the cache learns it, even if this request is dropped
+        // (client gone, deadline passed): the write may still become durable, and a mark never
+        // cleared would only cost cache hits, but an outcome never recorded would leave the
+        // cache behind the database.
         let finish = self.tasks.detach(
             "finish write",
             finish_write(
-                pending,
-                mark,
+                commit,
+                Arc::clone(&self.commit),
+                held,
                 Arc::clone(store),
                 touched,
                 self.tasks.clone(),
@@ -126,7 +134,19 @@ impl Node {
         let version = finish
             .await
             .unwrap_or_else(|e| Err(Error::Internal(format!("write task failed: {e}"))));
-        self.observe(version)
+        let version = self.observe(version)?;
+        // SAFETY: acknowledged only while the lease holds. A gateway that lost it may already
+        // have been replaced; the new owner sealed this log before serving, so this write,
+        // being durable, was in its replay, but its outcome is reported as unknown.
+        if !self.session.lease_valid() {
+            return Err(Error::ShardUnavailable {
+                shard: slot.id,
+                reason:
+                    "the lease expired before the write was acknowledged; it may have been applied"
+                        .into(),
+            });
+        }
+        Ok(version)
     }
 
     /// Validates a write's ops and returns the one shard they all map to.
@@ -188,12 +208,13 @@ impl Node {
         Ok(self.shards.slot(shards[0]))
     }
 
+    /// Checks `op`'s precondition against the memtable: with the key's stripe locked, it
+    /// holds the newest write of the key, which is durable.
     async fn check_precondition(&self, store: &Arc<ShardStore>, op: &WriteOp) -> Result<()> {
         if op.precondition == Precondition::None {
             return Ok(());
         }
-        let latest = store.get(&op.key, Durability::Latest).await;
-        let current = self.observe(latest)?.map(|e| e.version);
+        let current = self.observe(store.get(&op.key).await)?.map(|e| e.version);
         let holds = match op.precondition {
             Precondition::None => true,
             Precondition::IfMatch(v) => current == Some(v),
@@ -201,18 +222,17 @@ impl Node {
             Precondition::IfExists => current.is_some(),
         };
         if holds {
-            return Ok(());
+            Ok(())
+        } else {
+            Err(Error::PreconditionFailed { current })
         }
-        // LINEARIZABILITY: the failure was decided on the newest value, which may still be
-        // awaiting its WAL flush and so be invisible to reads. Answering 412 now would let a
-        // later read see the older value. Make it durable first (a failed flush turns the
-        // answer into 503: the write we saw may never happen).
-        let durable = store.get(&op.key, Durability::Durable).await;
-        if self.observe(durable)?.map(|e| e.version) != current {
-            self.observe(store.flush().await)?;
-        }
-        Err(Error::PreconditionFailed { current })
     }
+}
+
+/// What a write holds until its outcome is known: its stripes' locks and its cache mark.
+struct Held {
+    mark: PendingMark,
+    guards: Vec<OwnedMutexGuard<()>>,
 }
 
 /// Stripes of a slot marked as having a write in flight (cache rule 4), until dropped.
@@ -246,30 +266,38 @@ impl Drop for PendingMark {
     }
 }
 
-/// Waits for a submitted write to become durable, then records its keys' new state in the hot
-/// cache and clears its mark (cache rules 1, 3 and 4), and returns its version.
+/// Waits for a submitted write to be durable and applied, then records its keys' new state in
+/// the hot cache, clears its mark (cache rules 1, 3 and 4) and unlocks its stripes; returns
+/// its version.
 async fn finish_write(
-    pending: PendingWrite,
-    mark: PendingMark,
+    commit: impl Future<Output = Result<u64>>,
+    log: Arc<CommitLog>,
+    held: Held,
     store: Arc<ShardStore>,
     touched: Vec<(Bytes, Option<Entry>)>,
     tasks: Tasks,
     record_delay: Option<Duration>,
 ) -> Result<u64> {
-    let version = match pending.durable().await {
+    let version = match commit.await {
         Ok(version) => version,
         Err(e) => {
-            // The outcome is unknown and the database is stopping (fenced, or a WAL flush
-            // failed): the write may still surface in it or in a follower. Keep the stripes
-            // off the cache for as long as this store is served.
-            tasks.spawn("hold cache mark", mark.hold_while_serving(store));
+            // The outcome is unknown (the store is unavailable, or the write is durable but
+            // its shard stopped): it may still surface, through a replay or a follower. Keep
+            // the stripes off the cache for as long as this store is served, and locked until
+            // the log has settled the write (the writer retries it): a later write of these
+            // keys must not decide its precondition without it.
+            tasks.spawn("hold cache mark", held.mark.hold_while_serving(store));
+            tasks.spawn("hold stripes", async move {
+                log.writer().sync().await;
+                drop(held.guards);
+            });
             return Err(e);
         }
     };
     if let Some(delay) = record_delay {
         tokio::time::sleep(delay).await;
     }
-    let slot = &mark.slot;
+    let slot = &held.mark.slot;
     let scope = store.incarnation();
     for (key, _) in &touched {
         slot.stripe_writes[ShardSlot::stripe(key)].fetch_add(1, Ordering::AcqRel);
@@ -281,6 +309,6 @@ async fn finish_write(
         };
         slot.hot.record_write(scope, key, cached);
     }
-    drop(mark);
+    drop(held);
     Ok(version)
 }

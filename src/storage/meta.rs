@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::storage::objstore::ClusterStore;
 
 /// The format version this build writes and understands.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Contents of `cluster.json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

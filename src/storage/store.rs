@@ -3,36 +3,26 @@
 //! Decisions recorded here (a SlateDB upgrade should touch only this file and `Cargo.toml`):
 //!
 //! - **Layout.** Shard `n` lives under `{prefix}/shards/{n:05}` in the cluster's object store.
-//! - **Durability.** [`ShardStore::write`] returns a [`PendingWrite`] as soon as SlateDB has the
-//!   write in memory; callers acknowledge only after [`PendingWrite::durable`], which waits for
-//!   the WAL object holding it to be written (`WriteHandle::await_durable`). SlateDB's WAL is
-//!   ordered, so a durable write implies every earlier write of the shard is durable too.
-//! - **Group commit.** A shard's WAL is flushed by its own flusher task, woken by every write:
-//!   a write to an idle shard is flushed at once (latency = one PUT), and flushes of a busy
-//!   shard start at most once per `storage.flush_interval`, so every write arriving meanwhile
-//!   shares the next PUT. Batches grow with load and PUTs per second stay bounded by
-//!   `1 / flush_interval` per shard. SlateDB's own periodic flush stays on, ten times slower,
-//!   as a backstop.
-//! - **Bounded WAL replay.** Opening a database replays the WAL written since its last memtable
-//!   flush. The flusher task also writes the memtable out `storage.memtable_flush_interval`
-//!   after its first WAL flush, so a new owner or a follower replays at most one interval of
-//!   WAL objects, not everything since the memtable last filled up. SlateDB's own bound
-//!   (`max_wal_flushes_before_l0_flush`, 4096 WAL objects) counts flushes, so a slowly written
-//!   shard could still replay hours of WAL; the time bound is what keeps opens fast there. The
-//!   memtable flush runs beside the WAL flushes: it can wait on L0 backpressure, and WAL
-//!   flushes (acknowledgements) must not wait with it.
-//! - **Versions.** A key's version is the SlateDB sequence number of the write that produced it.
-//!   Sequence numbers strictly increase per database across restarts and reopenings, so versions
-//!   strictly increase per key and are never reused, also after a delete and re-create.
-//! - **Reads.** [`Durability::Durable`] reads (every client read) see only data durable in the
-//!   object store, so a client never observes a write that a crash could still lose.
-//!   [`Durability::Latest`] reads also see writes still in memory; they serve precondition checks,
-//!   which must compare against the newest write, acknowledged or not.
+//! - **No WAL.** Gateway shards run with SlateDB's WAL off (feature `wal_disable`): the
+//!   gateway's commit log (`storage/log`, `storage/commit.rs`) makes writes durable, and a
+//!   write reaches the memtable ([`ShardStore::apply`]) only after its log object exists. So the
+//!   memtable holds nothing a crash can take away, and reads see it
+//!   (`DurabilityLevel::Memory`). The database is the shard's checkpoint: a memtable flush
+//!   carries the [`Marker`] that says how far into the log it reaches.
+//! - **Keys.** A user key `k` is stored as `0x01 ‖ k`; `0x00 ‖ …` holds internal keys (the
+//!   checkpoint marker), so no user key can collide with them.
+//! - **Versions.** A key's version is the SlateDB sequence number of the write that produced
+//!   it, assigned by the owner ([`ShardStore::next_version`]) and carried in the log record, so
+//!   a replay writes the very version the client was given (`WriteOptions::seqnum`). SlateDB
+//!   requires each write's sequence number to exceed every earlier one: the owner assigns
+//!   versions in log order and applies in log order; a replay skips records at or below
+//!   the database's flushed sequence number (they are in its SSTs already).
 //! - **TTL.** SlateDB does not hide expired rows on reads, so every read here compares the row's
 //!   `expire_ts` with the wall clock and treats expired rows as absent.
 //! - **Retries.** `object_store_max_retries` is bounded (config `object_store.max_retries`): an
-//!   unreachable store fails the operation instead of retrying forever. A WAL flush that fails
-//!   puts the database in a fatal state ([`ShardStore::wait_closed`] returns); the owner reopens it.
+//!   unreachable store fails the operation instead of retrying forever. A memtable flush that
+//!   fails puts the database in a fatal state ([`ShardStore::wait_closed`] returns); the owner
+//!   reopens it, which replays the log.
 //! - **Fencing.** Opening the database claims a new writer epoch and fences any previous writer.
 //!   A fenced database reports [`Error::Fenced`]; its pending writes never become durable, so
 //!   they are never acknowledged.
@@ -40,9 +30,9 @@
 //!   ([`BlockCache`]), keyed by shard number, so memory does not grow with the shard count.
 //! - **Followers.** [`ShardReader`] is a read-only follower of a shard owned by another process
 //!   (SlateDB's `DbReader` in managed-checkpoint mode: its checkpoint keeps the SSTs it reads
-//!   safe from GC). It replays new WAL objects every poll interval, so it sees durable writes
-//!   about one interval late and never sees unflushed ones. A failed poll closes it (retries
-//!   are bounded), so a follower that is open has refreshed within about one interval.
+//!   safe from GC). It sees the shard's checkpoints (flushed memtables); the follower layer
+//!   (`reads/follower.rs`) adds the owner's log records past them. A failed poll closes it
+//!   (retries are bounded), so a follower that is open has refreshed within about one interval.
 //! - **Incarnations.** Every open [`ShardStore`] and [`ShardReader`] has a process-unique
 //!   [`ShardStore::incarnation`]; caches key entries by it, so nothing cached under one opening of
 //!   a shard is ever served under another.
@@ -55,34 +45,27 @@
 use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use slatedb::config::{
-    CompactorOptions, DbReaderOptions, DurabilityLevel, FlushOptions, FlushType,
-    GarbageCollectorOptions, PutOptions, ReadOptions, ScanOptions, Settings, Ttl,
+    CloseOptions, CompactorOptions, DbReaderOptions, DurabilityLevel, FlushOptions, FlushType,
+    GarbageCollectorOptions, PutOptions, ReadOptions, ScanOptions, Settings, Ttl, WriteOptions,
 };
 use slatedb::db_cache::moka::{MokaCache, MokaCacheOptions};
 use slatedb::db_cache::DbCache;
 use slatedb::{
     CloseReason, Db, DbIterator, DbReader, DbReaderMode, DbStatus, ErrorKind as SlateErrorKind,
-    WriteBatch, WriteHandle,
+    WriteBatch,
 };
 
 use crate::config::{ObjectStoreConfig, StorageConfig};
 use crate::error::{Error, Result};
 use crate::shard::ShardId;
+use crate::storage::log::checkpoint::Marker;
+use crate::storage::log::format::{Op, Record};
+use crate::storage::log::writer::Apply;
 use crate::storage::objstore::ClusterStore;
-use crate::tasks::Tasks;
-
-/// Which writes a read may observe.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Durability {
-    /// Only writes durable in the object store.
-    Durable,
-    /// Also writes still in memory, awaiting their WAL flush.
-    Latest,
-}
 
 /// A live (present, unexpired) value.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,19 +82,6 @@ pub struct Entry {
     pub written_at_ms: i64,
 }
 
-/// One mutation of a write.
-#[derive(Debug, Clone)]
-pub enum Mutation {
-    /// Sets `key` to `value`, expiring after `ttl_ms` milliseconds if given.
-    Put {
-        key: Bytes,
-        value: Bytes,
-        ttl_ms: Option<u64>,
-    },
-    /// Removes `key`.
-    Delete { key: Bytes },
-}
-
 /// The block cache shared by every shard of a process.
 #[derive(Clone)]
 pub struct BlockCache(Arc<dyn DbCache>);
@@ -124,28 +94,6 @@ impl BlockCache {
             time_to_live: None,
             time_to_idle: None,
         })))
-    }
-}
-
-/// A write accepted in memory, not yet durable.
-pub struct PendingWrite {
-    shard: ShardId,
-    handle: WriteHandle,
-}
-
-impl PendingWrite {
-    /// The version the write gave its keys.
-    pub fn version(&self) -> u64 {
-        self.handle.seqnum()
-    }
-
-    /// Waits until the write is durable in the object store and returns its version.
-    pub async fn durable(self) -> Result<u64> {
-        self.handle
-            .await_durable()
-            .await
-            .map_err(|e| map_error(self.shard, e))?;
-        Ok(self.handle.seqnum())
     }
 }
 
@@ -164,16 +112,14 @@ pub struct ShardStore {
     shard: ShardId,
     db: Db,
     incarnation: u64,
-    /// Wakes the flusher task (see "Group commit").
-    flush_wanted: Arc<tokio::sync::Notify>,
-    /// The flusher and its memtable flushes; cancelled when the store is dropped.
-    tasks: Tasks,
-}
-
-impl Drop for ShardStore {
-    fn drop(&mut self) {
-        self.tasks.cancel();
-    }
+    /// The highest version handed out (see "Versions").
+    version: AtomicU64,
+    /// Held while a version is assigned and its record submitted to the log, so versions
+    /// follow log order; and by a checkpoint, so none is submitted while it is taken.
+    pub(crate) order: tokio::sync::Mutex<()>,
+    /// The highest version applied to the memtable (from the SSTs' flushed sequence number at
+    /// open: records at or below it are in them already).
+    applied: AtomicU64,
 }
 
 /// Source of [`ShardStore::incarnation`] and [`ShardReader::incarnation`].
@@ -188,9 +134,37 @@ fn follower_cache_id(shard: ShardId) -> u64 {
     (1 << 32) | u64::from(shard.0)
 }
 
+/// Where user keys live in the database (see "Keys").
+const USER: u8 = 0x01;
+/// The checkpoint marker's key.
+const MARKER_KEY: &[u8] = &[0x00, b'c'];
+
+fn stored(key: &[u8]) -> Bytes {
+    let mut out = Vec::with_capacity(key.len() + 1);
+    out.push(USER);
+    out.extend_from_slice(key);
+    Bytes::from(out)
+}
+
+/// Maps a range of user keys to the stored keys holding them.
+fn stored_range(range: (Bound<Bytes>, Bound<Bytes>)) -> (Bound<Bytes>, Bound<Bytes>) {
+    let start = match range.0 {
+        Bound::Included(k) => Bound::Included(stored(&k)),
+        Bound::Excluded(k) => Bound::Excluded(stored(&k)),
+        Bound::Unbounded => Bound::Included(Bytes::from_static(&[USER])),
+    };
+    let end = match range.1 {
+        Bound::Included(k) => Bound::Included(stored(&k)),
+        Bound::Excluded(k) => Bound::Excluded(stored(&k)),
+        Bound::Unbounded => Bound::Excluded(Bytes::from_static(&[USER + 1])),
+    };
+    (start, end)
+}
+
 impl ShardStore {
     /// Opens (creating if needed) the database of `shard`, fencing any previous writer; runs
-    /// SlateDB's compactor and GC in-process if `embedded_compaction`.
+    /// SlateDB's compactor and GC in-process if `embedded_compaction`. The caller recovers it
+    /// from the log (`commit.rs`) before serving it.
     pub async fn open(
         shard: ShardId,
         store: &ClusterStore,
@@ -201,8 +175,7 @@ impl ShardStore {
     ) -> Result<Self> {
         let path = store.shard_path(shard);
         let settings = Settings {
-            // A backstop: the flusher task below flushes first.
-            flush_interval: Some(storage.flush_interval * 10),
+            wal_enabled: false,
             manifest_poll_interval: storage.manifest_poll_interval,
             l0_sst_size_bytes: storage.l0_sst_size_bytes,
             max_unflushed_bytes: storage.max_unflushed_bytes,
@@ -226,24 +199,15 @@ impl ShardStore {
             .build()
             .await
             .map_err(|e| map_error(shard, e))?;
-        let flush_wanted = Arc::new(tokio::sync::Notify::new());
-        let tasks = Tasks::new();
-        tasks.spawn(
-            "group commit",
-            group_commit(
-                db.clone(),
-                Arc::clone(&flush_wanted),
-                storage.flush_interval,
-                storage.memtable_flush_interval,
-                tasks.clone(),
-            ),
-        );
+        // With no WAL, what the database has is what its SSTs have.
+        let flushed = db.status().durable_seq;
         Ok(ShardStore {
             shard,
             db,
             incarnation: next_incarnation(),
-            flush_wanted,
-            tasks,
+            version: AtomicU64::new(flushed),
+            order: tokio::sync::Mutex::new(()),
+            applied: AtomicU64::new(flushed),
         })
     }
 
@@ -252,54 +216,124 @@ impl ShardStore {
         self.incarnation
     }
 
+    /// The shard.
+    pub fn shard(&self) -> ShardId {
+        self.shard
+    }
+
+    /// Hands out the next version. Call with [`order`](Self::order) held, and submit the
+    /// record before releasing it.
+    pub(crate) fn next_version(&self) -> u64 {
+        self.version.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// The highest version handed out.
+    pub fn max_version(&self) -> u64 {
+        self.version.load(Ordering::Acquire)
+    }
+
+    /// Raises the version counter to at least `version` (a replay, a marker).
+    pub(crate) fn raise_version(&self, version: u64) {
+        self.version.fetch_max(version, Ordering::AcqRel);
+    }
+
+    /// The highest version applied to the memtable.
+    pub fn applied_version(&self) -> u64 {
+        self.applied.load(Ordering::Acquire)
+    }
+
     /// Returns the live value of `key`, if any.
-    pub async fn get(&self, key: &[u8], durability: Durability) -> Result<Option<Entry>> {
-        let options = ReadOptions {
-            durability_filter: level(durability),
-            ..ReadOptions::default()
-        };
+    pub async fn get(&self, key: &[u8]) -> Result<Option<Entry>> {
         let kv = self
             .db
-            .get_key_value_with_options(key, &options)
+            .get_key_value_with_options(stored(key), &read_options())
             .await
             .map_err(|e| self.map(e))?;
         Ok(kv.and_then(|kv| live(kv, now_ms())))
     }
 
-    /// Applies `mutations` atomically, in memory. Await [`PendingWrite::durable`] before
-    /// acknowledging.
-    pub async fn write(&self, mutations: Vec<Mutation>) -> Result<PendingWrite> {
+    /// Applies `group` (one atomic write, one version, durable in the log) to the memtable.
+    /// A record at or below what the SSTs already hold is skipped (a replay).
+    pub async fn apply(&self, group: &[Record]) -> Result<()> {
+        let Some(version) = group.first().map(|r| r.version) else {
+            return Ok(());
+        };
+        if version <= self.applied_version() {
+            return Ok(());
+        }
         let mut batch = WriteBatch::new();
-        for m in mutations {
-            match m {
-                Mutation::Put { key, value, ttl_ms } => {
-                    let ttl = ttl_ms.map_or(Ttl::NoExpiry, Ttl::ExpireAfterMillis);
-                    batch.put_with_options(key, value, &PutOptions { ttl });
+        for r in group {
+            match &r.op {
+                Op::Put {
+                    value,
+                    expires_at_ms,
+                } => {
+                    let ttl = expires_at_ms.map_or(Ttl::NoExpiry, Ttl::ExpireAtMillis);
+                    batch.put_with_options(stored(&r.key), value, &PutOptions { ttl });
                 }
-                Mutation::Delete { key } => batch.delete(key),
+                Op::Delete => batch.delete(stored(&r.key)),
             }
         }
-        let handle = self.db.write(batch).await.map_err(|e| self.map(e))?;
-        self.flush_wanted.notify_one();
-        Ok(PendingWrite {
-            shard: self.shard,
-            handle,
-        })
+        self.write_at(batch, version).await
     }
 
-    /// Iterates the durable live entries in `range`, in key order.
+    async fn write_at(&self, batch: WriteBatch, version: u64) -> Result<()> {
+        let options = WriteOptions { seqnum: version };
+        self.db
+            .write_with_options(batch, &options)
+            .await
+            .map_err(|e| self.map(e))?;
+        self.applied.fetch_max(version, Ordering::AcqRel);
+        self.raise_version(version);
+        Ok(())
+    }
+
+    /// The checkpoint marker in the database, if any.
+    pub async fn marker(&self) -> Result<Option<Marker>> {
+        let found = self
+            .db
+            .get_with_options(MARKER_KEY, &read_options())
+            .await
+            .map_err(|e| self.map(e))?;
+        found
+            .map(|bytes| {
+                serde_json::from_slice(&bytes).map_err(|e| {
+                    Error::Internal(format!("shard {}: bad checkpoint marker: {e}", self.shard))
+                })
+            })
+            .transpose()
+    }
+
+    /// Writes `marker` after everything applied so far and flushes the memtable: once this
+    /// returns, the marker and every record before it are in the SSTs. Call with
+    /// [`order`](Self::order) held, once every submitted record is applied, at a version
+    /// from [`next_version`](Self::next_version).
+    pub(crate) async fn write_marker(&self, marker: &Marker, version: u64) -> Result<()> {
+        let json = serde_json::to_vec(marker).map_err(|e| Error::Internal(e.to_string()))?;
+        let mut batch = WriteBatch::new();
+        batch.put(MARKER_KEY, json);
+        self.write_at(batch, version).await
+    }
+
+    /// Writes the memtable out (with the marker last written, if any).
+    pub(crate) async fn flush_memtable(&self) -> Result<()> {
+        let options = FlushOptions {
+            flush_type: FlushType::MemTable,
+        };
+        self.db
+            .flush_with_options(options)
+            .await
+            .map_err(|e| self.map(e))
+    }
+
+    /// Iterates the live entries in `range`, in key order.
     pub async fn scan(&self, range: (Bound<Bytes>, Bound<Bytes>)) -> Result<ShardScan> {
         let iter = self
             .db
-            .scan_with_options(range, &scan_options())
+            .scan_with_options(stored_range(range), &scan_options())
             .await
             .map_err(|e| self.map(e))?;
         Ok(ShardScan::new(self.shard, iter))
-    }
-
-    /// Makes every write accepted so far durable (one WAL flush).
-    pub async fn flush(&self) -> Result<()> {
-        self.db.flush().await.map_err(|e| self.map(e))
     }
 
     /// Waits until the database stops (fenced, failed or closed) and returns why.
@@ -307,13 +341,27 @@ impl ShardStore {
         wait_closed(self.db.subscribe()).await
     }
 
-    /// Flushes the memtable and closes the database, so the next open replays no WAL.
+    /// Closes the database without flushing: a clean hand-over checkpoints first, and what
+    /// is not checkpointed is in the log.
     pub async fn close(&self) -> Result<()> {
-        self.db.close().await.map_err(|e| self.map(e))
+        let options = CloseOptions { flush_type: None };
+        self.db
+            .close_with_options(options)
+            .await
+            .map_err(|e| self.map(e))
     }
 
     fn map(&self, e: slatedb::Error) -> Error {
         map_error(self.shard, e)
+    }
+}
+
+#[async_trait::async_trait]
+impl Apply for ShardStore {
+    async fn apply(&self, group: &[Record]) -> std::result::Result<(), String> {
+        ShardStore::apply(self, group)
+            .await
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -380,7 +428,7 @@ impl ShardReader {
     pub async fn get(&self, key: &[u8]) -> Result<Option<Entry>> {
         let kv = self
             .reader
-            .get_key_value(key)
+            .get_key_value(stored(key))
             .await
             .map_err(|e| map_error(self.shard, e))?;
         Ok(kv.and_then(|kv| live(kv, now_ms())))
@@ -390,10 +438,27 @@ impl ShardReader {
     pub async fn scan(&self, range: (Bound<Bytes>, Bound<Bytes>)) -> Result<ShardScan> {
         let iter = self
             .reader
-            .scan_with_options(range, &scan_options())
+            .scan_with_options(stored_range(range), &scan_options())
             .await
             .map_err(|e| map_error(self.shard, e))?;
         Ok(ShardScan::new(self.shard, iter))
+    }
+
+    /// The checkpoint marker the follower sees: its view holds every record of the shard up
+    /// to the marker's position in the marker's log.
+    pub async fn marker(&self) -> Result<Option<Marker>> {
+        let found = self
+            .reader
+            .get(MARKER_KEY)
+            .await
+            .map_err(|e| map_error(self.shard, e))?;
+        found
+            .map(|bytes| {
+                serde_json::from_slice(&bytes).map_err(|e| {
+                    Error::Internal(format!("shard {}: bad checkpoint marker: {e}", self.shard))
+                })
+            })
+            .transpose()
     }
 
     /// Stops polling and deletes the follower's checkpoint.
@@ -441,70 +506,18 @@ impl ShardScan {
     }
 }
 
-/// The flusher task of one shard: flushes the WAL when writes are waiting, at once if the
-/// last flush started at least `gap` ago, else when it has; starts a memtable flush
-/// `memtable_every` after the first WAL flush since the last one (see "Bounded WAL replay").
-/// A failed flush needs no handling here: the writes waiting on it see the error (or the next
-/// flush) through `await_durable`, and a memtable left in memory is written by a later flush.
-async fn group_commit(
-    db: Db,
-    wanted: Arc<tokio::sync::Notify>,
-    gap: Duration,
-    memtable_every: Duration,
-    tasks: Tasks,
-) {
-    let mut last = Instant::now() - gap;
-    // When the memtable is due to be written out; `None` while no WAL was flushed since.
-    let mut memtable_due: Option<tokio::time::Instant> = None;
-    // Set while a memtable flush runs.
-    let flushing = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    loop {
-        let due = async {
-            match memtable_due {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            _ = wanted.notified() => {}
-            _ = due => {
-                // One memtable flush at a time; if one is still waiting (L0 backpressure), it
-                // will include what was written since.
-                if !flushing.swap(true, Ordering::AcqRel) {
-                    memtable_due = None;
-                    let (db, flushing) = (db.clone(), Arc::clone(&flushing));
-                    tasks.spawn("memtable flush", async move {
-                        let options = FlushOptions { flush_type: FlushType::MemTable };
-                        if let Err(e) = db.flush_with_options(options).await {
-                            tracing::debug!(error = %e, "memtable flush failed");
-                        }
-                        flushing.store(false, Ordering::Release);
-                    });
-                } else {
-                    memtable_due = Some(tokio::time::Instant::now() + memtable_every);
-                }
-                continue;
-            }
-        }
-        memtable_due.get_or_insert_with(|| tokio::time::Instant::now() + memtable_every);
-        let wait = gap.saturating_sub(last.elapsed());
-        if !wait.is_zero() {
-            tokio::time::sleep(wait).await;
-        }
-        last = Instant::now();
-        if let Err(e) = db.flush().await {
-            if matches!(e.kind(), SlateErrorKind::Closed(_)) {
-                return;
-            }
-            tracing::debug!(error = %e, "WAL flush failed");
-        }
+/// Reads see the memtable: everything in it is durable in the log (see "No WAL").
+fn read_options() -> ReadOptions {
+    ReadOptions {
+        durability_filter: DurabilityLevel::Memory,
+        ..ReadOptions::default()
     }
 }
 
-/// Scans read only durable data, keep their blocks cached and read ahead 64 KiB.
+/// Scans see the memtable too, keep their blocks cached and read ahead 64 KiB.
 fn scan_options() -> ScanOptions {
     ScanOptions {
-        durability_filter: DurabilityLevel::Remote,
+        durability_filter: DurabilityLevel::Memory,
         cache_blocks: true,
         read_ahead_bytes: 64 * 1024,
         ..ScanOptions::default()
@@ -523,20 +536,13 @@ async fn wait_closed(mut status: tokio::sync::watch::Receiver<DbStatus>) -> Clos
     }
 }
 
-fn level(durability: Durability) -> DurabilityLevel {
-    match durability {
-        Durability::Durable => DurabilityLevel::Remote,
-        Durability::Latest => DurabilityLevel::Memory,
-    }
-}
-
 /// Converts a row to an [`Entry`], or `None` if it has expired at `now_ms`.
 fn live(kv: slatedb::KeyValue, now_ms: i64) -> Option<Entry> {
     if kv.expire_ts.is_some_and(|t| t <= now_ms) {
         return None;
     }
     Some(Entry {
-        key: kv.key,
+        key: kv.key.slice(1..),
         value: kv.value,
         version: kv.seq,
         expires_at_ms: kv.expire_ts,

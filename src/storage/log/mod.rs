@@ -109,6 +109,27 @@ pub fn read_from<'a>(
     })
 }
 
+/// Every object of `log` from `from` on, in order, up to the first missing number or a fence
+/// (not included): [`read_from`], collected, with up to `READ_AHEAD` GETs in flight.
+pub async fn read_all(store: &ClusterStore, log: &str, from: u64) -> Result<Vec<Segment>> {
+    const READ_AHEAD: u64 = 16;
+    let mut out = Vec::new();
+    let mut next = from.max(1);
+    loop {
+        let window = futures::future::try_join_all(
+            (next..next + READ_AHEAD).map(|seq| get(store, log, seq)),
+        )
+        .await?;
+        for found in window {
+            match found {
+                Some(segment @ Segment::Records { .. }) => out.push(segment),
+                Some(Segment::Fence { .. }) | None => return Ok(out),
+            }
+        }
+        next += READ_AHEAD;
+    }
+}
+
 /// The highest object number of `log` at or after `from`, if any (one LIST).
 async fn last_seq(store: &ClusterStore, log: &str, from: u64) -> Result<Option<u64>> {
     let dir = log_dir(store, log);
@@ -162,7 +183,7 @@ pub async fn seal(store: &ClusterStore, log: &str, from: u64) -> Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::format::{encode_records, Op, Record};
-    use super::writer::{LogError, LogWriter, WriterConfig};
+    use super::writer::{Apply, LogError, LogWriter, WriterConfig};
     use super::*;
     use crate::config::ObjectStoreConfig;
     use crate::shard::ShardId;
@@ -176,6 +197,19 @@ mod tests {
             ..ObjectStoreConfig::default()
         })
         .unwrap()
+    }
+
+    struct Nop;
+
+    #[async_trait::async_trait]
+    impl Apply for Nop {
+        async fn apply(&self, _: &[Record]) -> std::result::Result<(), String> {
+            Ok(())
+        }
+    }
+
+    fn nop() -> Arc<dyn Apply> {
+        Arc::new(Nop)
     }
 
     fn group(n: u64) -> Vec<Record> {
@@ -219,7 +253,8 @@ mod tests {
             WriterConfig::default(),
             &tasks,
         );
-        let acks = futures::future::join_all((0..200).map(|n| writer.append(group(n)))).await;
+        let acks =
+            futures::future::join_all((0..200).map(|n| writer.append(group(n), nop()))).await;
         let acked: Vec<(u64, u64)> = acks
             .into_iter()
             .enumerate()
@@ -247,7 +282,7 @@ mod tests {
             ..WriterConfig::default()
         };
         let writer = LogWriter::start(store.clone(), "a".into(), 1, config, &tasks);
-        futures::future::join_all((0..50).map(|n| writer.append(group(n)))).await;
+        futures::future::join_all((0..50).map(|n| writer.append(group(n), nop()))).await;
         for segment in read_all(&store, "a").await {
             let Segment::Records { groups, .. } = segment else {
                 panic!("no fence expected");
@@ -273,7 +308,7 @@ mod tests {
                 // Appends until the seal stops them.
                 let mut outcomes = Vec::new();
                 for n in 0.. {
-                    let outcome = writer.append(group(n)).await;
+                    let outcome = writer.append(group(n), nop()).await;
                     let sealed = outcome.is_err();
                     outcomes.push((n, outcome));
                     if sealed {
@@ -301,7 +336,10 @@ mod tests {
                 }
             }
         }
-        assert_eq!(writer.append(group(999)).await, Err(LogError::Sealed));
+        assert_eq!(
+            writer.append(group(999), nop()).await,
+            Err(LogError::Sealed)
+        );
         assert_eq!(
             seal(&store, "a", 1).await.unwrap(),
             fence,
@@ -321,7 +359,7 @@ mod tests {
             WriterConfig::default(),
             &tasks,
         );
-        assert_eq!(writer.append(group(1)).await, Err(LogError::Sealed));
+        assert_eq!(writer.append(group(1), nop()).await, Err(LogError::Sealed));
         tasks.shutdown().await;
     }
 
@@ -340,8 +378,8 @@ mod tests {
             WriterConfig::default(),
             &tasks,
         );
-        assert_eq!(writer.append(group(1)).await, Ok(1));
-        assert_eq!(writer.append(group(2)).await, Ok(2));
+        assert_eq!(writer.append(group(1), nop()).await, Ok(1));
+        assert_eq!(writer.append(group(2), nop()).await, Ok(2));
         assert_eq!(versions(&read_all(&store, "a").await), vec![(1, 1), (2, 2)]);
         tasks.shutdown().await;
     }

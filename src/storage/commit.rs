@@ -1,0 +1,205 @@
+//! The commit path of a process: its one log, shared by every shard it owns, and the three
+//! things done with it: committing a write, recovering a shard it takes over, and
+//! checkpointing a shard. Design and safety argument: `docs/architecture.md`, "The commit log".
+//!
+//! Invariants (each argued where it is kept):
+//! - a write is acknowledged only once its log object exists and its shard's memtable has it;
+//! - versions of a shard are assigned in log order ([`ShardStore::order`]), so applying in log
+//!   order (the flusher, a replay) writes increasing sequence numbers;
+//! - a shard is served only after [`CommitLog::recover`]: the previous owner's log is sealed
+//!   (it can make nothing more durable), its records are replayed, and a checkpoint names
+//!   this process's log, so a crash from then on is recovered from this log alone;
+//! - a checkpoint's `through_seq` never passes a record of its shard that is not in the
+//!   database.
+
+use std::sync::{Arc, RwLock};
+
+use bytes::Bytes;
+
+use crate::error::{Error, Result};
+use crate::shard::ShardId;
+use crate::storage::log::checkpoint::{self, Marker, Takeover};
+use crate::storage::log::format::{Op, Record};
+use crate::storage::log::writer::{Apply, LogError, LogWriter, WriterConfig};
+use crate::storage::log::{self, new_log_id};
+use crate::storage::objstore::ClusterStore;
+use crate::storage::store::{now_ms, ShardStore};
+use crate::tasks::Tasks;
+
+/// A process's commit log.
+pub struct CommitLog {
+    store: ClusterStore,
+    member: String,
+    config: WriterConfig,
+    tasks: Tasks,
+    /// The log being written. Replaced by a new log once sealed ([`CommitLog::renew`]).
+    writer: RwLock<Arc<LogWriter>>,
+}
+
+impl CommitLog {
+    /// Starts a new log for the process `member`.
+    pub fn start(store: ClusterStore, member: &str, config: WriterConfig) -> Arc<Self> {
+        let tasks = Tasks::new();
+        let writer = LogWriter::start(store.clone(), new_log_id(member), 1, config.clone(), &tasks);
+        tracing::info!(log = writer.log(), "writing a new commit log");
+        Arc::new(CommitLog {
+            store,
+            member: member.to_string(),
+            config,
+            tasks,
+            writer: RwLock::new(writer),
+        })
+    }
+
+    /// The object store the log (and the shards) live in.
+    pub fn store(&self) -> &ClusterStore {
+        &self.store
+    }
+
+    /// The log being written now.
+    pub fn writer(&self) -> Arc<LogWriter> {
+        Arc::clone(&self.writer.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Replaces `sealed`, if it is still the current log, by a new log, and returns the
+    /// current one. Every shard served must then be recovered again (its checkpoint names
+    /// the sealed log, whose records it may be missing).
+    pub fn renew(&self, sealed: &Arc<LogWriter>) -> Arc<LogWriter> {
+        let mut current = self.writer.write().unwrap_or_else(|e| e.into_inner());
+        if Arc::ptr_eq(&current, sealed) {
+            *current = LogWriter::start(
+                self.store.clone(),
+                new_log_id(&self.member),
+                1,
+                self.config.clone(),
+                &self.tasks,
+            );
+            tracing::warn!(
+                sealed = sealed.log(),
+                log = current.log(),
+                "commit log sealed by another owner; writing a new one"
+            );
+        }
+        Arc::clone(&current)
+    }
+
+    /// Commits one atomic write of `ops` to the shard of `store`, owned under `epoch`:
+    /// resolves with the version once the write is durable and applied.
+    pub async fn commit(
+        self: Arc<Self>,
+        store: Arc<ShardStore>,
+        epoch: i64,
+        ops: Vec<(Bytes, Op)>,
+    ) -> Result<u64> {
+        let shard = store.shard();
+        let written_at_ms = now_ms();
+        let (version, pending) = {
+            // ORDERING: the version is assigned and the record queued under one lock, so a
+            // shard's versions increase in log order.
+            let _order = store.order.lock().await;
+            let version = store.next_version();
+            let group = ops
+                .into_iter()
+                .map(|(key, op)| Record {
+                    shard,
+                    epoch,
+                    version,
+                    written_at_ms,
+                    key,
+                    op,
+                })
+                .collect();
+            let target: Arc<dyn Apply> = Arc::clone(&store) as Arc<dyn Apply>;
+            (version, self.writer().submit(group, target))
+        };
+        pending.await.map_err(|e| unavailable(shard, e))?;
+        Ok(version)
+    }
+
+    /// Makes a freshly opened `store` (its previous writer fenced by the open) whole before it
+    /// is served under claim `epoch`: seals the log its checkpoint names unless the hand-over
+    /// was clean or the log is this process's, replays the shard's records after the
+    /// checkpoint, and checkpoints into this process's log.
+    pub async fn recover(&self, store: &Arc<ShardStore>, epoch: i64) -> Result<()> {
+        let shard = store.shard();
+        if let Some(marker) = store.marker().await? {
+            store.raise_version(marker.max_version);
+            if let Takeover::Replay { log, from_seq } = marker.takeover() {
+                let writer = self.writer();
+                if log == writer.log() {
+                    // Our own log (a reopen after a failure): no seal. Every record submitted
+                    // before now is settled, and none for this shard is submitted meanwhile
+                    // (it is not served), so reading up to the end reads all of them.
+                    writer.sync().await;
+                } else {
+                    // SAFETY: after the seal no object can be created in `log` past the
+                    // fence, so the records read below are all its writer ever made durable.
+                    log::seal(&self.store, &log, from_seq).await?;
+                }
+                let segments = log::read_all(&self.store, &log, from_seq).await?;
+                let (groups, max_version) = checkpoint::replay(&marker, shard, &segments);
+                store.raise_version(max_version);
+                let replayed = groups.len();
+                for group in groups {
+                    store.apply(&group).await?;
+                }
+                tracing::info!(%shard, log, from_seq, objects = segments.len(), writes = replayed, "replayed the previous owner's log");
+            }
+        }
+        self.checkpoint(store, epoch, false).await
+    }
+
+    /// Checkpoints `store` (owned under `epoch`): writes a marker covering every record of
+    /// the shard in the current log, flushes the memtable, then publishes the marker for GC.
+    /// `clean`: a planned hand-over, after which the shard takes no more writes here.
+    pub async fn checkpoint(&self, store: &Arc<ShardStore>, epoch: i64, clean: bool) -> Result<()> {
+        let shard = store.shard();
+        let marker = {
+            // ORDERING: no record of the shard is queued while the lock is held, and `sync`
+            // waits until every queued one is settled, so every record of the shard up to
+            // `through_seq` is applied (a record that failed to apply has stopped the database,
+            // and the marker write below fails with it).
+            let _order = store.order.lock().await;
+            let writer = self.writer();
+            let through_seq = writer.sync().await;
+            let version = store.next_version();
+            let marker = Marker {
+                log: writer.log().to_string(),
+                through_seq,
+                epoch,
+                max_version: version,
+                clean,
+            };
+            store.write_marker(&marker, version).await?;
+            marker
+        };
+        store.flush_memtable().await?;
+        // The marker is durable now; the published copy may lag it, never lead it.
+        checkpoint::publish(&self.store, shard, &marker).await
+    }
+
+    /// Resolves once the current log is sealed by another process.
+    pub async fn sealed(&self) -> Arc<LogWriter> {
+        let writer = self.writer();
+        writer.sealed().await;
+        writer
+    }
+
+    /// Stops the flusher (after every shard has checkpointed or closed).
+    pub async fn shutdown(&self) {
+        self.tasks.shutdown().await;
+    }
+}
+
+fn unavailable(shard: ShardId, e: LogError) -> Error {
+    let reason = match e {
+        LogError::Sealed => {
+            "another gateway took the shard over; the write was not made durable".to_string()
+        }
+        LogError::Unavailable(e) => {
+            format!("the commit log's object store is unavailable; the write may still become durable: {e}")
+        }
+        LogError::NotApplied(e) => format!("the write is durable but the shard stopped: {e}"),
+    };
+    Error::ShardUnavailable { shard, reason }
+}
