@@ -244,6 +244,8 @@ struct Recorded {
 
 impl Default for Recorded {
     fn default() -> Self {
+        // Operation times are nanoseconds from here; the wall clock lines them up with logs.
+        eprintln!("history origin: {:?}", std::time::SystemTime::now());
         Recorded {
             origin: Instant::now(),
             histories: Arc::default(),

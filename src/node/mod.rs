@@ -271,7 +271,6 @@ impl Node {
             .await?;
         node.reap_followers();
         node.track_unowned();
-        node.shards.renew_sealed_logs();
         tracing::info!(
             shards = node.owned_shards().len(),
             elapsed_ms = started.elapsed().as_millis() as u64,

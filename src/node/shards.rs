@@ -10,8 +10,8 @@
 //! the slot is told ([`Event::Stopped`]) and either gives the shard up (fenced) or reopens it,
 //! so shards recover after an outage without waiting for a request to notice. It also
 //! checkpoints the shard every `storage.memtable_flush_interval` while it is written, which
-//! bounds what a crash leaves to replay. When another process seals this process's log, every
-//! served shard is reopened, which recovers it into a new log.
+//! bounds what a crash leaves to replay. When another process seals the log a store is bound
+//! to, the store stops taking writes and is reopened, which recovers it into a new log.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -22,7 +22,7 @@ use crate::cluster::session::{Claim, Session, ShardHost};
 use crate::config::NodeConfig;
 use crate::error::Result;
 use crate::node::lifecycle::{Action, Event};
-use crate::node::slot::{ShardSlot, SlotState};
+use crate::node::slot::ShardSlot;
 use crate::node::NodeStats;
 use crate::reads::cache::HotCache;
 use crate::shard::ShardId;
@@ -118,33 +118,6 @@ impl Shards {
         checkpointed.and(closed)
     }
 
-    /// Reopens every served shard once another process seals this process's log (an
-    /// operator took a shard over by hand, or a takeover after a lost lease raced a rejoin):
-    /// the shards may be missing records the sealed log never made durable, so each is
-    /// recovered into a new log before it is served again.
-    pub(crate) fn renew_sealed_logs(self: &Arc<Self>) {
-        let shards = Arc::clone(self);
-        self.tasks.spawn("renew sealed log", async move {
-            loop {
-                let sealed = shards.commit.sealed().await;
-                shards.commit.renew(&sealed);
-                for slot in &shards.slots {
-                    if let SlotState::Open { store, .. } = slot.state() {
-                        shards
-                            .apply(
-                                slot,
-                                Event::Stopped {
-                                    store,
-                                    fenced: false,
-                                },
-                            )
-                            .await;
-                    }
-                }
-            }
-        });
-    }
-
     /// Applies `event` to `slot` and carries out what follows.
     async fn apply(self: &Arc<Self>, slot: &Arc<ShardSlot>, event: Event<ShardStore>) {
         let actions = slot.apply(event, self.session.places());
@@ -195,6 +168,8 @@ impl Shards {
                 loop {
                     tokio::select! {
                         closed = store.wait_closed() => return closed,
+                        // Its log was sealed: it takes no more writes; reopen it into a new one.
+                        _ = sealed(&store) => return Closed::Other,
                         _ = tokio::time::sleep(every) => {}
                     }
                     let Some(epoch) = slot.open_epoch().filter(|_| slot.serves(&store)) else {
@@ -292,6 +267,14 @@ impl Shards {
             .into_iter()
             .flatten()
             .collect()
+    }
+}
+
+/// Resolves once the log `store` is bound to is sealed.
+async fn sealed(store: &ShardStore) {
+    match store.log() {
+        Some(log) => log.sealed().await,
+        None => std::future::pending().await,
     }
 }
 

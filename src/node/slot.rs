@@ -86,11 +86,6 @@ impl ShardSlot {
         actions
     }
 
-    /// The slot's state now.
-    pub(crate) fn state(&self) -> SlotState {
-        self.state.borrow().clone()
-    }
-
     /// The epoch of the claim this slot serves, if it is open.
     pub(crate) fn open_epoch(&self) -> Option<i64> {
         match &*self.state.borrow() {

@@ -23,7 +23,6 @@ use crate::node::slot::ShardSlot;
 use crate::node::{Node, Precondition, WriteKind, WriteOp};
 use crate::reads::cache::Cached;
 use crate::shard::ShardId;
-use crate::storage::commit::CommitLog;
 use crate::storage::log::format::Op;
 use crate::storage::store::{now_ms, Entry, ShardStore};
 use crate::tasks::Tasks;
@@ -123,7 +122,6 @@ impl Node {
             "finish write",
             finish_write(
                 commit,
-                Arc::clone(&self.commit),
                 held,
                 Arc::clone(store),
                 touched,
@@ -271,7 +269,6 @@ impl Drop for PendingMark {
 /// its version.
 async fn finish_write(
     commit: impl Future<Output = Result<u64>>,
-    log: Arc<CommitLog>,
     held: Held,
     store: Arc<ShardStore>,
     touched: Vec<(Bytes, Option<Entry>)>,
@@ -286,9 +283,12 @@ async fn finish_write(
             // the stripes off the cache for as long as this store is served, and locked until
             // the log has settled the write (the writer retries it): a later write of these
             // keys must not decide its precondition without it.
+            let log = store.log().cloned();
             tasks.spawn("hold cache mark", held.mark.hold_while_serving(store));
             tasks.spawn("hold stripes", async move {
-                log.writer().sync().await;
+                if let Some(log) = log {
+                    log.sync().await;
+                }
                 drop(held.guards);
             });
             return Err(e);

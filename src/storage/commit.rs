@@ -56,15 +56,20 @@ impl CommitLog {
         &self.store
     }
 
-    /// The log being written now.
+    /// The log being written now: a new one if the last was sealed.
     pub fn writer(&self) -> Arc<LogWriter> {
-        Arc::clone(&self.writer.read().unwrap_or_else(|e| e.into_inner()))
+        let current = Arc::clone(&self.writer.read().unwrap_or_else(|e| e.into_inner()));
+        if current.is_sealed() {
+            self.renew(&current)
+        } else {
+            current
+        }
     }
 
     /// Replaces `sealed`, if it is still the current log, by a new log, and returns the
-    /// current one. Every shard served must then be recovered again (its checkpoint names
-    /// the sealed log, whose records it may be missing).
-    pub fn renew(&self, sealed: &Arc<LogWriter>) -> Arc<LogWriter> {
+    /// current one. Stores bound to the sealed log stop taking writes; their supervisors
+    /// reopen them, which recovers them into the new log.
+    fn renew(&self, sealed: &Arc<LogWriter>) -> Arc<LogWriter> {
         let mut current = self.writer.write().unwrap_or_else(|e| e.into_inner());
         if Arc::ptr_eq(&current, sealed) {
             *current = LogWriter::start(
@@ -93,6 +98,7 @@ impl CommitLog {
     ) -> Result<u64> {
         let shard = store.shard();
         let written_at_ms = now_ms();
+        let writer = Arc::clone(bound(&store)?);
         let (version, pending) = {
             // ORDERING: the version is assigned and the record queued under one lock, so a
             // shard's versions increase in log order.
@@ -110,7 +116,7 @@ impl CommitLog {
                 })
                 .collect();
             let target: Arc<dyn Apply> = Arc::clone(&store) as Arc<dyn Apply>;
-            (version, self.writer().submit(group, target))
+            (version, writer.submit(group, target))
         };
         pending.await.map_err(|e| unavailable(shard, e))?;
         Ok(version)
@@ -122,10 +128,21 @@ impl CommitLog {
     /// checkpoint, and checkpoints into this process's log.
     pub async fn recover(&self, store: &Arc<ShardStore>, epoch: i64) -> Result<()> {
         let shard = store.shard();
-        if let Some(marker) = store.marker().await? {
+        // SAFETY: the store takes writes only into the log its checkpoint below names (see
+        // `ShardStore::bind`); if that log is sealed meanwhile, its writes fail and its
+        // supervisor reopens it into a new one.
+        let writer = Arc::clone(store.bind(self.writer()));
+        // The newer of the marker in the database and the published copy: the copy leads
+        // when the last checkpoint needed no flush (see `checkpoint`).
+        let (in_db, published) =
+            tokio::try_join!(store.marker(), checkpoint::published(&self.store, shard))?;
+        let marker = [in_db, published]
+            .into_iter()
+            .flatten()
+            .max_by_key(Marker::order);
+        if let Some(marker) = marker {
             store.raise_version(marker.max_version);
             if let Takeover::Replay { log, from_seq } = marker.takeover() {
-                let writer = self.writer();
                 if log == writer.log() {
                     // Our own log (a reopen after a failure): no seal. Every record submitted
                     // before now is settled, and none for this shard is submitted meanwhile
@@ -149,18 +166,23 @@ impl CommitLog {
         self.checkpoint(store, epoch, false).await
     }
 
-    /// Checkpoints `store` (owned under `epoch`): writes a marker covering every record of
-    /// the shard in the current log, flushes the memtable, then publishes the marker for GC.
-    /// `clean`: a planned hand-over, after which the shard takes no more writes here.
+    /// Checkpoints `store` (owned under `epoch`): a marker covering every record of the shard
+    /// in the current log, made durable, then published for GC. `clean`: a planned hand-over,
+    /// after which the shard takes no more writes here.
+    ///
+    /// If the memtable holds nothing the SSTs lack (nothing written since the last flush: an
+    /// idle shard changing hands), the published copy alone is the checkpoint: no SST, no
+    /// manifest write. Otherwise the marker goes into the database and the memtable is
+    /// flushed first, so the copy never claims more than the database holds.
     pub async fn checkpoint(&self, store: &Arc<ShardStore>, epoch: i64, clean: bool) -> Result<()> {
         let shard = store.shard();
-        let marker = {
+        let (marker, flush) = {
             // ORDERING: no record of the shard is queued while the lock is held, and `sync`
             // waits until every queued one is settled, so every record of the shard up to
             // `through_seq` is applied (a record that failed to apply has stopped the database,
             // and the marker write below fails with it).
             let _order = store.order.lock().await;
-            let writer = self.writer();
+            let writer = bound(store)?;
             let through_seq = writer.sync().await;
             let version = store.next_version();
             let marker = Marker {
@@ -170,25 +192,32 @@ impl CommitLog {
                 max_version: version,
                 clean,
             };
-            store.write_marker(&marker, version).await?;
-            marker
+            let flush = store.applied_version() > store.flushed_version();
+            if flush {
+                store.write_marker(&marker, version).await?;
+            }
+            (marker, flush)
         };
-        store.flush_memtable().await?;
-        // The marker is durable now; the published copy may lag it, never lead it.
+        if flush {
+            store.flush_memtable().await?;
+        }
         checkpoint::publish(&self.store, shard, &marker).await
-    }
-
-    /// Resolves once the current log is sealed by another process.
-    pub async fn sealed(&self) -> Arc<LogWriter> {
-        let writer = self.writer();
-        writer.sealed().await;
-        writer
     }
 
     /// Stops the flusher (after every shard has checkpointed or closed).
     pub async fn shutdown(&self) {
         self.tasks.shutdown().await;
     }
+}
+
+/// The log `store` is bound to.
+fn bound(store: &ShardStore) -> Result<&Arc<LogWriter>> {
+    store.log().ok_or_else(|| {
+        Error::Internal(format!(
+            "shard {}: written before it was recovered",
+            store.shard()
+        ))
+    })
 }
 
 fn unavailable(shard: ShardId, e: LogError) -> Error {

@@ -64,7 +64,7 @@ use crate::error::{Error, Result};
 use crate::shard::ShardId;
 use crate::storage::log::checkpoint::Marker;
 use crate::storage::log::format::{Op, Record};
-use crate::storage::log::writer::Apply;
+use crate::storage::log::writer::{Apply, LogWriter};
 use crate::storage::objstore::ClusterStore;
 
 /// A live (present, unexpired) value.
@@ -120,6 +120,9 @@ pub struct ShardStore {
     /// The highest version applied to the memtable (from the SSTs' flushed sequence number at
     /// open: records at or below it are in them already).
     applied: AtomicU64,
+    /// The log this store's writes go to: the one its recovery checkpoint names. Never
+    /// another: a write in a log no checkpoint of the shard names would be lost by a replay.
+    log: std::sync::OnceLock<Arc<LogWriter>>,
 }
 
 /// Source of [`ShardStore::incarnation`] and [`ShardReader::incarnation`].
@@ -208,6 +211,7 @@ impl ShardStore {
             version: AtomicU64::new(flushed),
             order: tokio::sync::Mutex::new(()),
             applied: AtomicU64::new(flushed),
+            log: std::sync::OnceLock::new(),
         })
     }
 
@@ -219,6 +223,16 @@ impl ShardStore {
     /// The shard.
     pub fn shard(&self) -> ShardId {
         self.shard
+    }
+
+    /// Binds the store to `log` (once; later calls keep the first) and returns the bound log.
+    pub(crate) fn bind(&self, log: Arc<LogWriter>) -> &Arc<LogWriter> {
+        self.log.get_or_init(|| log)
+    }
+
+    /// The log the store is bound to, if any yet.
+    pub(crate) fn log(&self) -> Option<&Arc<LogWriter>> {
+        self.log.get()
     }
 
     /// Hands out the next version. Call with [`order`](Self::order) held, and submit the
@@ -286,6 +300,11 @@ impl ShardStore {
         self.applied.fetch_max(version, Ordering::AcqRel);
         self.raise_version(version);
         Ok(())
+    }
+
+    /// The highest version in the SSTs: every write at or below it is flushed.
+    pub fn flushed_version(&self) -> u64 {
+        self.db.status().durable_seq
     }
 
     /// The checkpoint marker in the database, if any.
@@ -571,5 +590,60 @@ fn map_error(shard: ShardId, e: slatedb::Error) -> Error {
         // Transactions are not used; every input is validated before it reaches SlateDB, so
         // `Invalid` is a bug here too. `ErrorKind` is non-exhaustive: new kinds are internal.
         _ => Error::Internal(format!("shard {shard}: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ObjectStoreConfig;
+
+    fn put(key: &str, version: u64) -> Vec<Record> {
+        vec![Record {
+            shard: ShardId(0),
+            epoch: 1,
+            version,
+            written_at_ms: 0,
+            key: Bytes::from(key.to_string()),
+            op: Op::Put {
+                value: Bytes::from(format!("v{version}")),
+                expires_at_ms: None,
+            },
+        }]
+    }
+
+    async fn open(store: &ClusterStore) -> ShardStore {
+        ShardStore::open(
+            ShardId(0),
+            store,
+            &StorageConfig::default(),
+            &ObjectStoreConfig::default(),
+            &BlockCache::new(1 << 20),
+            false,
+        )
+        .await
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn applied_writes_are_flushed_only_by_a_memtable_flush() {
+        let store = crate::storage::objstore::open(&ObjectStoreConfig {
+            url: "memory://".into(),
+            ..ObjectStoreConfig::default()
+        })
+        .unwrap();
+        let db = open(&store).await;
+        db.apply(&put("a", 5)).await.unwrap();
+        assert_eq!(db.get(b"a").await.unwrap().unwrap().version, 5);
+        assert_eq!(db.applied_version(), 5);
+        assert!(db.flushed_version() < 5, "applied is not flushed");
+        db.flush_memtable().await.unwrap();
+        assert_eq!(db.flushed_version(), 5);
+        db.apply(&put("b", 7)).await.unwrap();
+        db.close().await.unwrap();
+        let db = open(&store).await;
+        assert_eq!(db.get(b"a").await.unwrap().unwrap().version, 5);
+        assert!(db.get(b"b").await.unwrap().is_none(), "not flushed: gone");
+        assert_eq!(db.applied_version(), 5);
     }
 }

@@ -107,7 +107,11 @@ impl Cluster {
         let mut c = Cluster {
             etcd: EtcdServer::start(),
             s3: S3Server::start(),
-            dir: tempfile::tempdir().unwrap(),
+            // TESSERA_KEEP_TEST_DIRS=1 keeps the directory (gateway logs) for a post-mortem.
+            dir: tempfile::Builder::new()
+                .disable_cleanup(std::env::var_os("TESSERA_KEEP_TEST_DIRS").is_some())
+                .tempdir()
+                .unwrap(),
             gateways: Vec::new(),
             name: "test".into(),
             extra: opts.extra,
@@ -251,10 +255,19 @@ impl Cluster {
                     return owners;
                 }
             }
-            assert!(
-                Instant::now() < deadline,
-                "cluster did not stabilise: {views:#?}"
-            );
+            if Instant::now() >= deadline {
+                let logs: Vec<String> = self
+                    .gateways
+                    .iter()
+                    .flatten()
+                    .map(|g| g.process.log_tail())
+                    .collect();
+                panic!(
+                    "cluster did not stabilise: {}\ngateway logs:\n{}",
+                    serde_json::to_string(&views).unwrap(),
+                    logs.join("\n---\n")
+                );
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }

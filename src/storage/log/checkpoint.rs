@@ -1,14 +1,18 @@
 //! Checkpoints: what a shard's database already holds of the logs, and the two decisions made
 //! from it, which records a new owner replays and which log objects GC may delete.
 //!
-//! A [`Marker`] is written in the last batch of a memtable flush of the shard (so it is
-//! durable exactly when the records before it are) and says: every record of this shard in
-//! `log` up to `through_seq` is in the database. It is also published after the flush as
-//! `checkpoints/{s}.json` ([`publish`]), which may lag the marker but never leads it: GC reads
-//! the published copy ([`published`]), a new owner the marker itself.
+//! A [`Marker`] says: every record of this shard in `log` up to `through_seq` is in the
+//! database. It is written in the last batch of a memtable flush of the shard (so it is
+//! durable exactly when the records before it are), then published as `checkpoints/{s}.json`
+//! ([`publish`]). When the database already holds everything (nothing written since its last
+//! flush), the published copy alone is the checkpoint (`storage/commit.rs`). So the copy may
+//! lag the marker in the database (a crash between flush and publish) or lead it (a
+//! checkpoint that needed no flush), never claim more than the database holds; a new owner
+//! takes the newer of the two ([`Marker::order`]), GC the published copy ([`published`]).
 
+use bytes::Bytes;
 use object_store::path::Path;
-use object_store::{ObjectStoreExt, PutPayload};
+use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion};
 use serde::{Deserialize, Serialize};
 
 use super::format::{Record, Segment};
@@ -36,27 +40,83 @@ fn published_path(store: &ClusterStore, shard: ShardId) -> Path {
     store.path(&format!("checkpoints/{shard}.json"))
 }
 
-/// Publishes `marker` as `shard`'s checkpoint, for GC. Call only once the marker is durable
-/// in the shard's database (after the memtable flush that holds it).
+/// Publishes `marker` as `shard`'s checkpoint, unless a newer one is published already.
+/// Call only once what the marker claims is durable in the shard's database.
+///
+/// SAFETY: the published checkpoint only moves forward ([`Marker::order`]). A replaced
+/// owner that publishes late therefore never hides its successor's checkpoint, which GC
+/// would otherwise take as permission to delete the successor's log objects (the "another
+/// log" rule of [`collectable`]), and a new owner would take as where to replay from. Enforced with a conditional write (`If-Match` on the copy it
+/// read, `If-None-Match: *` when none); a store without conditional updates (the local
+/// filesystem, one process) overwrites.
 pub async fn publish(store: &ClusterStore, shard: ShardId, marker: &Marker) -> Result<()> {
-    let json = serde_json::to_vec(marker).map_err(|e| Error::Internal(e.to_string()))?;
-    store
-        .store
-        .put(&published_path(store, shard), PutPayload::from(json))
-        .await?;
-    Ok(())
+    let path = published_path(store, shard);
+    let json = Bytes::from(serde_json::to_vec(marker).map_err(|e| Error::Internal(e.to_string()))?);
+    loop {
+        let (current, version) = match store.store.get(&path).await {
+            Ok(got) => {
+                let version = UpdateVersion {
+                    e_tag: got.meta.e_tag.clone(),
+                    version: got.meta.version.clone(),
+                };
+                (Some(parse(shard, &got.bytes().await?)?), Some(version))
+            }
+            Err(object_store::Error::NotFound { .. }) => (None, None),
+            Err(e) => return Err(e.into()),
+        };
+        if current.is_some_and(|c| c.order() >= marker.order()) {
+            return Ok(());
+        }
+        let mode = match version {
+            Some(v) => PutMode::Update(v),
+            None => PutMode::Create,
+        };
+        let opts = PutOptions {
+            mode,
+            ..PutOptions::default()
+        };
+        match store
+            .store
+            .put_opts(&path, PutPayload::from(json.clone()), opts)
+            .await
+        {
+            Ok(_) => return Ok(()),
+            // Someone published meanwhile: look again.
+            Err(
+                object_store::Error::Precondition { .. }
+                | object_store::Error::AlreadyExists { .. },
+            ) => continue,
+            Err(object_store::Error::NotImplemented { .. }) => {
+                store.store.put(&path, PutPayload::from(json)).await?;
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// `shard`'s published checkpoint, if any.
 pub async fn published(store: &ClusterStore, shard: ShardId) -> Result<Option<Marker>> {
-    let bytes = match store.store.get(&published_path(store, shard)).await {
-        Ok(got) => got.bytes().await?,
-        Err(object_store::Error::NotFound { .. }) => return Ok(None),
-        Err(e) => return Err(e.into()),
-    };
-    serde_json::from_slice(&bytes)
-        .map(Some)
+    match store.store.get(&published_path(store, shard)).await {
+        Ok(got) => parse(shard, &got.bytes().await?).map(Some),
+        Err(object_store::Error::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn parse(shard: ShardId, bytes: &[u8]) -> Result<Marker> {
+    serde_json::from_slice(bytes)
         .map_err(|e| Error::Internal(format!("checkpoint of shard {shard}: {e}")))
+}
+
+impl Marker {
+    /// Orders checkpoints of one shard, newest last: by claim epoch (each new owner's claim
+    /// is created after the last one's, so its etcd revision is larger), then by version
+    /// (each checkpoint takes a new one). A replaced owner's late checkpoint therefore never
+    /// sorts after its successor's, whatever versions it handed out meanwhile.
+    pub fn order(&self) -> (i64, u64) {
+        (self.epoch, self.max_version)
+    }
 }
 
 /// What a new owner of a shard must do with the previous owner's log.
