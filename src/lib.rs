@@ -32,6 +32,7 @@
 //! - [`shard`]: the stable key → shard function (XXH3, Redis-style hash tags).
 //! - [`tasks`]: background tasks, each named and cancelled on shutdown.
 //! - [`process`]: logging set-up and the shutdown signal, shared by the binaries.
+//! - `metrics` (feature `metrics`): the `process_*` and build metrics every binary exports.
 //!
 //! ## Guarantees
 //! - A write is acknowledged only after it is durable in the object store; a crash loses only
@@ -46,6 +47,8 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod error;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 pub mod node;
 pub mod process;
 pub mod reads;

@@ -322,6 +322,42 @@ async fn daemon_stops_promptly_with_the_object_store_down() {
     assert!(took < Duration::from_secs(8), "c0 took {took:?} to stop");
 }
 
+/// A daemon exports, besides its own `tessera_compactor_*` metrics, the standard `process_*`
+/// metrics and `tessera_build_info` with the version `--version` prints, as gateways do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_exports_process_and_build_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Cluster::start_with(1, gateway_args(dir.path(), 64, "")).await;
+    let p = c.start_compactor("c0", &compactor_config(4));
+    let text = p.metrics().await;
+    // A fresh daemon may not have used a whole 10 ms CPU tick yet: the counter may read 0.
+    assert!(
+        samples(&text, "process_cpu_seconds_total").contains_key(""),
+        "{text}"
+    );
+    for name in [
+        "process_resident_memory_bytes",
+        "process_start_time_seconds",
+    ] {
+        assert!(
+            samples(&text, name).get("").is_some_and(|v| *v > 0.0),
+            "{name} missing or 0:\n{text}"
+        );
+    }
+    let out = std::process::Command::new(common::compactor_bin())
+        .arg("--version")
+        .output()
+        .unwrap();
+    let version = String::from_utf8(out.stdout).unwrap();
+    let version = version.trim().rsplit(' ').next().unwrap().to_string();
+    let info = samples(&text, "tessera_build_info");
+    assert_eq!(
+        info,
+        BTreeMap::from([(format!("{{version=\"{version}\"}}"), 1.0)]),
+        "{text}"
+    );
+}
+
 /// A compactor that starts before any shard database exists (the gateway waits 6 s before its
 /// first rebalance) fails on every shard until the gateway creates them, and retries each with
 /// a doubling backoff, not on every pass: a tight claim-fail-release loop once flooded etcd with

@@ -1,6 +1,7 @@
 //! Security (docs/security.md), with real processes: bearer tokens and roles, reserved
-//! internal headers, TLS on the listener and to etcd, etcd auth, the cluster secret between
-//! HTTPS gateways, slow and flooding clients, and refusing to run open by mistake.
+//! internal headers, TLS on the listener and to etcd (refusing an etcd certificate the
+//! configured CA did not sign), etcd auth, the cluster secret between HTTPS gateways, slow and
+//! flooding clients, and refusing to run open by mistake.
 
 mod common;
 
@@ -104,6 +105,44 @@ impl Pki {
         std::fs::write(&k, key.serialize_pem()).unwrap();
         (c, k)
     }
+}
+
+/// etcd serving clients over TLS only, its certificate signed by `pki`, and requiring client
+/// certificates signed by `pki`.
+fn tls_etcd(pki: &Pki) -> EtcdServer {
+    let (cert, key) = pki.issue("etcd");
+    EtcdServer::start_with(
+        "https",
+        vec![
+            "--cert-file".into(),
+            path_str(&cert),
+            "--key-file".into(),
+            path_str(&key),
+            "--trusted-ca-file".into(),
+            path_str(&pki.ca()),
+            "--client-cert-auth".into(),
+        ],
+    )
+}
+
+/// A client of `tls_etcd(pki)` presenting the certificate and key `identity`.
+async fn tls_etcd_client(
+    etcd: &EtcdServer,
+    pki: &Pki,
+    identity: (&Path, &Path),
+) -> etcd_client::Client {
+    let tls = etcd_client::TlsOptions::new()
+        .ca_certificate(etcd_client::Certificate::from_pem(pki.ca_pem()))
+        .identity(etcd_client::Identity::from_pem(
+            std::fs::read(identity.0).unwrap(),
+            std::fs::read(identity.1).unwrap(),
+        ));
+    etcd_client::Client::connect(
+        [etcd.endpoint()],
+        Some(etcd_client::ConnectOptions::new().with_tls(tls)),
+    )
+    .await
+    .unwrap()
 }
 
 fn https_client(ca_pem: &[u8]) -> Client {
@@ -646,33 +685,10 @@ async fn https_cluster_with_cluster_secret_forwards_and_fails_over() {
 #[tokio::test]
 async fn etcd_with_tls_and_auth() {
     let pki = Pki::new();
-    let (server_cert, server_key) = pki.issue("etcd");
+    let etcd = tls_etcd(&pki);
     let (client_cert, client_key) = pki.issue("tessera");
-    let etcd = EtcdServer::start_with(
-        "https",
-        vec![
-            "--cert-file".into(),
-            path_str(&server_cert),
-            "--key-file".into(),
-            path_str(&server_key),
-            "--trusted-ca-file".into(),
-            path_str(&pki.ca()),
-            "--client-cert-auth".into(),
-        ],
-    );
     // Enable auth: root, and a user `tessera` with read-write on /tessera/ only.
-    let tls = etcd_client::TlsOptions::new()
-        .ca_certificate(etcd_client::Certificate::from_pem(pki.ca_pem()))
-        .identity(etcd_client::Identity::from_pem(
-            std::fs::read(&client_cert).unwrap(),
-            std::fs::read(&client_key).unwrap(),
-        ));
-    let mut admin = etcd_client::Client::connect(
-        [etcd.endpoint()],
-        Some(etcd_client::ConnectOptions::new().with_tls(tls)),
-    )
-    .await
-    .unwrap();
+    let mut admin = tls_etcd_client(&etcd, &pki, (&client_cert, &client_key)).await;
     admin.user_add("root", "root-password", None).await.unwrap();
     admin.user_grant_role("root", "root").await.unwrap();
     admin.role_add("tessera").await.unwrap();
@@ -760,6 +776,76 @@ async fn etcd_with_tls_and_auth() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("wrong-password-123"), "{stderr}");
+}
+
+/// etcd's server certificate signed by a CA other than the one given with --etcd-ca (client
+/// certificate and everything else right): the gateway refuses the connection. It never
+/// becomes ready, claims no shard, and exits non-zero once `cluster.join_timeout` has passed,
+/// saying that etcd's certificate failed verification.
+#[tokio::test]
+async fn etcd_certificate_from_another_ca_is_refused() {
+    let pki = Pki::new();
+    let etcd = tls_etcd(&pki);
+    let (client_cert, client_key) = pki.issue("tessera");
+    // Same subject name as etcd's CA, another key: only the signature check can tell them apart.
+    let other = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(&config, "[cluster]\njoin_timeout = \"1s\"\n").unwrap();
+    let mut gw = GatewayOpts::new(Store::Dir(dir.path().join("data")))
+        .arg("--config")
+        .arg(path_str(&config))
+        .arg("--cluster")
+        .arg("wrong-ca")
+        .arg("--etcd")
+        .arg(etcd.endpoint())
+        .arg("--etcd-ca")
+        .arg(path_str(&other.ca()))
+        .arg("--etcd-cert")
+        .arg(path_str(&client_cert))
+        .arg("--etcd-key")
+        .arg(path_str(&client_key))
+        .spawn(&dir.path().join("gw.log"), "127.0.0.1:0");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(line) = gw.printed_line(Duration::from_millis(100)) {
+            panic!(
+                "the gateway became ready on an etcd it should not trust: {line}\n{}",
+                gw.log_tail()
+            );
+        }
+        if let Some(status) = gw.exit_status() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still running 60s after start:\n{}",
+            gw.log_tail()
+        );
+    };
+    assert_eq!(status.code(), Some(1), "{}", gw.log_tail());
+    let log = gw.log_text();
+    let fatal = log
+        .lines()
+        .rfind(|l| l.starts_with("tessera-gateway: "))
+        .unwrap_or_else(|| panic!("no error line on stderr:\n{log}"));
+    assert!(fatal.contains("certificate"), "{fatal}");
+
+    // Nothing under the cluster's prefix: no member, no claimed shard.
+    let mut client = tls_etcd_client(&etcd, &pki, (&client_cert, &client_key)).await;
+    let keys = client
+        .get(
+            "/tessera/wrong-ca/",
+            Some(
+                etcd_client::GetOptions::new()
+                    .with_prefix()
+                    .with_keys_only(),
+            ),
+        )
+        .await
+        .unwrap();
+    let keys: Vec<_> = keys.kvs().iter().map(|kv| kv.key_str().unwrap()).collect();
+    assert!(keys.is_empty(), "{keys:?}");
 }
 
 /// A PUT whose body trickles in gets 408 within body_timeout while other clients are served

@@ -1,15 +1,22 @@
 //! The status page (`GET /ui`) in a real headless browser (Debian's `chromium`) against a
 //! running three-gateway cluster: the rendered DOM shows every member and every shard with its
-//! owner, and a screenshot is kept in `target/test-artifacts/ui.png`.
+//! owner; once a gateway is killed, the shards it owned are highlighted as unowned until the
+//! others take them. Screenshots are kept in `target/test-artifacts/` (`ui.png`,
+//! `ui-unowned.png`).
 
 mod common;
 
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::cluster::{Cluster, SHARDS};
 use common::tool;
+
+/// The gateways' quiet period after a membership change. Once a killed gateway's lease has
+/// expired, its shards have no owner for this long, which leaves the browser ample time (a
+/// page load takes about a second).
+const REBALANCE_DELAY: &str = "10s";
 
 /// Runs headless chromium on `url` with `args` (`--dump-dom`, `--screenshot=...`); returns
 /// stdout. The virtual-time budget lets the page's fetches and first refreshes finish first.
@@ -45,13 +52,49 @@ fn artifacts_dir() -> PathBuf {
     target.join("test-artifacts")
 }
 
+/// Saves a screenshot of `url` as `target/test-artifacts/{name}` and checks it is not empty.
+fn screenshot(url: &str, name: &str) {
+    let dir = artifacts_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    let shot = dir.join(name);
+    let _ = std::fs::remove_file(&shot);
+    chromium(url, &[&format!("--screenshot={}", shot.display())]);
+    let size = std::fs::metadata(&shot).map(|m| m.len()).unwrap_or(0);
+    assert!(
+        size > 10_000,
+        "screenshot {} has {size} bytes",
+        shot.display()
+    );
+}
+
+/// The shards without an owner in the `/v1/cluster` view of the gateway at `url`.
+async fn unowned_shards(url: &str) -> Vec<u32> {
+    let view = common::get_json(&common::client(), format!("{url}/v1/cluster")).await;
+    view["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["owner"].is_null())
+        .map(|s| s["shard"].as_u64().unwrap() as u32)
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_page_shows_every_member_and_shard_in_a_browser() {
-    let cluster = Cluster::start(3).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!("[cluster]\nrebalance_delay = \"{REBALANCE_DELAY}\"\n"),
+    )
+    .unwrap();
+    let config = config.to_str().unwrap().to_string();
+    let mut cluster = Cluster::start_with(3, vec!["--config".into(), config]).await;
     let owners = cluster
-        .await_stable(&[0, 1, 2], Duration::from_secs(60))
+        .await_stable(&[0, 1, 2], Duration::from_secs(90))
         .await;
-    let url = format!("{}/ui", cluster.gw(1).url);
+    let base = cluster.gw(1).url.clone();
+    let url = format!("{base}/ui");
 
     let dom = chromium(&url, &["--dump-dom"]);
     assert!(
@@ -77,16 +120,55 @@ async fn status_page_shows_every_member_and_shard_in_a_browser() {
         "a shard shows as unowned:\n{dom}"
     );
     assert!(dom.contains(r#"<b id="unowned-count">0</b>"#), "{dom}");
+    screenshot(&url, "ui.png");
 
-    let dir = artifacts_dir();
-    std::fs::create_dir_all(&dir).unwrap();
-    let shot = dir.join("ui.png");
-    let _ = std::fs::remove_file(&shot);
-    chromium(&url, &[&format!("--screenshot={}", shot.display())]);
-    let size = std::fs::metadata(&shot).map(|m| m.len()).unwrap_or(0);
+    // gw2 dies without handing its shards over (SIGKILL). Once its lease expires, its shards
+    // have no owner until the survivors' rebalance delay has passed.
+    let orphans: Vec<u32> = (0..SHARDS).filter(|s| owners[s] == "gw2").collect();
+    assert!(!orphans.is_empty(), "gw2 owns no shard: {owners:?}");
+    cluster.gateways[2] = None;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let unowned = unowned_shards(&base).await;
+        if unowned == orphans {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "gw1 does not see gw2's shards {orphans:?} unowned: {unowned:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let dom = chromium(&url, &["--dump-dom"]);
+    screenshot(&url, "ui-unowned.png");
+    // Both page loads fell within the window: the shards are still unowned now.
+    assert_eq!(
+        unowned_shards(&base).await,
+        orphans,
+        "the shards were taken over before the browser was done; lengthen REBALANCE_DELAY"
+    );
     assert!(
-        size > 10_000,
-        "screenshot {} has {size} bytes",
-        shot.display()
+        !dom.contains(r#"data-member="gw2""#),
+        "the killed gw2 is still listed:\n{dom}"
+    );
+    for shard in 0..SHARDS {
+        let cell = if orphans.contains(&shard) {
+            format!(r#"class="shard unowned" data-shard="{shard}" data-owner="""#)
+        } else {
+            format!(
+                r#"class="shard" data-shard="{shard}" data-owner="{}""#,
+                owners[&shard]
+            )
+        };
+        assert!(
+            dom.contains(&cell),
+            "shard {shard} (owner before the kill: {}) is not drawn as `{cell}`:\n{dom}",
+            owners[&shard]
+        );
+    }
+    assert!(
+        dom.contains(&format!(r#"<b id="unowned-count">{}</b>"#, orphans.len())),
+        "{dom}"
     );
 }

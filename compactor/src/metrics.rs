@@ -3,7 +3,8 @@
 //! and sorted runs while this compactor holds the shard; bytes and SSTs written by compactions,
 //! compactions done (new sorted runs committed), failed compactor runs, and objects deleted by
 //! the garbage collector. Process-wide: object-store requests by kind, as the gateways report
-//! theirs, so the idle cost of compaction can be measured.
+//! theirs, so the idle cost of compaction can be measured; and, unprefixed, the standard
+//! `process_*` metrics and `tessera_build_info`, as every Tessera binary exports them.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -34,6 +35,8 @@ pub struct Metrics {
     object_store_requests: IntCounterVec,
     /// The counts behind `object_store_requests`, once the object store is open.
     requests: OnceLock<Arc<RequestCounts>>,
+    /// Unprefixed metrics: `process_*` and `tessera_build_info`.
+    process: Registry,
 }
 
 impl Default for Metrics {
@@ -106,6 +109,7 @@ impl Metrics {
             lease_rejoins,
             object_store_requests,
             requests: OnceLock::new(),
+            process: tessera::metrics::process_registry(env!("CARGO_PKG_VERSION")),
             l0: gauge("l0_ssts", "L0 SSTs in the shard's manifest"),
             sorted_runs: gauge("sorted_runs", "Sorted runs in the shard's manifest"),
             bytes_written: counter("bytes_written_total", "Bytes written by compactions"),
@@ -191,9 +195,11 @@ impl Metrics {
                 c.inc_by(n.saturating_sub(c.get()));
             }
         }
+        let mut families = self.registry.gather();
+        families.extend(self.process.gather());
         let mut out = Vec::new();
         // Encoding into a Vec cannot fail.
-        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        let _ = TextEncoder::new().encode(&families, &mut out);
         String::from_utf8_lossy(&out).into_owned()
     }
 }

@@ -10,11 +10,9 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::header::CONTENT_LENGTH;
 use axum::middleware::Next;
 use axum::response::Response;
-#[cfg(target_os = "linux")]
-use prometheus::process_collector::ProcessCollector;
 use prometheus::{
     Counter, CounterVec, Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter,
-    IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
 };
 use tessera::Node;
 
@@ -51,7 +49,8 @@ pub struct Metrics {
     follower_reads_late: IntCounter,
     eventual_lag: Histogram,
     object_store_requests: IntCounterVec,
-    /// Unprefixed metrics: `process_*` (CPU, memory, file descriptors, start time).
+    /// Unprefixed metrics: `process_*` (CPU, memory, file descriptors, start time) and
+    /// `tessera_build_info`, as every Tessera binary exports them.
     process: Registry,
     rejected: IntCounterVec,
 }
@@ -304,7 +303,7 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
-            process: process_registry(),
+            process: tessera::metrics::process_registry(env!("CARGO_PKG_VERSION")),
             rejected: register(
                 &r,
                 IntCounterVec::new(
@@ -411,29 +410,6 @@ impl Default for Metrics {
     fn default() -> Self {
         Self::new()
     }
-}
-
-/// The registry of metrics named without the `tessera_` prefix: the standard `process_*`
-/// metrics (Linux), and `tessera_build_info` (named in full: it is `1` with the version as
-/// a label, so dashboards can join on it).
-fn process_registry() -> Registry {
-    let r = Registry::new();
-    #[cfg(target_os = "linux")]
-    r.register(Box::new(ProcessCollector::for_self()))
-        .expect("metric names are unique");
-    let info = register(
-        &r,
-        IntGaugeVec::new(
-            Opts::new(
-                "tessera_build_info",
-                "Always 1; labels: the gateway's version",
-            ),
-            &["version"],
-        )
-        .expect("valid metric"),
-    );
-    info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
-    r
 }
 
 /// Advances a counter mirrored from an atomic to the atomic's value.

@@ -82,6 +82,12 @@ impl ServiceProcess {
         url.to_string()
     }
 
+    /// The first line on stdout if one arrives within `timeout`: `None` once the process has
+    /// exited without printing one (or after `wait_for_url` took it).
+    pub fn printed_line(&self, timeout: Duration) -> Option<String> {
+        self.first_line.lock().unwrap().recv_timeout(timeout).ok()
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
