@@ -9,14 +9,16 @@
 //! returns the new one:
 //!
 //! - a scan (reads the database);
-//! - a conditional `PUT` answered `412` (the precondition check flushes the newer write first);
-//! - a `DELETE If-Match` answered `412`;
-//! - a batch whose `if_match` fails;
 //! - an eventual read served by a follower on another gateway;
 //! - TTL expiry (no write needed: the cache must not outlive the database's expiry).
 //!
 //! Every test checks that the write was still unrecorded when the strong read ran, so none
 //! passes vacuously.
+//!
+//! A `412` (conditional `PUT`, `DELETE If-Match`, a batch's `if_match`) used to be such a path
+//! too. Since the commit log, a write holds its keys' stripe locks until its writer has
+//! recorded it, and a precondition is checked under them: the `412` waits for the pending
+//! write instead. Those tests now check that it does wait.
 
 mod common;
 
@@ -126,8 +128,10 @@ enum Conditional {
     Batch,
 }
 
-/// Reveals v2 by a `412` to `op`, then checks the strong read.
-async fn reveal_by_412(op: Conditional, path: &str) {
+/// A conditional `op` carrying v1's version, sent while v2's writer waits to record it:
+/// answered `412` only once v2's writer is done (it waits for the key's stripe), so the `412`
+/// reveals nothing early; then a strong read sees v2.
+async fn a_412_waits_for_the_pending_write(op: Conditional, path: &str) {
     let dir = tempfile::tempdir().unwrap();
     let gw = embedded(&dir, 1500);
     let http = client();
@@ -145,13 +149,17 @@ async fn reveal_by_412(op: Conditional, path: &str) {
             "ops": [{"op": "put", "key": b64.encode("k"), "value": b64.encode("v3"), "if_match": v1}]
         })),
     };
+    let sent = Instant::now();
     let status = request.send().await.unwrap().status();
-    assert_eq!(
-        status,
-        StatusCode::PRECONDITION_FAILED,
-        "{path}: v2 had not reached the gateway after 200 ms"
+    let waited = sent.elapsed();
+    assert_eq!(status, StatusCode::PRECONDITION_FAILED, "{path}");
+    assert!(
+        waited >= Duration::from_millis(1000),
+        "{path}: answered after {waited:?}, before v2's writer (1.5 s) had recorded it"
     );
-    assert_strong_read_sees_v2(&http, &url, writer, path).await;
+    assert_eq!(writer.await.unwrap(), StatusCode::OK);
+    let r = http.get(&url).send().await.unwrap();
+    assert_eq!(r.text().await.unwrap(), "v2", "{path}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -174,18 +182,18 @@ async fn a_scan_then_a_cached_read() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_conditional_put_answered_412() {
-    reveal_by_412(Conditional::Put, "PUT If-Match answered 412").await;
+async fn a_conditional_put_waits_for_the_pending_write() {
+    a_412_waits_for_the_pending_write(Conditional::Put, "PUT If-Match").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_delete_if_match_answered_412() {
-    reveal_by_412(Conditional::Delete, "DELETE If-Match answered 412").await;
+async fn a_delete_if_match_waits_for_the_pending_write() {
+    a_412_waits_for_the_pending_write(Conditional::Delete, "DELETE If-Match").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_batch_precondition_answered_412() {
-    reveal_by_412(Conditional::Batch, "a batch with if_match answered 412").await;
+async fn a_batch_precondition_waits_for_the_pending_write() {
+    a_412_waits_for_the_pending_write(Conditional::Batch, "a batch with if_match").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

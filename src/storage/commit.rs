@@ -198,15 +198,43 @@ impl CommitLog {
             }
             (marker, flush)
         };
+        fault(Fault::MarkerWritten, flush);
         if flush {
             store.flush_memtable().await?;
         }
+        fault(Fault::Flushed, flush);
         checkpoint::publish(&self.store, shard, &marker).await
     }
 
     /// Stops the flusher (after every shard has checkpointed or closed).
     pub async fn shutdown(&self) {
         self.tasks.shutdown().await;
+    }
+}
+
+/// Where a checkpoint can be made to crash, for tests only
+/// (`TESSERA_FAULT_CRASH_IN_CHECKPOINT=marker|flushed`; never set in production): after its
+/// marker is written to the memtable, or after the memtable flush, before the publish.
+#[derive(PartialEq)]
+enum Fault {
+    MarkerWritten,
+    Flushed,
+}
+
+/// Aborts the process at `at` if the fault is set and the checkpoint flushes.
+fn fault(at: Fault, flush: bool) {
+    static SET: std::sync::OnceLock<Option<Fault>> = std::sync::OnceLock::new();
+    let set =
+        SET.get_or_init(
+            || match std::env::var("TESSERA_FAULT_CRASH_IN_CHECKPOINT").as_deref() {
+                Ok("marker") => Some(Fault::MarkerWritten),
+                Ok("flushed") => Some(Fault::Flushed),
+                _ => None,
+            },
+        );
+    if flush && set.as_ref() == Some(&at) {
+        eprintln!("TESSERA_FAULT_CRASH_IN_CHECKPOINT: aborting mid-checkpoint");
+        std::process::abort();
     }
 }
 

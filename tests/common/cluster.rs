@@ -137,6 +137,12 @@ impl Cluster {
         self.add().await
     }
 
+    /// Sets an environment variable of the gateways started from now on.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.into(), value.into()));
+    }
+
     /// The proxied links of gateway `i`.
     pub fn link(&self, i: usize) -> &Links {
         self.links
