@@ -233,17 +233,19 @@ pub struct StorageConfig {
     /// Number of shards. Fixed when the cluster is first created (recorded in the cluster
     /// metadata object); a process configured differently refuses to start. Default: 64.
     pub shard_count: u32,
-    /// Shortest time between two WAL flushes of a shard (group commit): the latency/cost knob.
-    /// A write to an idle shard is flushed at once (latency: one object-store PUT); under load
-    /// writes wait up to this long and share one PUT, so a busy shard issues at most
-    /// `1 / flush_interval` PUTs per second. Default: 10ms.
+    /// Shortest time between the starts of two flushes of the gateway's commit log (group
+    /// commit over every shard it owns): the latency/cost knob. A write to an idle gateway is
+    /// flushed at once (latency: one object-store PUT); under load writes wait up to this long
+    /// and share one PUT, so a gateway issues at most `1 / flush_interval` log PUTs per second
+    /// whatever its shard count. Default: 10ms.
     #[serde(with = "humantime_serde")]
     pub flush_interval: Duration,
-    /// The memtable is written out as an L0 SST at the latest this long after its first write,
-    /// even when far below `l0_sst_size_bytes`. Opening a shard (a new owner after failover, a
-    /// follower for eventual reads) replays every WAL object written since the last memtable
-    /// flush, so this bounds that replay to the WAL of one interval. Costs one SST and one
-    /// manifest PUT per written shard per interval. Default: 30s.
+    /// A shard written since its last checkpoint checkpoints again this long after it (its
+    /// memtable is written out as an L0 SST with a marker saying how far into the log it
+    /// reaches), even when far below `l0_sst_size_bytes`. A new owner after a crash replays
+    /// the previous owner's log from the last checkpoint, so this bounds that replay to about
+    /// one interval of writes. Costs one SST and one manifest PUT per written shard per
+    /// interval. Default: 30s.
     #[serde(with = "humantime_serde")]
     pub memtable_flush_interval: Duration,
     /// How often each shard re-reads its manifest (notices fencing when idle and new compaction
