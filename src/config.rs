@@ -248,8 +248,12 @@ pub struct StorageConfig {
     /// interval. Default: 30s.
     #[serde(with = "humantime_serde")]
     pub memtable_flush_interval: Duration,
-    /// How often each shard re-reads its manifest (notices fencing when idle and new compaction
-    /// results). Costs one GET per shard per interval. Default: 1s.
+    /// How often each owned shard re-reads its manifest (new compaction results). Fencing no
+    /// longer depends on it (a new owner seals the log), and a shard near its L0 limit reads
+    /// it every second anyway, so it can be slow: it is most of an idle shard's object-store
+    /// requests. Must stay well below the compactor's `gc_min_age` (300 s), which keeps SSTs
+    /// a writer may still read from a manifest this old. Costs one GET per shard per
+    /// interval. Default: 60s.
     #[serde(with = "humantime_serde")]
     pub manifest_poll_interval: Duration,
     /// Memtable size at which it is frozen and written as an L0 SST. Default: 16 MiB.
@@ -272,7 +276,7 @@ impl Default for StorageConfig {
             shard_count: 64,
             flush_interval: Duration::from_millis(10),
             memtable_flush_interval: Duration::from_secs(30),
-            manifest_poll_interval: Duration::from_secs(1),
+            manifest_poll_interval: Duration::from_secs(60),
             l0_sst_size_bytes: 16 * MIB,
             max_unflushed_bytes: 64 * MIB,
             block_cache_bytes: 256 * MIB as u64,

@@ -30,6 +30,11 @@ use crate::storage::commit::CommitLog;
 use crate::storage::store::{BlockCache, Closed, ShardStore};
 use crate::tasks::Tasks;
 
+/// How often a supervisor looks whether its shard is near its L0 limit, and if so reads the
+/// manifest at once: the manifest poll (`storage.manifest_poll_interval`, 60 s) is slow, and
+/// a shard at its limit stops checkpointing until it sees the compactor's result.
+const STALL_CHECK: Duration = Duration::from_secs(1);
+
 /// Longest pause between attempts to reopen a stopped database.
 const MAX_REOPEN_BACKOFF: Duration = Duration::from_secs(2);
 
@@ -162,16 +167,25 @@ impl Shards {
     fn supervise(self: &Arc<Self>, slot: Arc<ShardSlot>, store: Arc<ShardStore>) {
         let shards = Arc::clone(self);
         let every = self.config.storage.memtable_flush_interval;
+        let near_stall = self.config.storage.l0_max_ssts.saturating_sub(1);
         self.tasks.spawn("supervise shard", async move {
             let mut checkpointed = store.applied_version();
+            let mut due = tokio::time::Instant::now() + every;
             let stopped = async {
                 loop {
                     tokio::select! {
                         closed = store.wait_closed() => return closed,
                         // Its log was sealed: it takes no more writes; reopen it into a new one.
                         _ = sealed(&store) => return Closed::Other,
-                        _ = tokio::time::sleep(every) => {}
+                        _ = tokio::time::sleep(STALL_CHECK) => {}
                     }
+                    if store.l0_len() >= near_stall {
+                        let _ = store.refresh_manifest().await;
+                    }
+                    if tokio::time::Instant::now() < due {
+                        continue;
+                    }
+                    due = tokio::time::Instant::now() + every;
                     let Some(epoch) = slot.open_epoch().filter(|_| slot.serves(&store)) else {
                         continue;
                     };

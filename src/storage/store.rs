@@ -307,6 +307,16 @@ impl ShardStore {
         self.db.status().durable_seq
     }
 
+    /// L0 SSTs in the manifest as this writer last read it.
+    pub fn l0_len(&self) -> usize {
+        self.db.status().current_manifest.l0().len()
+    }
+
+    /// Reads the manifest now (compaction results: L0 room), instead of at the next poll.
+    pub async fn refresh_manifest(&self) -> Result<()> {
+        self.db.refresh_manifest().await.map_err(|e| self.map(e))
+    }
+
     /// The checkpoint marker in the database, if any.
     pub async fn marker(&self) -> Result<Option<Marker>> {
         let found = self
