@@ -266,6 +266,9 @@ pub struct StorageConfig {
     /// then wait once `max_unflushed_bytes` is reached (backpressure). SlateDB's
     /// `l0_max_ssts` and `l0_max_ssts_per_key`. Default: 8.
     pub l0_max_ssts: usize,
+    /// L0 SSTs at which an owner asks the compactors to compact its shard (a hint object,
+    /// `storage/hints.rs`); compactors compact only hinted shards. Default: 4.
+    pub compaction_hint_l0: usize,
     /// Shards opened concurrently at start-up. Default: 8.
     pub open_concurrency: usize,
 }
@@ -281,6 +284,7 @@ impl Default for StorageConfig {
             max_unflushed_bytes: 64 * MIB,
             block_cache_bytes: 256 * MIB as u64,
             l0_max_ssts: 8,
+            compaction_hint_l0: 4,
             open_concurrency: 8,
         }
     }
@@ -452,6 +456,12 @@ impl NodeConfig {
         }
         if s.l0_max_ssts == 0 {
             return fail("storage.l0_max_ssts must be positive".into());
+        }
+        if s.compaction_hint_l0 == 0 || s.compaction_hint_l0 > s.l0_max_ssts {
+            return fail(format!(
+                "storage.compaction_hint_l0 ({}) must be in 1..=storage.l0_max_ssts ({})",
+                s.compaction_hint_l0, s.l0_max_ssts
+            ));
         }
         self.cluster.validate()?;
         Ok(())

@@ -10,8 +10,9 @@
 //! the slot is told ([`Event::Stopped`]) and either gives the shard up (fenced) or reopens it,
 //! so shards recover after an outage without waiting for a request to notice. It also
 //! checkpoints the shard every `storage.memtable_flush_interval` while it is written, which
-//! bounds what a crash leaves to replay. When another process seals the log a store is bound
-//! to, the store stops taking writes and is reopened, which recovers it into a new log.
+//! bounds what a crash leaves to replay, and keeps the shard's compaction hint
+//! (`storage/hints.rs`) in step with its L0. When another process seals the log a store is
+//! bound to, the store stops taking writes and is reopened, which recovers it into a new log.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -27,6 +28,7 @@ use crate::node::NodeStats;
 use crate::reads::cache::HotCache;
 use crate::shard::ShardId;
 use crate::storage::commit::CommitLog;
+use crate::storage::hints;
 use crate::storage::store::{BlockCache, Closed, ShardStore};
 use crate::tasks::Tasks;
 
@@ -168,11 +170,26 @@ impl Shards {
         let shards = Arc::clone(self);
         let every = self.config.storage.memtable_flush_interval;
         let near_stall = self.config.storage.l0_max_ssts.saturating_sub(1);
+        let hint_l0 = self.config.storage.compaction_hint_l0;
         self.tasks.spawn("supervise shard", async move {
             let mut checkpointed = store.applied_version();
             let mut due = tokio::time::Instant::now() + every;
+            // Whether the compaction hint is set (None: unknown, e.g. a previous owner's).
+            let mut hinted: Option<bool> = None;
             let stopped = async {
                 loop {
+                    let want = store.l0_len() >= hint_l0;
+                    if hinted != Some(want) && slot.serves(&store) {
+                        let objects = shards.commit.store();
+                        let done = if want {
+                            hints::set(objects, slot.id, store.l0_len()).await
+                        } else {
+                            hints::clear(objects, slot.id).await
+                        };
+                        if done.is_ok() {
+                            hinted = Some(want);
+                        }
+                    }
                     tokio::select! {
                         closed = store.wait_closed() => return closed,
                         // Its log was sealed: it takes no more writes; reopen it into a new one.
