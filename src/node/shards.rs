@@ -37,6 +37,11 @@ use crate::tasks::Tasks;
 /// a shard at its limit stops checkpointing until it sees the compactor's result.
 const STALL_CHECK: Duration = Duration::from_secs(1);
 
+/// Periodic checkpoints a gateway runs at once: each is an SST, a manifest and a checkpoint
+/// write; hundreds of shards checkpointing together would swamp the object store and delay
+/// the log's own PUTs (seen in the scale test).
+const CHECKPOINTS_AT_ONCE: usize = 4;
+
 /// Longest pause between attempts to reopen a stopped database.
 const MAX_REOPEN_BACKOFF: Duration = Duration::from_secs(2);
 
@@ -47,6 +52,8 @@ pub(crate) struct Shards {
     cache: BlockCache,
     session: Arc<Session>,
     commit: Arc<CommitLog>,
+    /// Bounds periodic checkpoints in flight (`CHECKPOINTS_AT_ONCE`).
+    checkpoints: Arc<tokio::sync::Semaphore>,
     stats: Arc<NodeStats>,
     tasks: Tasks,
 }
@@ -72,6 +79,7 @@ impl Shards {
             cache,
             session,
             commit,
+            checkpoints: Arc::new(tokio::sync::Semaphore::new(CHECKPOINTS_AT_ONCE)),
             stats,
             tasks,
         })
@@ -173,7 +181,10 @@ impl Shards {
         let hint_l0 = self.config.storage.compaction_hint_l0;
         self.tasks.spawn("supervise shard", async move {
             let mut checkpointed = store.applied_version();
-            let mut due = tokio::time::Instant::now() + every;
+            // The first checkpoint comes at a point of the interval that depends on the shard,
+            // so the shards a gateway opened together do not all checkpoint together.
+            let spread = f64::from(slot.id.0.wrapping_mul(2_654_435_761) % 1000) / 1000.0;
+            let mut due = tokio::time::Instant::now() + every.mul_f64(0.5 + spread / 2.0);
             // Whether the compaction hint is set (None: unknown, e.g. a previous owner's).
             let mut hinted: Option<bool> = None;
             let stopped = async {
@@ -209,6 +220,7 @@ impl Shards {
                     if store.applied_version() == checkpointed {
                         continue;
                     }
+                    let _permit = shards.checkpoints.acquire().await;
                     match shards.commit.checkpoint(&store, epoch, false).await {
                         Ok(()) => checkpointed = store.applied_version(),
                         Err(e) => {

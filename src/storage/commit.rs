@@ -143,17 +143,18 @@ impl CommitLog {
         if let Some(marker) = marker {
             store.raise_version(marker.max_version);
             if let Takeover::Replay { log, from_seq } = marker.takeover() {
-                if log == writer.log() {
+                let through = if log == writer.log() {
                     // Our own log (a reopen after a failure): no seal. Every record submitted
                     // before now is settled, and none for this shard is submitted meanwhile
-                    // (it is not served), so reading up to the end reads all of them.
-                    writer.sync().await;
+                    // (it is not served), so reading up to the last applied object reads all
+                    // of them.
+                    writer.sync().await
                 } else {
                     // SAFETY: after the seal no object can be created in `log` past the
                     // fence, so the records read below are all its writer ever made durable.
-                    log::seal(&self.store, &log, from_seq).await?;
-                }
-                let segments = log::read_all(&self.store, &log, from_seq).await?;
+                    log::seal(&self.store, &log, from_seq).await?
+                };
+                let segments = log::read_range(&self.store, &log, from_seq, through).await?;
                 let (groups, max_version) = checkpoint::replay(&marker, shard, &segments);
                 store.raise_version(max_version);
                 let replayed = groups.len();
