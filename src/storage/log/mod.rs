@@ -13,6 +13,7 @@
 
 pub mod checkpoint;
 pub mod format;
+pub mod gc;
 pub mod writer;
 
 use bytes::Bytes;
