@@ -489,3 +489,146 @@ async fn without_compactor_writes_wait_then_503_and_none_is_lost() {
     );
     read_back(&url, &acked).await;
 }
+
+/// Commit-log GC with real processes: log objects and published checkpoints put straight into
+/// the cluster's bucket, then `--once`, then a daemon. The gateways write no logs of their own
+/// yet; these use shards 900 and up and logs named `gc-test-*`, so they stay apart from the
+/// gateways' once they do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_gc_deletes_what_checkpoints_cover() {
+    use futures::TryStreamExt;
+    use object_store::ObjectStoreExt;
+    use tessera::storage::log::checkpoint::{publish, Marker};
+    use tessera::storage::log::format::{encode_fence, encode_records, Op, Record};
+    use tessera::storage::log::object_path;
+    use tessera::ShardId;
+
+    let dir = tempfile::tempdir().unwrap();
+    let c = Cluster::start_with(1, gateway_args(dir.path(), 64, "")).await;
+    c.await_stable(&[0], Duration::from_secs(30)).await;
+    let store = c.store();
+    let put = |log: &'static str, seq: u64, shards: &'static [u32]| {
+        let store = store.clone();
+        async move {
+            let group: Vec<Record> = shards
+                .iter()
+                .map(|&s| Record {
+                    shard: ShardId(s),
+                    epoch: 1,
+                    version: seq,
+                    written_at_ms: 0,
+                    key: format!("k{s}").into(),
+                    op: Op::Put {
+                        value: vec![b'v'; 1000].into(),
+                        expires_at_ms: None,
+                    },
+                })
+                .collect();
+            let bytes = if shards.is_empty() {
+                encode_fence(log, seq)
+            } else {
+                encode_records(log, seq, &[group])
+            };
+            store
+                .store
+                .put(&object_path(&store, log, seq), bytes.into())
+                .await
+                .unwrap();
+        }
+    };
+    let checkpoint = |shard: u32, log: &str, through_seq: u64| {
+        let (store, log) = (store.clone(), log.to_string());
+        async move {
+            let marker = Marker {
+                log,
+                through_seq,
+                epoch: 1,
+                max_version: 0,
+                clean: false,
+            };
+            publish(&store, ShardId(shard), &marker).await.unwrap();
+        }
+    };
+    let remaining = || async {
+        let listed: Vec<_> = store
+            .store
+            .list(Some(&store.path("logs")))
+            .try_collect()
+            .await
+            .unwrap();
+        let mut names: Vec<String> = listed
+            .iter()
+            .map(|m| {
+                m.location
+                    .as_ref()
+                    .trim_start_matches("cluster/logs/")
+                    .to_string()
+            })
+            .filter(|name| name.starts_with("gc-test-"))
+            .map(|name| name.replace("/0000000000000000000", "/"))
+            .collect();
+        names.sort();
+        names
+    };
+    // a: live; shard 900 checkpointed through 2, shard 901 through 1.
+    put("gc-test-a", 1, &[900]).await;
+    put("gc-test-a", 2, &[900, 901]).await;
+    put("gc-test-a", 3, &[901]).await;
+    checkpoint(900, "gc-test-a", 2).await;
+    checkpoint(901, "gc-test-a", 1).await;
+    // b: sealed; its shard 902 moved on to log c, which replayed b.
+    put("gc-test-b", 1, &[902]).await;
+    put("gc-test-b", 2, &[]).await; // the fence
+                                    // c: live; shard 903 never checkpointed.
+    put("gc-test-c", 1, &[902]).await;
+    put("gc-test-c", 2, &[903]).await;
+    checkpoint(902, "gc-test-c", 1).await;
+
+    let config = format!(
+        "{}log_gc_interval = \"200ms\"\nlog_fence_min_age = \"0s\"\n",
+        compactor_config(4)
+    );
+    let log = dir.path().join("once.log");
+    let out = c.compact_once("batch", &config, &log);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "--once failed:\n{stdout}\n{}",
+        log_tail(&log)
+    );
+    println!("{stdout}");
+    assert!(stdout.contains("\nlog GC: "), "{stdout}");
+    assert_eq!(
+        remaining().await,
+        [
+            "gc-test-a/2", // shard 901 only checkpointed through 1
+            "gc-test-a/3", // the live log's last object
+            "gc-test-c/2", // shard 903 has no checkpoint
+        ]
+    );
+
+    // The daemon (holding shard 0) collects what later checkpoints cover: a/2 now; a/3 too
+    // once a/4 follows it.
+    checkpoint(901, "gc-test-a", 3).await;
+    put("gc-test-a", 4, &[900]).await;
+    let daemon = c.start_compactor("c0", &config);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let deleted = sum(
+            &daemon.metrics().await,
+            "tessera_compactor_log_objects_deleted_total",
+        );
+        if remaining().await == ["gc-test-a/4", "gc-test-c/2"] && deleted >= 2.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "daemon did not collect a/2 and a/3 ({deleted} deletions counted): {:?}\n{}",
+            remaining().await,
+            daemon.process.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let metrics = daemon.metrics().await;
+    assert!(sum(&metrics, "tessera_compactor_log_gc_passes_total") >= 1.0);
+}

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tessera::process::LogConfig;
+use tessera::storage::log::gc::DEFAULT_FENCE_MIN_AGE;
 use tessera::{ClusterConfig, ObjectStoreConfig};
 
 /// Everything a compactor process needs.
@@ -65,6 +66,17 @@ pub struct CompactionConfig {
     pub once_timeout: Duration,
     /// `--once`: shards compacted at the same time. Default: 4.
     pub once_concurrency: usize,
+    /// How often the daemon that holds shard 0's claim runs a commit-log GC pass (`--once`
+    /// runs one at its end). A pass costs one LIST of `logs/`, a ranged GET per log object and
+    /// a GET per shard with records there. Default: 1m.
+    #[serde(with = "humantime_serde")]
+    pub log_gc_interval: Duration,
+    /// A sealed log's fence is kept at least this long after the seal, even once the rest of
+    /// the log is gone: it fails the writes of a gateway that lost a shard and has not noticed
+    /// yet, so it must exceed the time a gateway takes to notice (etcd watch, lease deadline)
+    /// plus the longest a log flush can be in flight. Default: 1h.
+    #[serde(with = "humantime_serde")]
+    pub log_fence_min_age: Duration,
 }
 
 impl Default for CompactionConfig {
@@ -78,6 +90,8 @@ impl Default for CompactionConfig {
             gc_min_age: Duration::from_secs(300),
             once_timeout: Duration::from_secs(600),
             once_concurrency: 4,
+            log_gc_interval: Duration::from_secs(60),
+            log_fence_min_age: DEFAULT_FENCE_MIN_AGE,
         }
     }
 }
@@ -119,10 +133,14 @@ impl CompactorConfig {
                 c.l0_threshold
             ));
         }
-        if c.poll_interval.is_zero() || c.gc_interval.is_zero() || c.once_timeout.is_zero() {
-            return Err(
-                "compaction.poll_interval, gc_interval and once_timeout must be positive".into(),
-            );
+        if c.poll_interval.is_zero()
+            || c.gc_interval.is_zero()
+            || c.once_timeout.is_zero()
+            || c.log_gc_interval.is_zero()
+        {
+            return Err("compaction.poll_interval, gc_interval, once_timeout and \
+                        log_gc_interval must be positive"
+                .into());
         }
         if c.job_timeout < Duration::from_secs(3) {
             return Err("compaction.job_timeout must be at least 3s".into());

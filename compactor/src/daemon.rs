@@ -12,6 +12,8 @@
 //!    failure up to `MAX_BACKOFF`), so a shard that cannot be compacted costs no steady
 //!    stream of claims, jobs and etcd writes.
 //! 2. Every `poll_interval`: read each held shard's manifest into the metrics.
+//! 3. While it holds shard 0's claim: a commit-log GC pass every `log_gc_interval`, in the
+//!    background ([`crate::log_gc`]).
 //!
 //! Shutdown hands every shard over (stop the job, then release its claim), then deregisters
 //! and revokes the lease.
@@ -30,6 +32,7 @@ use tessera::{Member, ShardId};
 use crate::config::CompactorConfig;
 use crate::engine::{read_stats, Counters, ShardJob};
 use crate::error::Result;
+use crate::log_gc;
 use crate::metrics::Metrics;
 
 /// How often the loop runs without a view change.
@@ -84,6 +87,9 @@ pub async fn run(
     {
         tracing::warn!("shards not stopped within compaction.job_timeout; leaving them to expire");
     }
+    // A log GC pass still running is cut short: each delete stands on its own, and the next
+    // holder of shard 0 runs the next pass.
+    daemon.lock().log_gc.stop();
     session.close().await;
     Ok(())
 }
@@ -105,6 +111,8 @@ struct State {
     backoff: BTreeMap<ShardId, (u32, Instant)>,
     /// When to read the held shards' manifests next.
     next_stats: Option<Instant>,
+    /// Commit-log GC passes (run while this daemon holds shard 0's claim).
+    log_gc: log_gc::Schedule,
 }
 
 #[async_trait::async_trait]
@@ -198,6 +206,14 @@ impl ShardHost for Daemon {
         if due {
             self.refresh_stats().await;
             self.lock().next_stats = Some(Instant::now() + self.cfg.compaction.poll_interval);
+        }
+        {
+            let mut state = self.lock();
+            let State { held, log_gc, .. } = &mut *state;
+            let runner = held
+                .get(&ShardId(0))
+                .is_some_and(|h| self.session.holds(&h.claim));
+            log_gc.tick(runner, &self.store, &self.cfg.compaction, &self.metrics);
         }
         self.metrics.set_claimed(self.lock().held.len());
         self.metrics.lease(self.session.keepalive());

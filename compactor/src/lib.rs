@@ -19,6 +19,8 @@
 //!   rebalances as compactors come and go; releases its claims on shutdown.
 //! - [`once`]: one maintenance pass over every shard (compact what needs it, GC), then exit;
 //!   claims through etcd too, so it never works on a shard next to a daemon.
+//! - [`log_gc`]: deletes the commit-log objects no replay can need; run by the daemon that
+//!   holds shard 0's claim, and at the end of `--once`.
 //!
 //! **GC ownership.** Exactly one process kind runs SlateDB's garbage collector on a shard: the
 //! compactor in cluster mode, the gateway in embedded mode. The compactor owns the SST
@@ -32,6 +34,7 @@ pub mod config;
 pub mod daemon;
 pub mod engine;
 pub mod error;
+pub mod log_gc;
 pub mod metrics;
 pub mod once;
 pub mod progress;

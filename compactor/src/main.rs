@@ -23,8 +23,8 @@ use tokio_util::sync::CancellationToken;
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Args {
-    /// Run one pass over every shard and exit: 0 if every shard ends below the L0 threshold,
-    /// 1 otherwise (a summary is printed).
+    /// Run one pass over every shard, then one commit-log GC pass, and exit: 0 if every shard
+    /// ends below the L0 threshold and the log GC pass ran, 1 otherwise (a summary is printed).
     #[arg(long)]
     once: bool,
     /// TOML config file (see compactor/compactor.example.toml).
@@ -38,6 +38,9 @@ struct Args {
     /// Manifest/job polling per shard (compaction.poll_interval).
     #[arg(long, env = "TESSERA_POLL_INTERVAL", value_parser = humantime::parse_duration)]
     poll_interval: Option<Duration>,
+    /// Commit-log GC pass interval of the daemon (compaction.log_gc_interval).
+    #[arg(long, env = "TESSERA_LOG_GC_INTERVAL", value_parser = humantime::parse_duration)]
+    log_gc_interval: Option<Duration>,
     /// --once gives up after this long (compaction.once_timeout).
     #[arg(long, env = "TESSERA_TIMEOUT", value_parser = humantime::parse_duration)]
     timeout: Option<Duration>,
@@ -59,6 +62,9 @@ impl Args {
         }
         if let Some(v) = self.poll_interval {
             c.compaction.poll_interval = v;
+        }
+        if let Some(v) = self.log_gc_interval {
+            c.compaction.log_gc_interval = v;
         }
         if let Some(v) = self.timeout {
             c.compaction.once_timeout = v;

@@ -3,17 +3,21 @@
 //! and sorted runs while this compactor holds the shard; bytes and SSTs written by compactions,
 //! compactions done (new sorted runs committed), failed compactor runs, and objects deleted by
 //! the garbage collector. Process-wide: object-store requests by kind, as the gateways report
-//! theirs, so the idle cost of compaction can be measured; and, unprefixed, the standard
-//! `process_*` metrics and `tessera_build_info`, as every Tessera binary exports them.
+//! theirs, so the idle cost of compaction can be measured; the commit-log GC passes this
+//! compactor ran (only the one holding shard 0's claim runs them); and, unprefixed, the
+//! standard `process_*` metrics and `tessera_build_info`, as every Tessera binary exports them.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 
 use axum::extract::State;
 use axum::routing::get;
-use prometheus::{Encoder, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 use tessera::cluster::lease::KeepAliveStats;
 use tessera::objstore::RequestCounts;
+use tessera::storage::log::gc::GcReport;
 use tessera::ShardId;
 use tokio_util::sync::CancellationToken;
 
@@ -33,6 +37,11 @@ pub struct Metrics {
     failures: IntCounterVec,
     gc_deleted: IntCounterVec,
     object_store_requests: IntCounterVec,
+    log_gc_passes: IntCounterVec,
+    log_objects_deleted: IntCounter,
+    log_bytes_deleted: IntCounter,
+    log_gc_errors: IntCounter,
+    log_objects: IntGauge,
     /// The counts behind `object_store_requests`, once the object store is open.
     requests: OnceLock<Arc<RequestCounts>>,
     /// Unprefixed metrics: `process_*` and `tessera_build_info`.
@@ -103,7 +112,52 @@ impl Metrics {
                 .register(Box::new(c.clone()))
                 .expect("unique metric");
         }
+        let log_gc_passes = IntCounterVec::new(
+            Opts::new(
+                "log_gc_passes_total",
+                "Commit-log GC passes run by this compactor, by result: ok, failed (the LIST of \
+                 logs/ failed)",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(log_gc_passes.clone()))
+            .expect("unique metric");
+        let plain = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
+            c
+        };
+        let log_objects_deleted = plain(
+            "log_objects_deleted_total",
+            "Commit-log objects (records and fences) deleted by log GC",
+        );
+        let log_bytes_deleted = plain(
+            "log_bytes_deleted_total",
+            "Bytes of the commit-log objects deleted by log GC",
+        );
+        let log_gc_errors = plain(
+            "log_gc_errors_total",
+            "Log objects or checkpoints log GC could not read, parse or delete (kept; see the \
+             WARN log)",
+        );
+        let log_objects = IntGauge::new(
+            "log_objects",
+            "Objects under logs/ left after this compactor's last log GC pass",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(log_objects.clone()))
+            .expect("unique metric");
         Metrics {
+            log_gc_passes,
+            log_objects_deleted,
+            log_bytes_deleted,
+            log_gc_errors,
+            log_objects,
             claimed,
             leases_lost,
             lease_rejoins,
@@ -139,7 +193,7 @@ impl Metrics {
 
     /// Brings the lease counters up to `stats`.
     pub fn lease(&self, stats: &KeepAliveStats) {
-        let catch_up = |c: prometheus::IntCounter, n: u64| c.inc_by(n.saturating_sub(c.get()));
+        let catch_up = |c: IntCounter, n: u64| c.inc_by(n.saturating_sub(c.get()));
         for (why, n) in stats.losses() {
             catch_up(self.leases_lost.with_label_values(&[why.as_str()]), n);
         }
@@ -179,6 +233,20 @@ impl Metrics {
             .with_label_values(&s)
             .inc_by(delta.gc_deleted);
         self.compactions.with_label_values(&s).inc_by(compactions);
+    }
+
+    /// Records a finished commit-log GC pass.
+    pub fn log_gc_done(&self, report: &GcReport) {
+        self.log_gc_passes.with_label_values(&["ok"]).inc();
+        self.log_objects_deleted.inc_by(report.deleted);
+        self.log_bytes_deleted.inc_by(report.deleted_bytes);
+        self.log_gc_errors.inc_by(report.errors);
+        self.log_objects.set(report.kept as i64);
+    }
+
+    /// Counts a commit-log GC pass that failed (its LIST).
+    pub fn log_gc_failed(&self) {
+        self.log_gc_passes.with_label_values(&["failed"]).inc();
     }
 
     /// Counts a failed compactor run on `shard`.

@@ -7,6 +7,9 @@
 //! - if its L0 has `l0_threshold` SSTs or more, run SlateDB's compactor until it has fewer;
 //! - run one garbage-collection pass, then release the claim.
 //!
+//! Then one commit-log GC pass ([`crate::log_gc`]), without a claim: passes may overlap a
+//! daemon's.
+//!
 //! A shard claimed by someone else (a daemon, another batch job) is left to them: the job
 //! waits until its L0 is below the threshold, and claims it itself if the claim goes away
 //! first. So a batch job never works on a shard concurrently with a daemon, and it may run
@@ -20,11 +23,13 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use tessera::cluster::session::{Claim, Role, Session};
 use tessera::objstore::ClusterStore;
+use tessera::storage::log::gc::GcReport;
 use tessera::{Member, ShardId};
 
 use crate::config::CompactorConfig;
 use crate::engine::{collect_garbage_once, read_stats, Counters, ShardJob, PROGRESS_POLL};
 use crate::error::Result;
+use crate::log_gc;
 use crate::progress::Progress;
 
 /// What happened to one shard.
@@ -82,17 +87,20 @@ impl fmt::Display for ShardReport {
 pub struct Summary {
     /// Per shard, in shard order.
     pub shards: Vec<ShardReport>,
+    /// The commit-log GC pass, or why it failed.
+    pub log_gc: std::result::Result<GcReport, String>,
     /// Wall time.
     pub elapsed: Duration,
 }
 
 impl Summary {
-    /// True if every shard ended below the threshold and nothing failed.
+    /// True if every shard ended below the threshold, nothing failed, and the log GC pass ran.
     pub fn succeeded(&self) -> bool {
-        !self
-            .shards
-            .iter()
-            .any(|r| matches!(r.outcome, Outcome::Failed(_)))
+        self.log_gc.is_ok()
+            && !self
+                .shards
+                .iter()
+                .any(|r| matches!(r.outcome, Outcome::Failed(_)))
     }
 }
 
@@ -115,7 +123,11 @@ impl fmt::Display for Summary {
             total.bytes_written,
             total.gc_deleted,
             self.elapsed.as_secs_f64()
-        )
+        )?;
+        match &self.log_gc {
+            Ok(report) => write!(f, "\nlog GC: {report}"),
+            Err(e) => write!(f, "\nlog GC: FAILED: {e}"),
+        }
     }
 }
 
@@ -145,8 +157,12 @@ pub async fn run(
         .await;
     claims.close().await;
     shards.sort_by_key(|r| r.shard);
+    let log_gc = log_gc::pass(store, &cfg.compaction)
+        .await
+        .map_err(|e| e.to_string());
     Ok(Summary {
         shards,
+        log_gc,
         elapsed: started.elapsed(),
     })
 }

@@ -13,6 +13,7 @@
 
 pub mod checkpoint;
 pub mod format;
+pub mod gc;
 pub mod writer;
 
 use bytes::Bytes;
@@ -390,12 +391,18 @@ mod tests {
         let store = memory();
         for seq in 1..=5 {
             let path = object_path(&store, "a", seq);
-            assert!(create(&store, &path, encode_records("a", seq, &[group(seq)]))
-                .await
-                .unwrap());
+            assert!(
+                create(&store, &path, encode_records("a", seq, &[group(seq)]))
+                    .await
+                    .unwrap()
+            );
         }
         // GC took object 2 (only other shards' records); a seal put its fence at 6.
-        store.store.delete(&object_path(&store, "a", 2)).await.unwrap();
+        store
+            .store
+            .delete(&object_path(&store, "a", 2))
+            .await
+            .unwrap();
         assert_eq!(seal(&store, "a", 1).await.unwrap(), 6);
         let read = read_range(&store, "a", 1, 6).await.unwrap();
         assert_eq!(
