@@ -115,7 +115,23 @@ async fn unrelated_etcd_writes_do_not_starve_rebalancing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_failover_keeps_acknowledged_writes() {
-    let mut c = Cluster::start(3).await;
+    // TESSERA_FAILOVER_LEASE_TTL=1 measures with a 1 s lease (keep-alive and margin 300 ms):
+    // a failover cannot be faster than the dead owner's lease.
+    let dir = tempfile::tempdir().unwrap();
+    let ttl: u64 = std::env::var("TESSERA_FAILOVER_LEASE_TTL")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let mut c = if ttl == 3 {
+        Cluster::start(3).await
+    } else {
+        let path = dir.path().join("lease.toml");
+        let toml = format!(
+            "[cluster]\nlease_ttl = \"{ttl}s\"\nkeepalive_interval = \"300ms\"\nlease_margin = \"300ms\"\n"
+        );
+        std::fs::write(&path, toml).unwrap();
+        Cluster::start_with(3, vec!["--config".into(), path.display().to_string()]).await
+    };
     c.await_stable(&[0, 1, 2], Duration::from_secs(30)).await;
     // As deployed: a compactor keeps L0 in check. Every unclean takeover checkpoints (an L0
     // SST) before it serves, so without one a shard moved often enough stops being taken
@@ -150,6 +166,41 @@ async fn kill9_failover_keeps_acknowledged_writes() {
         let label = format!("tessera_shard_unowned_seconds_total{{shard=\"{victim_shard:05}\"}}");
         let metrics = common::get_text(&http, format!("{}/metrics", c.gw(0).url)).await;
         let unowned_before = metric(&metrics, &label);
+        // The shard is being written when its owner dies: a writer through gw1 keeps going
+        // across the failover. Per key, the value at the end must be its last acknowledged
+        // one or a later write whose outcome is unknown.
+        let busy: Vec<String> = (0..)
+            .map(|i| format!("busy{trial}-{i}"))
+            .filter(|k| shard_of(k) == victim_shard)
+            .take(4)
+            .collect();
+        let stop = Arc::new(AtomicBool::new(false));
+        let writer = {
+            let (stop, busy, url) = (stop.clone(), busy.clone(), c.gw(1).url.clone());
+            tokio::spawn(async move {
+                let http = client();
+                let mut allowed: BTreeMap<String, Vec<String>> = BTreeMap::new();
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let k = &busy[(n % 4) as usize];
+                    let v = format!("w{n}");
+                    let r = http
+                        .put(format!("{url}/v1/kv/{k}"))
+                        .body(v.clone())
+                        .send()
+                        .await;
+                    let entry = allowed.entry(k.clone()).or_default();
+                    match r.map(|r| r.status()) {
+                        Ok(StatusCode::OK) => *entry = vec![v],
+                        Ok(s) if s.is_client_error() => {}
+                        _ => entry.push(v),
+                    }
+                    n += 1;
+                }
+                allowed
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(300)).await;
         let killed = Instant::now();
         c.gateways[victim].as_mut().unwrap().process.kill();
         c.gateways[victim] = None;
@@ -158,6 +209,15 @@ async fn kill9_failover_keeps_acknowledged_writes() {
         let deadline = killed + Duration::from_secs(30);
         put_until_ok(&http, &c.gw(0).kv(&probe), "after", deadline, "no failover").await;
         failover_times.push(killed.elapsed());
+        stop.store(true, Ordering::Relaxed);
+        for (k, allowed) in writer.await.unwrap() {
+            let r = http.get(c.gw(0).kv(&k)).send().await.unwrap();
+            let got = r.text().await.unwrap();
+            assert!(
+                allowed.contains(&got),
+                "{k}: {got}, but the last acknowledged value and later unknown ones are {allowed:?}"
+            );
+        }
         acked.insert(probe, "after".into());
         c.await_stable(&[0, 1], Duration::from_secs(30)).await;
         // The survivors' metrics account for the gap between the dead owner's key expiring
@@ -180,7 +240,7 @@ async fn kill9_failover_keeps_acknowledged_writes() {
     }
     let (p50, p99, max) = percentiles(&mut failover_times);
     eprintln!(
-        "failover after kill -9 (lease TTL 3s), {trials} trials: p50 {p50:?} p99 {p99:?} max {max:?}, all {failover_times:?}"
+        "failover after kill -9 (lease TTL {ttl}s), {trials} trials: p50 {p50:?} p99 {p99:?} max {max:?}, all {failover_times:?}"
     );
 }
 
