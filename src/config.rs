@@ -297,9 +297,10 @@ pub struct ReadsConfig {
     /// Bytes of keys and values the hot-key cache holds (owner and follower entries together);
     /// 0 disables it. Default: 128 MiB.
     pub hot_key_cache_bytes: u64,
-    /// How often a follower re-reads its shard's manifest and WAL: the main term of the
-    /// eventual-read staleness bound, and about 10 object-store requests per open follower per
-    /// interval (8 of them HEADs probing for new WAL objects). Default: 1s.
+    /// How often a gateway polls the commit log of each owner whose shards it follows (one
+    /// GET of the log's next object, shared by all those shards) and each follower re-reads
+    /// its shard's manifest (for new checkpoints): the main term of the eventual-read
+    /// staleness bound. Default: 1s.
     #[serde(with = "humantime_serde")]
     pub follower_poll_interval: Duration,
     /// A follower unused for this long is closed. Default: 60s.
@@ -321,10 +322,10 @@ pub struct ReadsConfig {
     /// rendezvous hashing of the shard, leaving out its owner (every gateway computes the same
     /// set). Another gateway forwards a shard's eventual reads to the first of them, and
     /// reads through its own follower only when that gateway does not answer within the
-    /// staleness bound. Bounds the object-store cost of followers (about 10 requests/s each)
-    /// to this many per shard however many gateways there are, for one more hop on the other
-    /// gateways' eventual reads. 0: no limit, every gateway reads through its own followers.
-    /// Default: 3.
+    /// staleness bound. Bounds the object-store cost of followers (their gateways' polls of
+    /// the owners' logs and their manifest reads) to this many gateways per shard however
+    /// many there are, for one more hop on the other gateways' eventual reads. 0: no limit,
+    /// every gateway reads through its own followers. Default: 3.
     pub follower_gateways: usize,
 }
 
@@ -380,12 +381,11 @@ impl Default for LimitsConfig {
 }
 
 impl NodeConfig {
-    /// The staleness bound of eventual reads: a write durable this long before an eventual
-    /// read began is visible to it. One WAL flush, one follower poll plus the time the poll
-    /// takes (allowed 250 ms), and the follower cache's age.
+    /// The staleness bound of eventual reads: a write durable (its log object created) this
+    /// long before an eventual read began is visible to it. One follower poll of the owner's
+    /// log plus the GET it takes (allowed 250 ms), and the follower cache's age.
     pub fn staleness_bound(&self) -> Duration {
-        self.storage.flush_interval
-            + self.reads.follower_poll_interval
+        self.reads.follower_poll_interval
             + Duration::from_millis(250)
             + self.reads.follower_cache_ttl
     }

@@ -36,7 +36,7 @@ use crate::cluster::session::{Role, Session};
 use crate::config::NodeConfig;
 use crate::error::{BadInput, Error, Result};
 use crate::reads::cache::HotCache;
-use crate::reads::follower::{Followers, LagSamples};
+use crate::reads::follower::{Followers, LagSamples, OwnerEpochs};
 use crate::shard::{shard_for_key, ShardId};
 use crate::storage::commit::CommitLog;
 use crate::storage::log::writer::WriterConfig;
@@ -242,12 +242,16 @@ impl Node {
             Arc::clone(&stats),
             tasks.clone(),
         );
+        let view = Arc::clone(&session);
+        let owner_epochs: OwnerEpochs =
+            Arc::new(move |s: ShardId| view.view().owners.get(&s.0).map(|o| o.epoch));
         let node = Arc::new(Node {
             followers: Arc::new(Followers::new(
                 &config,
                 store.clone(),
                 cache,
                 Arc::clone(&hot),
+                owner_epochs,
                 tasks.child(),
             )),
             hot,

@@ -84,14 +84,15 @@ impl Node {
         // follower got there may be older than a version already returned.
         let floor = floor.max(self.watermark(shard));
         let follower = self.followers.get(shard, floor).await?;
-        let scope = follower.reader.incarnation();
+        let scope = follower.incarnation();
         let max_age = Some(self.config.reads.follower_cache_ttl);
         let cached = self.hot.get(scope, key, max_age, floor);
         let entry = match cached {
             Some(Cached::Absent { .. }) => None,
             Some(Cached::Value(e)) if e.expires_at_ms.is_none_or(|t| t > now_ms()) => Some(e),
             _ => {
-                let before = follower.reader.durable_seq();
+                // The answer holds every write up to the position it was read at.
+                let before = follower.position();
                 let found = self.observe(self.followers.read(&follower, key).await)?;
                 if let Some(e) = &found {
                     follower.sample_lag(e, &self.stats.eventual_lag);
@@ -101,7 +102,7 @@ impl Node {
                     .map_or(Cached::Absent { version: 0 }, Cached::Value);
                 self.hot
                     .fill(scope, Bytes::copy_from_slice(key), filled, before, || {
-                        follower.reader.durable_seq() == before
+                        follower.position() == before
                     });
                 found
             }

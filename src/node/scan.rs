@@ -1,8 +1,10 @@
 //! Scans: one page of a key range, merged in key order across the shards asked for.
 //!
 //! Each shard's iterator comes from its owner's database (strong) or, for an eventual scan of
-//! a shard served elsewhere, from a follower that has reached the caller's floor. A strong
-//! page is confirmed against every shard's lease after it was read, as a strong point read is.
+//! a shard served elsewhere, from a follower that has reached the caller's floor: its
+//! checkpoint reader's scan merged with the owner's log records past the checkpoint
+//! (`reads/overlay.rs`). A strong page is confirmed against every shard's lease after it was
+//! read, as a strong point read is.
 
 use std::collections::BinaryHeap;
 use std::ops::Bound;
@@ -14,7 +16,7 @@ use bytes::Bytes;
 use crate::error::{BadInput, Error, Result};
 use crate::node::slot::{Entered, ShardSlot};
 use crate::node::{Consistency, Located, Node, ScanPage, ScanRequest};
-use crate::reads::follower::Follower;
+use crate::reads::follower::{Follower, FollowerScan};
 use crate::shard::ShardId;
 use crate::storage::store::{Entry, ShardScan};
 
@@ -22,6 +24,22 @@ use crate::storage::store::{Entry, ShardScan};
 enum ScanGuard {
     Owner(#[allow(dead_code)] Entered),
     Follower(#[allow(dead_code)] Arc<Follower>),
+}
+
+/// One shard's part of a scan: its owner's database, or a follower (its checkpoints merged
+/// with the owner's log past them).
+enum Source {
+    Owner(ShardScan),
+    Follower(FollowerScan),
+}
+
+impl Source {
+    async fn next(&mut self) -> Result<Option<Entry>> {
+        match self {
+            Source::Owner(scan) => scan.next().await,
+            Source::Follower(scan) => scan.next().await,
+        }
+    }
 }
 
 impl Node {
@@ -74,7 +92,7 @@ impl Node {
             self.open_scan(slot, range.clone(), consistency, floor)
         }))
         .await?;
-        let (mut scans, _guards): (Vec<ShardScan>, Vec<ScanGuard>) = opened.into_iter().unzip();
+        let (mut scans, _guards): (Vec<Source>, Vec<ScanGuard>) = opened.into_iter().unzip();
         let mut heap = BinaryHeap::new();
         for (i, scan) in scans.iter_mut().enumerate() {
             if let Some(entry) = self.scan_next(i, scan).await? {
@@ -113,7 +131,7 @@ impl Node {
         range: (Bound<Bytes>, Bound<Bytes>),
         consistency: Consistency,
         floor: u64,
-    ) -> Result<(ShardScan, ScanGuard)> {
+    ) -> Result<(Source, ScanGuard)> {
         let entered = match consistency {
             Consistency::Strong => Some(self.enter(slot).await?),
             Consistency::Eventual if self.locate(slot.id) == Located::Local => {
@@ -124,17 +142,17 @@ impl Node {
         match entered {
             Some(entered) => {
                 let scan = self.observe(entered.store.scan(range).await)?;
-                Ok((scan, ScanGuard::Owner(entered)))
+                Ok((Source::Owner(scan), ScanGuard::Owner(entered)))
             }
             None => {
                 let follower = self.followers.get(slot.id, floor).await?;
-                let scan = self.observe(follower.reader.scan(range).await)?;
-                Ok((scan, ScanGuard::Follower(follower)))
+                let scan = self.observe(follower.scan(range).await)?;
+                Ok((Source::Follower(scan), ScanGuard::Follower(follower)))
             }
         }
     }
 
-    async fn scan_next(&self, i: usize, scan: &mut ShardScan) -> Result<Option<Entry>> {
+    async fn scan_next(&self, i: usize, scan: &mut Source) -> Result<Option<Entry>> {
         let next = scan.next().await;
         if let Err(e) = &next {
             self.stats.storage_errors.fetch_add(1, Ordering::Relaxed);

@@ -4,7 +4,7 @@
 //!
 //! Invariants (each argued where it is kept):
 //! - a write is acknowledged only once its log object exists and its shard's memtable has it;
-//! - versions of a shard are assigned in log order ([`ShardStore::order`]), so applying in log
+//! - versions of a shard are assigned in log order (`ShardStore::order`), so applying in log
 //!   order (the flusher, a replay) writes increasing sequence numbers;
 //! - a shard is served only after [`CommitLog::recover`]: the previous owner's log is sealed
 //!   (it can make nothing more durable), its records are replayed, and a checkpoint names

@@ -12,7 +12,7 @@
 //! - **Keys.** A user key `k` is stored as `0x01 ‖ k`; `0x00 ‖ …` holds internal keys (the
 //!   checkpoint marker), so no user key can collide with them.
 //! - **Versions.** A key's version is the SlateDB sequence number of the write that produced
-//!   it, assigned by the owner ([`ShardStore::next_version`]) and carried in the log record, so
+//!   it, assigned by the owner (`ShardStore::next_version`) and carried in the log record, so
 //!   a replay writes the very version the client was given (`WriteOptions::seqnum`). SlateDB
 //!   requires each write's sequence number to exceed every earlier one: the owner assigns
 //!   versions in log order and applies in log order; a replay skips records at or below
@@ -30,9 +30,12 @@
 //!   ([`BlockCache`]), keyed by shard number, so memory does not grow with the shard count.
 //! - **Followers.** [`ShardReader`] is a read-only follower of a shard owned by another process
 //!   (SlateDB's `DbReader` in managed-checkpoint mode: its checkpoint keeps the SSTs it reads
-//!   safe from GC). It sees the shard's checkpoints (flushed memtables); the follower layer
-//!   (`reads/follower.rs`) adds the owner's log records past them. A failed poll closes it
-//!   (retries are bounded), so a follower that is open has refreshed within about one interval.
+//!   safe from GC). It sees the shard's checkpoints (flushed memtables) and never looks for a
+//!   WAL (there is none: `skip_wal_replay`); the follower layer (`reads/follower.rs`) adds the
+//!   owner's log records past them. Its view of the SSTs up to sequence number `D` holds
+//!   every write of the shard with a version `<= D` (versions are applied in order), and
+//!   [`ShardReader::installed_seq`] and [`ShardReader::durable_seq`] bracket the `D` of the
+//!   view a read sees. A failed poll closes it (retries are bounded).
 //! - **Incarnations.** Every open [`ShardStore`] and [`ShardReader`] has a process-unique
 //!   [`ShardStore::incarnation`]; caches key entries by it, so nothing cached under one opening of
 //!   a shard is ever served under another.
@@ -417,6 +420,8 @@ impl ShardReader {
             // Bounded: a poll that cannot reach the store fails and closes the follower, so an
             // open follower is never silently stuck in the past.
             object_store_max_retries: Some(object_store.max_retries),
+            // Shards have no WAL: a poll would only LIST an empty directory.
+            skip_wal_replay: true,
             ..DbReaderOptions::default()
         };
         let reader = DbReader::builder(store.shard_path(shard), Arc::clone(&store.store))
@@ -438,12 +443,21 @@ impl ShardReader {
         self.incarnation
     }
 
-    /// The sequence number up to which the follower has replayed the shard's writes.
+    /// An upper bound of the `D` of the view the reader shows now (see "Followers"): SlateDB
+    /// advances it just *before* it installs a new view. Read after a read, it bounds the
+    /// view that read saw from above.
     pub fn durable_seq(&self) -> u64 {
         self.reader.status().durable_seq
     }
 
-    /// A receiver that changes whenever the follower's `durable_seq` advances or it closes.
+    /// A lower bound of the `D` of the view the reader shows now: the `last_l0_seq` of the
+    /// manifest SlateDB reports just *after* it installed a view. Read before a read, it
+    /// bounds the view that read sees from below; every write up to it is visible.
+    pub fn installed_seq(&self) -> u64 {
+        self.reader.status().current_manifest.last_l0_seq()
+    }
+
+    /// A receiver that changes whenever the follower's view advances or it closes.
     pub fn subscribe(&self) -> tokio::sync::watch::Receiver<DbStatus> {
         self.reader.subscribe()
     }

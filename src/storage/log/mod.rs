@@ -6,7 +6,7 @@
 //! consecutive number, so a **fence** created at some number by a new owner ([`seal`]) ends the
 //! log: no object after it can ever exist, and the old writer's next flush fails.
 //!
-//! - [`format`]: the bytes of one object.
+//! - [`format`](mod@format): the bytes of one object.
 //! - [`checkpoint`]: what a shard's database holds of the logs; replay and GC decisions.
 //! - [`writer`]: the flusher that batches appends into objects.
 //! - here: paths, [`seal`], and reading objects back ([`get`], [`read_from`]).
