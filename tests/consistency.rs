@@ -598,7 +598,7 @@ async fn eventual_reads_do_not_wait_for_a_cold_follower() {
     loop {
         let r = get_eventual(&http, c.gw(1), &new).await;
         assert_eq!(r.status(), StatusCode::OK);
-        let source = read_by(&r);
+        let source = read_by(&r).to_string();
         assert_eq!(r.text().await.unwrap(), new);
         if source == "eventual" {
             break;

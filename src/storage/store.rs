@@ -123,6 +123,9 @@ pub struct ShardStore {
     /// The highest version applied to the memtable (from the SSTs' flushed sequence number at
     /// open: records at or below it are in them already).
     applied: AtomicU64,
+    /// The database's status, read without copying it (`Db::status` clones the manifest, and
+    /// supervisors look at L0 every second).
+    status: tokio::sync::watch::Receiver<DbStatus>,
     /// The log this store's writes go to: the one its recovery checkpoint names. Never
     /// another: a write in a log no checkpoint of the shard names would be lost by a replay.
     log: std::sync::OnceLock<Arc<LogWriter>>,
@@ -207,6 +210,7 @@ impl ShardStore {
             .map_err(|e| map_error(shard, e))?;
         // With no WAL, what the database has is what its SSTs have.
         let flushed = db.status().durable_seq;
+        let status = db.subscribe();
         Ok(ShardStore {
             shard,
             db,
@@ -214,6 +218,7 @@ impl ShardStore {
             version: AtomicU64::new(flushed),
             order: tokio::sync::Mutex::new(()),
             applied: AtomicU64::new(flushed),
+            status,
             log: std::sync::OnceLock::new(),
         })
     }
@@ -307,12 +312,12 @@ impl ShardStore {
 
     /// The highest version in the SSTs: every write at or below it is flushed.
     pub fn flushed_version(&self) -> u64 {
-        self.db.status().durable_seq
+        self.status.borrow().durable_seq
     }
 
     /// L0 SSTs in the manifest as this writer last read it.
     pub fn l0_len(&self) -> usize {
-        self.db.status().current_manifest.l0().len()
+        self.status.borrow().current_manifest.l0().len()
     }
 
     /// Reads the manifest now (compaction results: L0 room), instead of at the next poll.
