@@ -8,29 +8,34 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::cluster::{samples, Cluster, CompactorProc, SHARDS};
+use common::cluster::{samples, Cluster, ClusterOpts, CompactorProc, SHARDS};
 use common::process::log_tail;
 use common::{client, put_until_ok};
 use reqwest::StatusCode;
 
 /// Gateway storage settings: 32 KiB memtables, so a few hundred KiB of writes make several L0
-/// SSTs per shard; `l0_max_ssts` is where memtable flushes stop (backpressure).
+/// SSTs per shard; `l0_max_ssts` is where memtable flushes stop (backpressure). Owners hint
+/// their shards for compaction at 4 L0 SSTs (the compactors' threshold here), or at
+/// `l0_max_ssts` if lower, and re-read their manifests every second (below the compactors'
+/// 3 s `gc_min_age`, so no gateway reads an SST that GC deleted).
 fn gateway_args(dir: &std::path::Path, l0_max_ssts: usize, extra: &str) -> Vec<String> {
     let path = dir.join(format!("gateway-{l0_max_ssts}.toml"));
+    let hint = l0_max_ssts.min(4);
     std::fs::write(
         &path,
         format!(
             "[storage]\nl0_sst_size_bytes = 32768\nmax_unflushed_bytes = 262144\n\
-             l0_max_ssts = {l0_max_ssts}\n{extra}"
+             l0_max_ssts = {l0_max_ssts}\ncompaction_hint_l0 = {hint}\n\
+             manifest_poll_interval = \"1s\"\n{extra}"
         ),
     )
     .unwrap();
     vec!["--config".into(), path.display().to_string()]
 }
 
-/// Compactor settings for tests: fast polling, a killed worker's job retried after 3 s, GC of
-/// objects older than 3 s (above the gateways' 1 s manifest poll, so no gateway still reads an
-/// SST the GC deletes).
+/// Compactor settings for tests: fast polling, a killed worker's job retried after 3 s, a GC
+/// pass per shard every second, of objects older than 3 s (above the gateways' 1 s manifest
+/// poll, `gateway_args`, so no gateway still reads an SST the GC deletes).
 fn compactor_config(l0_threshold: usize) -> String {
     format!(
         "[compaction]\nl0_threshold = {l0_threshold}\npoll_interval = \"200ms\"\n\
@@ -539,11 +544,13 @@ async fn log_gc_deletes_what_checkpoints_cover() {
     let checkpoint = |shard: u32, log: &str, through_seq: u64| {
         let (store, log) = (store.clone(), log.to_string());
         async move {
+            // Each checkpoint takes a new version, as a gateway's do (the published
+            // checkpoint only moves forward); through_seq grows per shard here.
             let marker = Marker {
                 log,
                 through_seq,
                 epoch: 1,
-                max_version: 0,
+                max_version: through_seq,
                 clean: false,
             };
             publish(&store, ShardId(shard), &marker).await.unwrap();
@@ -631,4 +638,144 @@ async fn log_gc_deletes_what_checkpoints_cover() {
     }
     let metrics = daemon.metrics().await;
     assert!(sum(&metrics, "tessera_compactor_log_gc_passes_total") >= 1.0);
+}
+
+/// Issue 17: an idle shard costs at most 0.05 object-store requests/s in all. The daemon holds
+/// every shard's claim but runs a compactor only for shards their owner hinted, so idle it
+/// costs one hint LIST per `poll_interval` for all shards, plus GC passes spread over
+/// `gc_interval` (production defaults here). Then one shard is filled past the hint threshold,
+/// and the daemon compacts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_shards_cost_few_requests_and_hinted_shards_compact() {
+    const N: u32 = 64;
+    // One whole gateway manifest poll (60 s) and compactor log GC interval (1 min).
+    const IDLE: Duration = Duration::from_secs(65);
+    let dir = tempfile::tempdir().unwrap();
+    // Small memtables, hints at 4 L0 SSTs; otherwise production defaults (60 s manifest
+    // poll).
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(
+        &config,
+        "[storage]\nl0_sst_size_bytes = 32768\nmax_unflushed_bytes = 262144\n",
+    )
+    .unwrap();
+    let opts = ClusterOpts {
+        extra: vec!["--config".into(), config.display().to_string()],
+        shards: N,
+        ..ClusterOpts::default()
+    };
+    let c = Cluster::start_opts(2, opts).await;
+    c.await_stable(&[0, 1], Duration::from_secs(60)).await;
+    let comp = c.start_compactor(
+        "c0",
+        "[compaction]\nl0_threshold = 4\njob_timeout = \"3s\"\n",
+    );
+    // Start-up settles: every shard claimed and its manifest read once.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while reported_shards(&comp).await.len() < N as usize {
+        assert!(
+            Instant::now() < deadline,
+            "c0 never read every shard:\n{}",
+            comp.process.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+
+    let requests = || async {
+        let comp = sum(
+            &comp.metrics().await,
+            "tessera_compactor_object_store_requests_total",
+        );
+        let mut gws = 0.0;
+        for i in 0..2 {
+            let text = common::get_text(&client(), format!("{}/metrics", c.gw(i).url)).await;
+            gws += sum(&text, "tessera_object_store_requests_total");
+        }
+        (comp, gws)
+    };
+    let (comp0, gw0) = requests().await;
+    let ops0 = samples(
+        &comp.metrics().await,
+        "tessera_compactor_object_store_requests_total",
+    );
+    let t0 = Instant::now();
+    tokio::time::sleep(IDLE).await;
+    let (comp1, gw1) = requests().await;
+    let ops1 = samples(
+        &comp.metrics().await,
+        "tessera_compactor_object_store_requests_total",
+    );
+    let by_op: Vec<String> = ops1
+        .iter()
+        .map(|(op, n)| format!("{op} {}", n - ops0.get(op).unwrap_or(&0.0)))
+        .collect();
+    let log_gc = |t: &str| sum(t, "tessera_compactor_log_gc_passes_total");
+    println!(
+        "compactor requests while idle: {by_op:?}; {} log GC passes",
+        log_gc(&comp.metrics().await)
+    );
+    let per_shard = |n: f64| n / f64::from(N) / t0.elapsed().as_secs_f64();
+    let (comp_rate, gw_rate) = (per_shard(comp1 - comp0), per_shard(gw1 - gw0));
+    println!(
+        "idle: compactor {comp_rate:.4} req/s per shard ({} requests), gateways {gw_rate:.4} \
+         ({} requests), over {N} shards and {:?}",
+        comp1 - comp0,
+        gw1 - gw0,
+        t0.elapsed()
+    );
+    assert!(
+        comp_rate <= 0.05,
+        "idle compactor costs {comp_rate:.3} requests/s per shard"
+    );
+    assert!(
+        comp_rate + gw_rate <= 0.05,
+        "an idle shard costs {:.3} requests/s (compactor {comp_rate:.3}, gateways {gw_rate:.3})",
+        comp_rate + gw_rate
+    );
+    let metrics = comp.metrics().await;
+    assert_eq!(sum(&metrics, "tessera_compactor_shards_compacting"), 0.0);
+
+    // Fill one shard past the hint threshold: its owner hints it, and the daemon compacts it.
+    let shard = 5;
+    let keys: Vec<String> = (0..)
+        .map(|i| format!("h{i}"))
+        .filter(|k| tessera::shard_for_key(k.as_bytes(), N).0 == shard)
+        .take(160)
+        .collect();
+    let http = client();
+    let url = c.gw(0).url.clone();
+    futures::future::join_all(keys.chunks(20).map(|chunk| {
+        let (http, url) = (http.clone(), url.clone());
+        async move {
+            for k in chunk {
+                let deadline = Instant::now() + Duration::from_secs(60);
+                let k_url = format!("{url}/v1/kv/{k}");
+                put_until_ok(&http, &k_url, &value(k), deadline, "write failed").await;
+            }
+        }
+    }))
+    .await;
+    let label = format!("{{shard=\"{shard:05}\"}}");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let metrics = comp.metrics().await;
+        let compactions = samples(&metrics, "tessera_compactor_compactions_total")
+            .get(&label)
+            .copied()
+            .unwrap_or(0.0);
+        let l0 = c.l0_counts().await[shard as usize];
+        if compactions >= 1.0 && l0 < 4 {
+            println!("shard {shard} compacted ({compactions} compactions), L0 now {l0}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "shard {shard} not compacted (L0 {l0}, {compactions} compactions):\n{}",
+            comp.process.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let want: BTreeMap<String, String> = keys.iter().map(|k| (k.clone(), value(k))).collect();
+    read_back(&c.gw(1).url, &want).await;
 }

@@ -2,10 +2,13 @@
 //! user (the gateways' SlateDB decisions live in `tessera::store`).
 //!
 //! - [`ShardJob::start`] runs SlateDB's standalone compactor coordinator with an embedded
-//!   worker (`CompactorBuilder` on `{prefix}/shards/{shard:05}`) and, in daemons, its garbage
-//!   collector. Starting the coordinator claims a new compactor epoch in the shard's manifest,
-//!   which fences any older compactor of that shard: the safety backstop behind the etcd
-//!   claims. A fenced or failed run ends the job with an error ([`ShardJob::finished`]).
+//!   worker (`CompactorBuilder` on `{prefix}/shards/{shard:05}`). Starting the coordinator
+//!   claims a new compactor epoch in the shard's manifest, which fences any older compactor of
+//!   that shard: the safety backstop behind the etcd claims. A fenced or failed run ends the
+//!   job with an error ([`ShardJob::finished`]).
+//! - Garbage collection is one-shot passes ([`collect_garbage_once`]), scheduled by the daemon
+//!   and `--once`: SlateDB's continuous collector would list every shard's directories on its
+//!   own timer, hinted or not.
 //! - Gateways in cluster mode run neither (`compactor_options: None`), so the epoch claim never
 //!   fences a writer.
 //! - The size-tiered scheduler's `min_compaction_sources` is the configured L0 threshold, so
@@ -30,7 +33,6 @@ use slatedb_common::metrics::{DefaultMetricsRecorder, MetricValue};
 use tessera::objstore::ClusterStore;
 use tessera::{Error, ObjectStoreConfig, ShardId};
 use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
 use crate::config::CompactionConfig;
 use crate::error::{CompactorError, Result};
@@ -90,25 +92,21 @@ impl std::ops::AddAssign for Counters {
     }
 }
 
-/// SlateDB's compactor (and optionally GC) running on one shard.
+/// SlateDB's compactor running on one shard.
 pub struct ShardJob {
     shard: ShardId,
     compactor: Compactor,
     run: JoinHandle<Result<(), slatedb::Error>>,
-    /// The garbage collector's task and its stop signal (its type is not nameable).
-    gc: Option<(CancellationToken, JoinHandle<Result<(), slatedb::Error>>)>,
     recorder: Arc<DefaultMetricsRecorder>,
 }
 
 impl ShardJob {
-    /// Starts compacting `shard`, with its garbage collector if `with_gc`. Call only while
-    /// holding the shard's claim.
+    /// Starts compacting `shard`. Call only while holding the shard's claim.
     pub fn start(
         store: &ClusterStore,
         object_store: &ObjectStoreConfig,
         cfg: &CompactionConfig,
         shard: ShardId,
-        with_gc: bool,
     ) -> ShardJob {
         let recorder = Arc::new(DefaultMetricsRecorder::new());
         let path = store.shard_path(shard);
@@ -133,7 +131,7 @@ impl ShardJob {
             object_store_max_retries: retries,
             ..CompactorOptions::default()
         };
-        let compactor = CompactorBuilder::new(path.clone(), Arc::clone(&store.store))
+        let compactor = CompactorBuilder::new(path, Arc::clone(&store.store))
             .with_options(options)
             .with_metrics_recorder(recorder.clone())
             .build();
@@ -141,26 +139,10 @@ impl ShardJob {
             let c = compactor.clone();
             tokio::spawn(async move { c.run().await })
         };
-        let gc = with_gc.then(|| {
-            let gc = GarbageCollectorBuilder::new(path, Arc::clone(&store.store))
-                .with_options(gc_options(object_store, cfg))
-                .with_metrics_recorder(recorder.clone())
-                .build();
-            let stop = CancellationToken::new();
-            let stopped = stop.clone();
-            let task = tokio::spawn(async move {
-                tokio::select! {
-                    r = gc.run() => r,
-                    _ = stopped.cancelled() => gc.stop().await,
-                }
-            });
-            (stop, task)
-        });
         ShardJob {
             shard,
             compactor,
             run,
-            gc,
             recorder,
         }
     }
@@ -170,9 +152,9 @@ impl ShardJob {
         self.shard
     }
 
-    /// True once the compactor or GC stopped on its own (fenced, or a failure).
+    /// True once the compactor stopped on its own (fenced, or a failure).
     pub fn finished(&self) -> bool {
-        self.run.is_finished() || self.gc.as_ref().is_some_and(|(_, t)| t.is_finished())
+        self.run.is_finished()
     }
 
     /// Work done so far by this job.
@@ -180,7 +162,7 @@ impl ShardJob {
         counters_of(&self.recorder)
     }
 
-    /// Stops the compactor and GC and waits for them. Returns the job's counters and, if it
+    /// Stops the compactor and waits for it. Returns the job's counters and, if it
     /// had stopped on its own, why (a fenced compactor reports `Closed(Fenced)`).
     pub async fn stop(self) -> (Counters, Result<()>) {
         // A compactor that already stopped on its own reports why through `run`.
@@ -191,12 +173,6 @@ impl ShardJob {
         };
         if let Ok(r) = self.run.await {
             outcome = outcome.and(r);
-        }
-        if let Some((stop, task)) = self.gc {
-            stop.cancel();
-            if let Ok(r) = task.await {
-                outcome = outcome.and(r);
-            }
         }
         let shard = self.shard;
         (
@@ -226,7 +202,9 @@ fn counters_of(recorder: &DefaultMetricsRecorder) -> Counters {
     }
 }
 
-/// Runs one garbage-collection pass over `shard` (the batch mode's GC).
+/// Runs one garbage-collection pass over `shard` (every directory SlateDB manages: a few
+/// LISTs, then deletes of what is obsolete and older than `gc_min_age`). Call only while
+/// holding the shard's claim.
 pub async fn collect_garbage_once(
     store: &ClusterStore,
     object_store: &ObjectStoreConfig,

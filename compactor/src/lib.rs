@@ -16,7 +16,10 @@
 //! ```
 //!
 //! - [`daemon`]: runs until SIGTERM/SIGINT; claims its rendezvous-hash share of the shards and
-//!   rebalances as compactors come and go; releases its claims on shutdown.
+//!   rebalances as compactors come and go; compacts the held shards their owners hinted
+//!   (`tessera::storage::hints`, one LIST per poll for all shards) and garbage-collects every
+//!   held shard now and then, so an idle shard costs almost nothing; releases its claims on
+//!   shutdown.
 //! - [`once`]: one maintenance pass over every shard (compact what needs it, GC), then exit;
 //!   claims through etcd too, so it never works on a shard next to a daemon.
 //! - [`log_gc`]: deletes the commit-log objects no replay can need; run by the daemon that

@@ -1,9 +1,11 @@
 //! Prometheus metrics of a compactor, served as text at `GET /metrics` when
 //! `metrics.listen` is set. Per shard (label `shard`, five digits): the manifest's L0 SST count
-//! and sorted runs while this compactor holds the shard; bytes and SSTs written by compactions,
+//! and sorted runs while this compactor holds the shard (read every `poll_interval` while the
+//! shard compacts, else with each GC pass); bytes and SSTs written by compactions,
 //! compactions done (new sorted runs committed), failed compactor runs, and objects deleted by
-//! the garbage collector. Process-wide: object-store requests by kind, as the gateways report
-//! theirs, so the idle cost of compaction can be measured; the commit-log GC passes this
+//! the garbage collector. Process-wide: shards claimed and shards compacting; object-store
+//! requests by kind, as the gateways report theirs, so the idle cost of compaction can be
+//! measured; the commit-log GC passes this
 //! compactor ran (only the one holding shard 0's claim runs them); and, unprefixed, the
 //! standard `process_*` metrics and `tessera_build_info`, as every Tessera binary exports them.
 
@@ -27,6 +29,7 @@ use crate::engine::{Counters, ShardStats};
 pub struct Metrics {
     registry: Registry,
     claimed: IntGauge,
+    compacting: IntGauge,
     leases_lost: IntCounterVec,
     lease_rejoins: IntCounterVec,
     l0: IntGaugeVec,
@@ -75,9 +78,16 @@ impl Metrics {
         };
         let claimed = IntGauge::new("shards_claimed", "Shards this compactor holds a claim on")
             .expect("valid metric");
-        registry
-            .register(Box::new(claimed.clone()))
-            .expect("unique metric");
+        let compacting = IntGauge::new(
+            "shards_compacting",
+            "Held shards with a running compactor (hinted by their owner, or lingering after)",
+        )
+        .expect("valid metric");
+        for g in [&claimed, &compacting] {
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
+        }
         let object_store_requests = IntCounterVec::new(
             Opts::new(
                 "object_store_requests_total",
@@ -159,6 +169,7 @@ impl Metrics {
             log_gc_errors,
             log_objects,
             claimed,
+            compacting,
             leases_lost,
             lease_rejoins,
             object_store_requests,
@@ -189,6 +200,11 @@ impl Metrics {
     /// Records the number of shards held.
     pub fn set_claimed(&self, n: usize) {
         self.claimed.set(n as i64);
+    }
+
+    /// Records the number of held shards with a running compactor.
+    pub fn set_compacting(&self, n: usize) {
+        self.compacting.set(n as i64);
     }
 
     /// Brings the lease counters up to `stats`.

@@ -4,7 +4,10 @@
 //! For each shard, at most `once_concurrency` at a time and all within `once_timeout`:
 //! - claim it under the job's own lease, without joining the compactors' member set (so
 //!   daemons never place shards onto a batch job);
-//! - if its L0 has `l0_threshold` SSTs or more, run SlateDB's compactor until it has fewer;
+//! - if its L0 has `l0_threshold` SSTs or more, run SlateDB's compactor until it has fewer
+//!   (the batch job reads every manifest rather than following compaction hints, as the
+//!   daemon does: a pass that runs now and then is not idle polling, and it also catches a
+//!   shard whose owner could not write its hint);
 //! - run one garbage-collection pass, then release the claim.
 //!
 //! Then one commit-log GC pass ([`crate::log_gc`]), without a claim: passes may overlap a
@@ -246,13 +249,7 @@ async fn compact(
     report: &mut ShardReport,
 ) -> Outcome {
     let threshold = cfg.compaction.l0_threshold;
-    let job = ShardJob::start(
-        store,
-        &cfg.object_store,
-        &cfg.compaction,
-        claim.shard,
-        false,
-    );
+    let job = ShardJob::start(store, &cfg.object_store, &cfg.compaction, claim.shard);
     let mut outcome = loop {
         tokio::time::sleep(PROGRESS_POLL).await;
         if !claims.holds(claim) {

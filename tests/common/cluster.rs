@@ -20,6 +20,8 @@ pub struct Cluster {
     pub dir: TempDir,
     pub gateways: Vec<Option<Gateway>>,
     name: String,
+    /// The cluster's shard count.
+    pub shards: u32,
     /// Extra arguments of every gateway.
     extra: Vec<String>,
     /// Extra environment variables of every gateway.
@@ -76,6 +78,8 @@ pub struct ClusterOpts {
     pub env: Vec<(String, String)>,
     /// Each gateway's links through cuttable proxies (`Cluster::start_proxied`).
     pub proxied: bool,
+    /// The shard count; 0 means `SHARDS`.
+    pub shards: u32,
 }
 
 impl Cluster {
@@ -114,6 +118,11 @@ impl Cluster {
                 .unwrap(),
             gateways: Vec::new(),
             name: "test".into(),
+            shards: if opts.shards == 0 {
+                SHARDS
+            } else {
+                opts.shards
+            },
             extra: opts.extra,
             env: opts.env,
             links: Vec::new(),
@@ -175,7 +184,7 @@ impl Cluster {
         }
         o.extra.extend(self.extra.iter().cloned());
         o.env.extend(self.env.iter().cloned());
-        o.shards = SHARDS;
+        o.shards = self.shards;
         o
     }
 
@@ -251,7 +260,7 @@ impl Cluster {
                     .iter()
                     .map(|m| m["id"].as_str().unwrap().to_string())
                     .collect();
-                let complete = owners.len() == SHARDS as usize
+                let complete = owners.len() == self.shards as usize
                     && owners.values().all(|o| want.contains(o))
                     && members_seen == want
                     && views.len() == self.live().len()
@@ -375,7 +384,7 @@ impl Cluster {
     pub async fn l0_counts(&self) -> Vec<usize> {
         let store = self.store();
         let mut out = Vec::new();
-        for shard in 0..SHARDS {
+        for shard in 0..self.shards {
             let admin = slatedb::admin::AdminBuilder::new(
                 store.shard_path(tessera::ShardId(shard)),
                 store.store.clone(),
