@@ -333,11 +333,7 @@ impl ShardStore {
             .await
             .map_err(|e| self.map(e))?;
         found
-            .map(|bytes| {
-                serde_json::from_slice(&bytes).map_err(|e| {
-                    Error::Internal(format!("shard {}: bad checkpoint marker: {e}", self.shard))
-                })
-            })
+            .map(|bytes| Marker::decode(self.shard, &bytes))
             .transpose()
     }
 
@@ -346,9 +342,8 @@ impl ShardStore {
     /// [`order`](Self::order) held, once every submitted record is applied, at a version
     /// from [`next_version`](Self::next_version).
     pub(crate) async fn write_marker(&self, marker: &Marker, version: u64) -> Result<()> {
-        let json = serde_json::to_vec(marker).map_err(|e| Error::Internal(e.to_string()))?;
         let mut batch = WriteBatch::new();
-        batch.put(MARKER_KEY, json);
+        batch.put(MARKER_KEY, marker.encode()?);
         self.write_at(batch, version).await
     }
 
@@ -501,11 +496,7 @@ impl ShardReader {
             .await
             .map_err(|e| map_error(self.shard, e))?;
         found
-            .map(|bytes| {
-                serde_json::from_slice(&bytes).map_err(|e| {
-                    Error::Internal(format!("shard {}: bad checkpoint marker: {e}", self.shard))
-                })
-            })
+            .map(|bytes| Marker::decode(self.shard, &bytes))
             .transpose()
     }
 

@@ -51,7 +51,7 @@ fn published_path(store: &ClusterStore, shard: ShardId) -> Path {
 /// filesystem, one process) overwrites.
 pub async fn publish(store: &ClusterStore, shard: ShardId, marker: &Marker) -> Result<()> {
     let path = published_path(store, shard);
-    let json = Bytes::from(serde_json::to_vec(marker).map_err(|e| Error::Internal(e.to_string()))?);
+    let json = marker.encode()?;
     loop {
         let (current, version) = match store.store.get(&path).await {
             Ok(got) => {
@@ -59,7 +59,10 @@ pub async fn publish(store: &ClusterStore, shard: ShardId, marker: &Marker) -> R
                     e_tag: got.meta.e_tag.clone(),
                     version: got.meta.version.clone(),
                 };
-                (Some(parse(shard, &got.bytes().await?)?), Some(version))
+                (
+                    Some(Marker::decode(shard, &got.bytes().await?)?),
+                    Some(version),
+                )
             }
             Err(object_store::Error::NotFound { .. }) => (None, None),
             Err(e) => return Err(e.into()),
@@ -98,15 +101,25 @@ pub async fn publish(store: &ClusterStore, shard: ShardId, marker: &Marker) -> R
 /// `shard`'s published checkpoint, if any.
 pub async fn published(store: &ClusterStore, shard: ShardId) -> Result<Option<Marker>> {
     match store.store.get(&published_path(store, shard)).await {
-        Ok(got) => parse(shard, &got.bytes().await?).map(Some),
+        Ok(got) => Marker::decode(shard, &got.bytes().await?).map(Some),
         Err(object_store::Error::NotFound { .. }) => Ok(None),
         Err(e) => Err(e.into()),
     }
 }
 
-fn parse(shard: ShardId, bytes: &[u8]) -> Result<Marker> {
-    serde_json::from_slice(bytes)
-        .map_err(|e| Error::Internal(format!("checkpoint of shard {shard}: {e}")))
+impl Marker {
+    /// The marker as stored: in the shard's database and as its published copy.
+    pub fn encode(&self) -> Result<Bytes> {
+        serde_json::to_vec(self)
+            .map(Bytes::from)
+            .map_err(|e| Error::Internal(e.to_string()))
+    }
+
+    /// A marker of `shard` as [`encode`](Self::encode) stored it.
+    pub fn decode(shard: ShardId, bytes: &[u8]) -> Result<Marker> {
+        serde_json::from_slice(bytes)
+            .map_err(|e| Error::Internal(format!("checkpoint of shard {shard}: {e}")))
+    }
 }
 
 impl Marker {

@@ -9,7 +9,7 @@
 //! - [`format`](mod@format): the bytes of one object.
 //! - [`checkpoint`]: what a shard's database holds of the logs; replay and GC decisions.
 //! - [`writer`]: the flusher that batches appends into objects.
-//! - here: paths, [`seal`], and reading objects back ([`get`], [`read_from`]).
+//! - here: paths, [`seal`], and reading objects back ([`get`], [`read_range`]).
 
 pub mod checkpoint;
 pub mod format;
@@ -17,7 +17,7 @@ pub mod gc;
 pub mod writer;
 
 use bytes::Bytes;
-use futures::{Stream, TryStreamExt};
+use futures::TryStreamExt;
 use object_store::path::Path;
 use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
@@ -93,21 +93,6 @@ pub async fn get(store: &ClusterStore, log: &str, seq: u64) -> Result<Option<Seg
         )));
     }
     Ok(Some(segment))
-}
-
-/// The objects of `log` from `from` on, in order, up to the first missing number or a fence
-/// (which ends the stream and is not yielded).
-pub fn read_from<'a>(
-    store: &'a ClusterStore,
-    log: &'a str,
-    from: u64,
-) -> impl Stream<Item = Result<Segment>> + 'a {
-    futures::stream::try_unfold(from, move |seq| async move {
-        match get(store, log, seq).await? {
-            Some(Segment::Fence { .. }) | None => Ok(None),
-            Some(segment) => Ok(Some((segment, seq + 1))),
-        }
-    })
 }
 
 /// The records objects of `log` numbered `from..=to`, in order, with up to `READ_AHEAD` GETs
@@ -229,7 +214,8 @@ mod tests {
     }
 
     async fn read_all(store: &ClusterStore, log: &str) -> Vec<Segment> {
-        read_from(store, log, 1).try_collect().await.unwrap()
+        let last = last_seq(store, log, 1).await.unwrap().unwrap_or(0);
+        read_range(store, log, 1, last).await.unwrap()
     }
 
     /// The group of every record in `segments`, keyed by version (unique per test append).
@@ -256,7 +242,7 @@ mod tests {
             &tasks,
         );
         let acks =
-            futures::future::join_all((0..200).map(|n| writer.append(group(n), nop()))).await;
+            futures::future::join_all((0..200).map(|n| writer.submit(group(n), nop()))).await;
         let acked: Vec<(u64, u64)> = acks
             .into_iter()
             .enumerate()
@@ -284,7 +270,7 @@ mod tests {
             ..WriterConfig::default()
         };
         let writer = LogWriter::start(store.clone(), "a".into(), 1, config, &tasks);
-        futures::future::join_all((0..50).map(|n| writer.append(group(n), nop()))).await;
+        futures::future::join_all((0..50).map(|n| writer.submit(group(n), nop()))).await;
         for segment in read_all(&store, "a").await {
             let Segment::Records { groups, .. } = segment else {
                 panic!("no fence expected");
@@ -310,7 +296,7 @@ mod tests {
                 // Appends until the seal stops them.
                 let mut outcomes = Vec::new();
                 for n in 0.. {
-                    let outcome = writer.append(group(n), nop()).await;
+                    let outcome = writer.submit(group(n), nop()).await;
                     let sealed = outcome.is_err();
                     outcomes.push((n, outcome));
                     if sealed {
@@ -339,7 +325,7 @@ mod tests {
             }
         }
         assert_eq!(
-            writer.append(group(999), nop()).await,
+            writer.submit(group(999), nop()).await,
             Err(LogError::Sealed)
         );
         assert_eq!(
@@ -361,7 +347,7 @@ mod tests {
             WriterConfig::default(),
             &tasks,
         );
-        assert_eq!(writer.append(group(1), nop()).await, Err(LogError::Sealed));
+        assert_eq!(writer.submit(group(1), nop()).await, Err(LogError::Sealed));
         tasks.shutdown().await;
     }
 
@@ -380,8 +366,8 @@ mod tests {
             WriterConfig::default(),
             &tasks,
         );
-        assert_eq!(writer.append(group(1), nop()).await, Ok(1));
-        assert_eq!(writer.append(group(2), nop()).await, Ok(2));
+        assert_eq!(writer.submit(group(1), nop()).await, Ok(1));
+        assert_eq!(writer.submit(group(2), nop()).await, Ok(2));
         assert_eq!(versions(&read_all(&store, "a").await), vec![(1, 1), (2, 2)]);
         tasks.shutdown().await;
     }

@@ -171,15 +171,6 @@ impl LogWriter {
         }
     }
 
-    /// [`submit`](Self::submit), awaited.
-    pub async fn append(
-        &self,
-        group: Vec<Record>,
-        target: Arc<dyn Apply>,
-    ) -> Result<u64, LogError> {
-        self.submit(group, target).await
-    }
-
     /// Waits until every group submitted before the call is settled (applied or failed), and
     /// returns the last object whose groups are all applied. With no new submissions for a
     /// shard meanwhile, every durable record of it is then in its database.
