@@ -13,6 +13,11 @@ use clap::Parser;
 use compactor::metrics::Metrics;
 use compactor::progress::Progress;
 use compactor::{daemon, once, CompactorConfig};
+
+/// mimalloc, not glibc malloc: under write load the gateway spent about a quarter of its CPU
+/// in glibc's allocator (profile in docs/bench/vs-etcd.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use tessera::cli::CommonArgs;
 use tessera::process::shutdown_signal;
 use tessera::Member;

@@ -10,6 +10,11 @@ use gateway::GatewayConfig;
 use tessera::cli::CommonArgs;
 use tessera::process::shutdown_signal;
 
+/// mimalloc, not glibc malloc: under write load the gateway spent about a quarter of its CPU
+/// in glibc's allocator (profile in docs/bench/vs-etcd.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Tessera gateway: serves the key-value HTTP API over shards stored in object storage.
 ///
 /// With no flags it starts an embedded single-node store on http://127.0.0.1:7070 with its
