@@ -45,10 +45,46 @@ pub struct ClusterView {
     pub revision: i64,
 }
 
-impl ClusterView {
-    /// The member that should own `shard`, if any member is live.
-    pub fn desired_owner(&self, shard: ShardId) -> Option<&Member> {
-        hrw(shard, self.members.values())
+/// Every shard's rendezvous choice for one member set. Scoring a shard hashes it with every
+/// member, and each member's placement loop plans every shard every second: recomputed for
+/// each pass, that was `shards × members` hashes per member per second (0.2 of a core per
+/// gateway at 1024 shards and 9 gateways, docs/bench/scale-test.md). So the choices are
+/// computed once per member set, each shard's when it is first asked for.
+#[derive(Debug, Default)]
+pub struct Choices {
+    /// The ids of the member set the choices were made for, in order.
+    members: Vec<String>,
+    /// Per shard, the index in `members` of its choice (`UNKNOWN`: not computed yet).
+    choice: Vec<u32>,
+}
+
+impl Choices {
+    const UNKNOWN: u32 = u32::MAX;
+
+    /// Makes the choices those of `members`: forgets them if the member set changed.
+    pub fn sync(&mut self, members: &BTreeMap<String, Member>) {
+        if !self.members.iter().eq(members.keys()) {
+            self.members = members.keys().cloned().collect();
+            self.choice.clear();
+        }
+    }
+
+    /// The id of the member that should own `shard` ([`hrw`] over the synced member set), if
+    /// there is any member.
+    pub fn of(&mut self, shard: ShardId) -> Option<&str> {
+        let n = shard.0 as usize;
+        if n >= self.choice.len() {
+            self.choice.resize(n + 1, Self::UNKNOWN);
+        }
+        if self.choice[n] == Self::UNKNOWN {
+            let best = self
+                .members
+                .iter()
+                .enumerate()
+                .max_by_key(|(_, id)| weight(id, shard))?;
+            self.choice[n] = best.0 as u32;
+        }
+        Some(&self.members[self.choice[n] as usize])
     }
 }
 
@@ -76,14 +112,17 @@ pub struct Moves {
 
 /// Decides, from `view`, what member `me` should do with each shard it reports a holding for.
 /// Gateways (shard ownership) and compactors (compaction claims) share this rule.
+/// `choices` carries the rendezvous choices from one call to the next.
 pub fn plan(
     view: &ClusterView,
+    choices: &mut Choices,
     me: &str,
     holdings: impl IntoIterator<Item = (ShardId, Holding)>,
 ) -> Moves {
     let mut moves = Moves::default();
+    choices.sync(&view.members);
     for (shard, holding) in holdings {
-        let desired = view.desired_owner(shard).map(|m| m.id.as_str());
+        let desired = choices.of(shard);
         let owner = view.owners.get(&shard.0);
         match (holding, owner) {
             (Holding::Free, None) if desired == Some(me) => moves.acquire.push(shard),
@@ -145,7 +184,7 @@ pub fn hrw<'a>(
     shard: ShardId,
     members: impl IntoIterator<Item = &'a Member>,
 ) -> Option<&'a Member> {
-    members.into_iter().max_by_key(|m| weight(m, shard))
+    members.into_iter().max_by_key(|m| weight(&m.id, shard))
 }
 
 /// Every member by decreasing weight for `shard`: [`hrw`]'s choice first, then the one it
@@ -155,15 +194,19 @@ pub fn ranked<'a>(
     shard: ShardId,
     members: impl IntoIterator<Item = &'a Member>,
 ) -> Vec<&'a Member> {
-    let mut weighted: Vec<_> = members.into_iter().map(|m| (weight(m, shard), m)).collect();
+    let mut weighted: Vec<_> = members
+        .into_iter()
+        .map(|m| (weight(&m.id, shard), m))
+        .collect();
     weighted.sort_unstable_by(|a, b| b.0.cmp(&a.0));
     weighted.into_iter().map(|(_, m)| m).collect()
 }
 
-/// A member's weight for a shard; ties are broken by member id.
-fn weight(m: &Member, shard: ShardId) -> (u64, &str) {
-    let score = xxhash_rust::xxh3::xxh3_64(format!("{}/{}", m.id, shard.0).as_bytes());
-    (score, &m.id)
+/// A member's weight for a shard; ties are broken by member id. Every gateway version must
+/// score alike, or a rolling upgrade would move shards back and forth.
+fn weight(id: &str, shard: ShardId) -> (u64, &str) {
+    let score = xxhash_rust::xxh3::xxh3_64(format!("{id}/{}", shard.0).as_bytes());
+    (score, id)
 }
 
 #[cfg(test)]
@@ -236,12 +279,9 @@ mod tests {
             revision: 10,
             ..ClusterView::default()
         };
-        let mine = (0..64)
-            .map(ShardId)
-            .find(|s| view.desired_owner(*s).unwrap().id == "gw0");
-        let theirs = (0..64)
-            .map(ShardId)
-            .find(|s| view.desired_owner(*s).unwrap().id == "gw1");
+        let desired = |s: ShardId| hrw(s, &m).unwrap().id.clone();
+        let mine = (0..64).map(ShardId).find(|s| desired(*s) == "gw0");
+        let theirs = (0..64).map(ShardId).find(|s| desired(*s) == "gw1");
         let (mine, theirs) = (mine.unwrap(), theirs.unwrap());
         let owner = |epoch| Owner {
             id: "gw0".into(),
@@ -249,8 +289,10 @@ mod tests {
             epoch,
         };
         view.owners.insert(theirs.0, owner(5));
+        let choices = &mut Choices::default();
         let moves = plan(
             &view,
+            choices,
             "gw0",
             [(mine, Holding::Free), (theirs, Holding::Held(5))],
         );
@@ -258,12 +300,37 @@ mod tests {
         assert_eq!(moves.release, vec![(theirs, 5)]);
         // An owner key with another epoch means the holding is lost; a view older than the
         // epoch proves nothing yet.
-        let moves = plan(&view, "gw0", [(theirs, Holding::Held(7))]);
+        let moves = plan(&view, choices, "gw0", [(theirs, Holding::Held(7))]);
         assert_eq!(moves.lost, vec![(theirs, 7)]);
-        let moves = plan(&view, "gw0", [(mine, Holding::Held(11))]);
+        let moves = plan(&view, choices, "gw0", [(mine, Holding::Held(11))]);
         assert_eq!(moves, Moves::default());
-        let moves = plan(&view, "gw0", [(mine, Holding::Busy)]);
+        let moves = plan(&view, choices, "gw0", [(mine, Holding::Busy)]);
         assert_eq!(moves, Moves::default());
+    }
+
+    #[test]
+    fn choices_follow_the_member_set() {
+        let mut choices = Choices::default();
+        let by_id = |m: &[Member]| m.iter().map(|m| (m.id.clone(), m.clone())).collect();
+        let mut m = members(4);
+        for round in 0..4 {
+            choices.sync(&by_id(&m));
+            // Asked out of order and twice: the memo answers as hrw does.
+            for s in (0..256).rev().chain(0..256) {
+                let want = hrw(ShardId(s), &m).map(|m| m.id.as_str());
+                assert_eq!(choices.of(ShardId(s)), want, "round {round}, shard {s}");
+            }
+            // A member leaves, or (round 2) one joins; the last round has none.
+            match round {
+                2 => m.push(Member {
+                    id: "gw9".into(),
+                    url: String::new(),
+                }),
+                _ => m.truncate(if round == 3 { 0 } else { m.len() - 1 }),
+            }
+        }
+        choices.sync(&BTreeMap::new());
+        assert_eq!(choices.of(ShardId(3)), None);
     }
 
     #[test]

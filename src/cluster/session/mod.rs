@@ -33,7 +33,7 @@
 //! The session gives availability, not safety: a paused process may outlive its deadline.
 //! Safety comes from fencing at the storage (SlateDB's writer and compactor epochs).
 
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -42,7 +42,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cluster::etcd::{Etcd, LeaseHolder, Registration};
 use crate::cluster::lease::{KeepAliveStats, LeaseClock};
-use crate::cluster::placement::{plan, ClusterView, Holding, Member, Moves, Owner};
+use crate::cluster::placement::{plan, Choices, ClusterView, Holding, Member, Moves, Owner};
 use crate::config::ClusterConfig;
 use crate::error::{Error, Result};
 use crate::shard::ShardId;
@@ -132,6 +132,8 @@ pub struct Session {
     lease: RwLock<(i64, Arc<LeaseClock>)>,
     /// Members and claims as last seen.
     view: watch::Sender<ClusterView>,
+    /// Every shard's rendezvous choice among the members of `view`.
+    choices: Mutex<Choices>,
     keepalive: Arc<KeepAliveStats>,
     /// Runs the placement loop, which returns at its next wait once `leaving` is cancelled.
     placing: Tasks,
@@ -162,6 +164,7 @@ impl Session {
             config: config.clone(),
             lease: RwLock::new((0, Arc::new(LeaseClock::forever()))),
             view: watch::Sender::new(view),
+            choices: Mutex::default(),
             keepalive: Arc::default(),
             placing: tasks.child(),
             leaving: CancellationToken::new(),
@@ -200,6 +203,7 @@ impl Session {
             config: config.clone(),
             lease: RwLock::new(lease),
             view: watch::Sender::new(ClusterView::default()),
+            choices: Mutex::default(),
             keepalive,
             placing: tasks.child(),
             leaving: CancellationToken::new(),
@@ -341,11 +345,12 @@ impl Session {
     /// [`crate::cluster::placement::plan`]). Empty until the lease is valid and this member's
     /// registration is visible (or while leaving).
     pub fn plan(&self, holdings: impl IntoIterator<Item = (ShardId, Holding)>) -> Moves {
-        let view = self.view.borrow().clone();
+        let view = self.view.borrow();
         if !self.lease_valid() || !view.members.contains_key(&self.me.id) {
             return Moves::default();
         }
-        plan(&view, &self.me.id, holdings)
+        let mut choices = self.choices.lock().unwrap_or_else(|e| e.into_inner());
+        plan(&view, &mut choices, &self.me.id, holdings)
     }
 
     /// Planned departure: stop placing, deregister so the others take over, then hand every
