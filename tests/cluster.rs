@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::cluster::{shard_of, Cluster};
+use common::cluster::{shard_of, Cluster, ClusterOpts};
 use common::{client, metric, percentiles, put_ok, put_until_ok};
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -115,8 +115,10 @@ async fn unrelated_etcd_writes_do_not_starve_rebalancing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_failover_keeps_acknowledged_writes() {
-    // TESSERA_FAILOVER_LEASE_TTL=1 measures with a 1 s lease (keep-alive and margin 300 ms):
-    // a failover cannot be faster than the dead owner's lease.
+    // TESSERA_FAILOVER_LEASE_TTL=1 measures with a 1 s lease (keep-alive and margin 300 ms)
+    // on an etcd whose election timeout lets it grant one: a failover cannot be faster than
+    // the dead owner's lease, and etcd's shortest lease is 1.5 election timeouts, rounded up
+    // to a second (2 s with its default 1 s timeout).
     let dir = tempfile::tempdir().unwrap();
     let ttl: u64 = std::env::var("TESSERA_FAILOVER_LEASE_TTL")
         .ok()
@@ -130,7 +132,13 @@ async fn kill9_failover_keeps_acknowledged_writes() {
             "[cluster]\nlease_ttl = \"{ttl}s\"\nkeepalive_interval = \"300ms\"\nlease_margin = \"300ms\"\n"
         );
         std::fs::write(&path, toml).unwrap();
-        Cluster::start_with(3, vec!["--config".into(), path.display().to_string()]).await
+        let etcd_extra = ["--heartbeat-interval", "50", "--election-timeout", "500"];
+        let opts = ClusterOpts {
+            extra: vec!["--config".into(), path.display().to_string()],
+            etcd_extra: etcd_extra.map(String::from).to_vec(),
+            ..ClusterOpts::default()
+        };
+        Cluster::start_opts(3, opts).await
     };
     c.await_stable(&[0, 1, 2], Duration::from_secs(30)).await;
     // As deployed: a compactor keeps L0 in check. Every unclean takeover checkpoints (an L0

@@ -80,6 +80,8 @@ pub struct ClusterOpts {
     pub proxied: bool,
     /// The shard count; 0 means `SHARDS`.
     pub shards: u32,
+    /// Extra flags of the cluster's etcd.
+    pub etcd_extra: Vec<String>,
 }
 
 impl Cluster {
@@ -109,7 +111,7 @@ impl Cluster {
     /// Starts `n` gateways as `opts` says.
     pub async fn start_opts(n: usize, opts: ClusterOpts) -> Cluster {
         let mut c = Cluster {
-            etcd: EtcdServer::start(),
+            etcd: EtcdServer::start_with("http", opts.etcd_extra.clone()),
             s3: S3Server::start(),
             // TESSERA_KEEP_TEST_DIRS=1 keeps the directory (gateway logs) for a post-mortem.
             dir: tempfile::Builder::new()
