@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 
 use common::client;
 use common::cluster::{shard_of, Cluster, ClusterOpts};
-use futures::TryStreamExt;
 use reqwest::StatusCode;
 use serde_json::Value;
 
@@ -143,24 +142,6 @@ async fn etags_and_writes_survive_two_failovers_before_any_periodic_checkpoint()
     }
 }
 
-/// The log id of the running gateway `id`: its log's directory under `logs/`.
-async fn log_of(c: &Cluster, id: &str) -> String {
-    let store = c.store();
-    let listed = store
-        .store
-        .list_with_delimiter(Some(&store.path("logs")))
-        .await
-        .unwrap();
-    let mut logs: Vec<String> = listed
-        .common_prefixes
-        .iter()
-        .filter_map(|p| p.filename().map(String::from))
-        .filter(|name| name.starts_with(&format!("{id}-")))
-        .collect();
-    assert_eq!(logs.len(), 1, "one log of {id}: {logs:?}");
-    logs.pop().unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_log_sealed_under_its_live_owner_costs_a_reopen_and_nothing_else() {
     let c = Cluster::start(2).await;
@@ -174,7 +155,7 @@ async fn a_log_sealed_under_its_live_owner_costs_a_reopen_and_nothing_else() {
     }
     // What a takeover does to a log, done to gw0's while gw0 owns every one of its shards
     // (an operator deleting an owner key by hand ends like this).
-    let log = log_of(&c, "gw0").await;
+    let log = c.log_of("gw0").await;
     let fence = tessera::storage::log::seal(&c.store(), &log, 1)
         .await
         .unwrap();
@@ -206,20 +187,9 @@ async fn a_log_sealed_under_its_live_owner_costs_a_reopen_and_nothing_else() {
     assert_acked(&c, 1, &acked).await;
     assert_acked(&c, 0, &acked).await;
     // Nothing was created in the sealed log after its fence, and gw0 writes a new one.
-    let store = c.store();
-    let after: Vec<_> = store
-        .store
-        .list(Some(&store.path(&format!("logs/{log}"))))
-        .try_collect()
-        .await
-        .unwrap();
-    let last = after
-        .iter()
-        .filter_map(|m| m.location.filename()?.parse::<u64>().ok())
-        .max();
     assert_eq!(
-        last,
-        Some(fence),
+        c.log_objects(&log).await.last(),
+        Some(&fence),
         "the fence is the sealed log's last object"
     );
     let text = c.gw(0).process.log_text();

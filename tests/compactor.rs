@@ -499,6 +499,52 @@ async fn without_compactor_writes_wait_then_503_and_none_is_lost() {
 /// the cluster's bucket, then `--once`, then a daemon. The gateways write no logs of their own
 /// yet; these use shards 900 and up and logs named `gc-test-*`, so they stay apart from the
 /// gateways' once they do.
+/// A gateway that exits cleanly leaves nothing behind in its log: it seals the log after its
+/// shards checkpointed clean, so GC may take the log's last object too (rule R2 keeps the last
+/// object of an unsealed log forever), and one pass deletes the whole log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_exit_leaves_a_log_that_gc_deletes_whole() {
+    let mut c = Cluster::start(2).await;
+    c.await_stable(&[0, 1], Duration::from_secs(30)).await;
+    let http = client();
+    // Through both gateways: each owns about half the shards, so gw1's log gets records.
+    for i in 0..32 {
+        common::put_ok(&http, c.gw(i % 2).kv(&format!("exit{i}")), "v").await;
+    }
+    let log = c.log_of("gw1").await;
+    assert!(!c.log_objects(&log).await.is_empty(), "gw1 wrote its log");
+    // SIGTERM: gw1 hands its shards over (clean checkpoints), then seals its log.
+    let gw1 = c.gateways[1].as_mut().unwrap();
+    assert!(gw1.process.terminate(Duration::from_secs(60)).success());
+    let objects = c.log_objects(&log).await;
+    let last = *objects.last().unwrap();
+    let segment = tessera::storage::log::get(&c.store(), &log, last).await;
+    assert!(
+        matches!(
+            segment,
+            Ok(Some(tessera::storage::log::format::Segment::Fence { .. }))
+        ),
+        "the exited gateway's log ends in a fence: objects {objects:?}"
+    );
+    let config = format!(
+        "{}log_gc_interval = \"200ms\"\nlog_fence_min_age = \"0s\"\n",
+        compactor_config(4)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let out = c.compact_once("batch", &config, &dir.path().join("once.log"));
+    assert!(out.status.success(), "--once failed");
+    assert_eq!(
+        c.log_objects(&log).await,
+        Vec::<u64>::new(),
+        "GC left objects of a log whose gateway exited cleanly"
+    );
+    // Every acknowledged write is still there, served by gw0.
+    for i in 0..32 {
+        let got = common::get_text(&http, c.gw(0).kv(&format!("exit{i}"))).await;
+        assert_eq!(got, "v");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn log_gc_deletes_what_checkpoints_cover() {
     use futures::TryStreamExt;

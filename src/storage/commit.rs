@@ -13,6 +13,7 @@
 //!   database.
 
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use bytes::Bytes;
 
@@ -25,6 +26,10 @@ use crate::storage::log::{self, new_log_id};
 use crate::storage::objstore::ClusterStore;
 use crate::storage::store::{now_ms, ShardStore};
 use crate::tasks::Tasks;
+
+/// How long an exiting process tries to seal its log: an unreachable store must not hold
+/// up the exit (the log is then left as after a crash).
+const SEAL_AT_EXIT: Duration = Duration::from_secs(5);
 
 /// A process's commit log.
 pub struct CommitLog {
@@ -207,9 +212,25 @@ impl CommitLog {
         checkpoint::publish(&self.store, shard, &marker).await
     }
 
-    /// Stops the flusher (after every shard has checkpointed or closed).
+    /// Stops the flusher (after every shard has checkpointed or closed), then seals the log.
+    /// Log GC keeps the last object of an unsealed log (a seal must land above it), so a
+    /// log left unsealed would keep one object forever; sealed, all of it goes once its
+    /// shards' checkpoints cover it. If a clean checkpoint failed, the next owner finds the
+    /// fence in place and replays up to it, as after a crash.
     pub async fn shutdown(&self) {
         self.tasks.shutdown().await;
+        let writer = Arc::clone(&self.writer.read().unwrap_or_else(|e| e.into_inner()));
+        if !writer.used() || writer.is_sealed() {
+            return;
+        }
+        let from = writer.applied_seq().max(1);
+        match tokio::time::timeout(SEAL_AT_EXIT, log::seal(&self.store, writer.log(), from)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(log = writer.log(), error = %e, "sealing the log at exit failed")
+            }
+            Err(_) => tracing::warn!(log = writer.log(), "sealing the log at exit timed out"),
+        }
     }
 }
 

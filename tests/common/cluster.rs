@@ -5,6 +5,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use futures::TryStreamExt;
 use serde_json::Value;
 use tempfile::TempDir;
 
@@ -375,6 +376,41 @@ impl Cluster {
             process,
             metrics_url,
         }
+    }
+
+    /// The id of the one log gateway `id` wrote: its directory under `logs/`.
+    pub async fn log_of(&self, id: &str) -> String {
+        let store = self.store();
+        let listed = store
+            .store
+            .list_with_delimiter(Some(&store.path("logs")))
+            .await
+            .unwrap();
+        let mut logs: Vec<String> = listed
+            .common_prefixes
+            .iter()
+            .filter_map(|p| p.filename().map(String::from))
+            .filter(|name| name.starts_with(&format!("{id}-")))
+            .collect();
+        assert_eq!(logs.len(), 1, "one log of {id}: {logs:?}");
+        logs.pop().unwrap()
+    }
+
+    /// The numbers of the objects of `log` that exist, in order.
+    pub async fn log_objects(&self, log: &str) -> Vec<u64> {
+        let store = self.store();
+        let listed: Vec<_> = store
+            .store
+            .list(Some(&store.path(&format!("logs/{log}"))))
+            .try_collect()
+            .await
+            .unwrap();
+        let mut seqs: Vec<u64> = listed
+            .iter()
+            .filter_map(|m| m.location.filename()?.parse().ok())
+            .collect();
+        seqs.sort_unstable();
+        seqs
     }
 
     /// The cluster's object store, read directly (test-side checks of manifests).

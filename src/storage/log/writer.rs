@@ -191,6 +191,11 @@ impl LogWriter {
         let _ = self.sealed.subscribe().wait_for(|s| *s).await;
     }
 
+    /// True once anything was submitted: the log may have objects.
+    pub fn used(&self) -> bool {
+        self.lock().submitted > 0
+    }
+
     /// True once the log is sealed.
     pub fn is_sealed(&self) -> bool {
         *self.sealed.borrow()
