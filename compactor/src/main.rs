@@ -14,10 +14,10 @@ use compactor::metrics::Metrics;
 use compactor::progress::Progress;
 use compactor::{daemon, once, CompactorConfig};
 
-/// mimalloc, not glibc malloc: under write load the gateway spent about a quarter of its CPU
-/// in glibc's allocator (profile in docs/bench/vs-etcd.md).
+/// jemalloc, not glibc malloc: under write load the gateway spent about a quarter of its CPU
+/// in glibc's allocator (docs/bench/commit-log.md, "Allocator").
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 use tessera::cli::CommonArgs;
 use tessera::process::shutdown_signal;
 use tessera::Member;
