@@ -110,7 +110,7 @@ pub enum Consistency {
     /// Linearizable: served by the shard's owner.
     #[default]
     Strong,
-    /// Served by any gateway without needing the owner (see `follower.rs`; the gateway may
+    /// Served by any gateway without needing the owner (see `reads/follower/mod.rs`; the gateway may
     /// also ask the owner when the follower is slow).
     Eventual,
 }

@@ -1,6 +1,6 @@
 //! Point reads: strong reads from the owner (its hot-key cache or its database) and eventual
 //! reads from a follower, with the per-gateway floors that keep eventual reads from going
-//! back in time (`follower.rs`).
+//! back in time (`reads/follower/mod.rs`).
 //!
 //! A strong read is linearizable: the owner reads the cache (under cache rule 4, `cache.rs`)
 //! or the database, then confirms its lease still held *after* the read, so nobody else can
@@ -69,7 +69,7 @@ impl Node {
 
     /// Returns the value of `key` without contacting its owner: served here if this gateway
     /// owns the shard, else by a follower that has reached at least version `floor` (see
-    /// `follower.rs` for the guarantees).
+    /// `reads/follower/mod.rs` for the guarantees).
     pub async fn get_eventual(&self, key: &[u8], floor: u64) -> Result<Read> {
         self.validate_key(key)?;
         let shard = self.shard_of(key);

@@ -31,7 +31,7 @@
 //! - **Followers.** [`ShardReader`] is a read-only follower of a shard owned by another process
 //!   (SlateDB's `DbReader` in managed-checkpoint mode: its checkpoint keeps the SSTs it reads
 //!   safe from GC). It sees the shard's checkpoints (flushed memtables) and never looks for a
-//!   WAL (there is none: `skip_wal_replay`); the follower layer (`reads/follower.rs`) adds the
+//!   WAL (there is none: `skip_wal_replay`); the follower layer (`reads/follower/`) adds the
 //!   owner's log records past them. Its view of the SSTs up to sequence number `D` holds
 //!   every write of the shard with a version `<= D` (versions are applied in order), and
 //!   [`ShardReader::installed_seq`] and [`ShardReader::durable_seq`] bracket the `D` of the
