@@ -523,7 +523,7 @@ unpatched, every LIST walks the whole bucket and 1024 shards' polling overwhelms
 | commit | `{commit}` |
 | date | {time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())} |
 | command | `{cmd}` (took {runtime // 60} min {runtime % 60} s in all) |
-| cluster | {GATEWAYS} gateways (release build; manifest poll {MANIFEST_POLL}, other settings default: flush interval 10 ms, lease TTL 3 s, open concurrency 8), {SHARDS} shards, 1 `tessera-compactor` daemon (poll {COMPACTOR_POLL}, other settings default: GC every 1 min), 1 etcd {etcd_version} member, s3s-fs 0.14.1 (patched: prefix LIST, atomic conditional writes) |
+| cluster | {GATEWAYS} gateways (release build; manifest poll {MANIFEST_POLL}, other settings default: flush interval 10 ms, lease TTL 3 s, 32 shard moves at once per placement pass), {SHARDS} shards, 1 `tessera-compactor` daemon (poll {COMPACTOR_POLL}, other settings default: GC every 1 min), 1 etcd {etcd_version} member, s3s-fs 0.14.1 (patched: prefix LIST, atomic conditional writes) |
 
 ## Ownership at start-up
 
