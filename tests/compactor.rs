@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::cluster::{samples, Cluster, ClusterOpts, CompactorProc, SHARDS};
+use common::cluster::{samples, shard_of, Cluster, ClusterOpts, CompactorProc, SHARDS};
 use common::process::log_tail;
 use common::{client, put_until_ok};
 use reqwest::StatusCode;
@@ -492,6 +492,87 @@ async fn without_compactor_writes_wait_then_503_and_none_is_lost() {
         "writes resumed; 64 more took {:?} after the compactor started",
         resumed.elapsed()
     );
+    read_back(&url, &acked).await;
+}
+
+/// A shard out of room (L0 full, no compactor) makes its own writes wait, not the other
+/// shards': the gateway's log applies every shard's writes in order, so one write held up in a
+/// full shard's database would stall them all (`ShardStore::admit` keeps it out of the log).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_out_of_room_stalls_only_its_own_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Cluster::start_with(
+        1,
+        gateway_args(dir.path(), 2, "[server]\nrequest_timeout = \"3s\"\n"),
+    )
+    .await;
+    c.await_stable(&[0], Duration::from_secs(30)).await;
+    let url = c.gw(0).url.clone();
+    let http = client();
+    let hot = shard_of("hot");
+    let keys_of = |prefix: &'static str, hot_shard: bool| {
+        (0..)
+            .map(move |i| format!("{prefix}{i}"))
+            .filter(move |k| (shard_of(k) == hot) == hot_shard)
+    };
+    let put = |k: String| {
+        let (http, url) = (http.clone(), format!("{url}/v1/kv/{k}"));
+        async move {
+            let started = Instant::now();
+            let r = http.put(url).body(value(&k)).send().await.unwrap();
+            (k, r.status(), started.elapsed())
+        }
+    };
+    // Fill the hot shard until its writes are refused.
+    let mut acked = BTreeMap::new();
+    let mut hot_keys = keys_of("h", true);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut refused = 0;
+    while refused < 4 {
+        assert!(
+            Instant::now() < deadline,
+            "the hot shard never ran out of room"
+        );
+        let batch: Vec<String> = hot_keys.by_ref().take(16).collect();
+        for (k, status, _) in futures::future::join_all(batch.into_iter().map(put)).await {
+            match status {
+                StatusCode::OK => {
+                    acked.insert(k.clone(), value(&k));
+                }
+                StatusCode::SERVICE_UNAVAILABLE => refused += 1,
+                other => panic!("{k}: {other}"),
+            }
+        }
+    }
+    println!(
+        "the hot shard {hot} is out of room after {} writes",
+        acked.len()
+    );
+    // While the hot shard's writes wait, every other shard's are acknowledged at once.
+    let waiting = futures::future::join_all(hot_keys.by_ref().take(8).map(put));
+    let others = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        futures::future::join_all(keys_of("cold", false).take(16).map(put)).await
+    };
+    let (waiting, others) = tokio::join!(waiting, others);
+    assert!(
+        waiting
+            .iter()
+            .any(|(_, s, _)| *s == StatusCode::SERVICE_UNAVAILABLE),
+        "the hot shard had room again: {waiting:?}"
+    );
+    let slowest = others.iter().map(|(_, _, took)| *took).max().unwrap();
+    for (k, status, took) in &others {
+        assert_eq!(
+            *status,
+            StatusCode::OK,
+            "{k} (shard {}) after {took:?}",
+            shard_of(k)
+        );
+        acked.insert(k.clone(), value(k));
+    }
+    println!("16 writes to other shards while the hot one was full: slowest {slowest:?}");
+    assert!(slowest < Duration::from_secs(2), "slowest {slowest:?}");
     read_back(&url, &acked).await;
 }
 

@@ -61,6 +61,9 @@ impl Node {
         let slot = self.check_write(&ops)?;
         let entered = self.enter(slot).await?;
         let store = &entered.store;
+        // Before any lock or mark: a shard out of room makes its own writes wait, not the
+        // gateway's log (`ShardStore::admit`).
+        store.admit().await;
         // The expiry the log record carries, so the cache, the database and any replay agree.
         let written_ms = now_ms();
         let expiry = |ttl_secs: &Option<u64>| {

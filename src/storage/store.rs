@@ -45,6 +45,7 @@
 //!   its own compactor would be fenced by it. GC boundary files need `If-Match`, which the
 //!   local filesystem store lacks, so they are disabled there.
 
+use std::collections::VecDeque;
 use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -129,7 +130,23 @@ pub struct ShardStore {
     /// The log this store's writes go to: the one its recovery checkpoint names. Never
     /// another: a write in a log no checkpoint of the shard names would be lost by a replay.
     log: std::sync::OnceLock<Arc<LogWriter>>,
+    /// What was applied and is not in an SST yet, for [`ShardStore::admit`].
+    unflushed: std::sync::Mutex<Unflushed>,
+    /// [`ShardStore::admit`] lets writes in while `unflushed` is below this.
+    admit_below: usize,
 }
+
+/// The records applied since the last memtable flush: `(version, bytes)` in version order,
+/// and their sum.
+#[derive(Default)]
+struct Unflushed {
+    applied: VecDeque<(u64, usize)>,
+    bytes: usize,
+}
+
+/// What a record counts for in [`Unflushed`] besides its key and value (SlateDB's own count
+/// is of encoded bytes, a little more than the raw ones).
+const RECORD_OVERHEAD: usize = 64;
 
 /// Source of [`ShardStore::incarnation`] and [`ShardReader::incarnation`].
 static INCARNATIONS: AtomicU64 = AtomicU64::new(1);
@@ -220,6 +237,12 @@ impl ShardStore {
             applied: AtomicU64::new(flushed),
             status,
             log: std::sync::OnceLock::new(),
+            unflushed: std::sync::Mutex::default(),
+            // Halfway between the size at which a memtable is written out and the limit at
+            // which SlateDB makes writes wait: normal flushing never reaches it, and what is
+            // admitted at once (concurrent writers) stays below SlateDB's limit.
+            admit_below: storage.l0_sst_size_bytes
+                + (storage.max_unflushed_bytes - storage.l0_sst_size_bytes) / 2,
         })
     }
 
@@ -284,19 +307,66 @@ impl ShardStore {
             return Ok(());
         }
         let mut batch = WriteBatch::new();
+        let mut bytes = 0;
         for r in group {
+            bytes += r.key.len() + RECORD_OVERHEAD;
             match &r.op {
                 Op::Put {
                     value,
                     expires_at_ms,
                 } => {
+                    bytes += value.len();
                     let ttl = expires_at_ms.map_or(Ttl::NoExpiry, Ttl::ExpireAtMillis);
                     batch.put_with_options(stored(&r.key), value, &PutOptions { ttl });
                 }
                 Op::Delete => batch.delete(stored(&r.key)),
             }
         }
-        self.write_at(batch, version).await
+        self.write_at(batch, version).await?;
+        let mut unflushed = self.lock_unflushed();
+        unflushed.applied.push_back((version, bytes));
+        unflushed.bytes += bytes;
+        Ok(())
+    }
+
+    /// Waits until the shard has room for a write: while what was applied since its last
+    /// memtable flush is at `admit_below` or more (its L0 is full and no compactor drained it,
+    /// so memtables pile up), until a flush makes room. A request's deadline bounds the wait.
+    ///
+    /// Why here, before the write is submitted: SlateDB makes a write wait once the database's
+    /// unflushed bytes reach `storage.max_unflushed_bytes`, and the log's one flusher applies
+    /// every shard's writes in log order, so one such write would hold up every shard of the
+    /// gateway. Waiting before the log, a full shard's writes wait (and time out) alone.
+    pub async fn admit(&self) {
+        let mut status = self.status.clone();
+        loop {
+            status.borrow_and_update();
+            if self.unflushed_bytes() < self.admit_below {
+                return;
+            }
+            // A flush changes the status; a closed database fails the write later.
+            if status.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Bytes applied (as [`Unflushed`] counts them) and not yet in an SST.
+    fn unflushed_bytes(&self) -> usize {
+        let flushed = self.flushed_version();
+        let mut unflushed = self.lock_unflushed();
+        while let Some(&(version, bytes)) = unflushed.applied.front() {
+            if version > flushed {
+                break;
+            }
+            unflushed.applied.pop_front();
+            unflushed.bytes -= bytes;
+        }
+        unflushed.bytes
+    }
+
+    fn lock_unflushed(&self) -> std::sync::MutexGuard<'_, Unflushed> {
+        self.unflushed.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     async fn write_at(&self, batch: WriteBatch, version: u64) -> Result<()> {
