@@ -573,6 +573,9 @@ async fn a_shard_out_of_room_stalls_only_its_own_writes() {
     }
     println!("16 writes to other shards while the hot one was full: slowest {slowest:?}");
     assert!(slowest < Duration::from_secs(2), "slowest {slowest:?}");
+    let metrics = common::get_text(&http, format!("{url}/metrics")).await;
+    let waits = sum(&metrics, "tessera_write_admission_waits_total");
+    assert!(waits >= 1.0, "admission waits counted: {waits}");
     read_back(&url, &acked).await;
 }
 

@@ -29,6 +29,7 @@ pub struct Metrics {
     shards_open: IntGauge,
     storage_errors: IntCounter,
     shard_reopens: IntCounter,
+    write_admission_waits: IntCounter,
     ownership_changes: IntCounter,
     forwarded: IntCounter,
     hedged: IntCounterVec,
@@ -123,6 +124,15 @@ impl Metrics {
                 IntCounter::new(
                     "shard_reopens_total",
                     "Shard databases reopened after a fatal error",
+                )
+                .expect("valid metric"),
+            ),
+            write_admission_waits: register(
+                &r,
+                IntCounter::new(
+                    "write_admission_waits_total",
+                    "Writes that waited for room in their shard (L0 full, no compactor) before \
+                     entering the commit log",
                 )
                 .expect("valid metric"),
             ),
@@ -350,6 +360,10 @@ impl Metrics {
         let stats = node.stats();
         catch_up(&self.storage_errors, stats.storage_errors.load(Relaxed));
         catch_up(&self.shard_reopens, stats.shard_reopens.load(Relaxed));
+        catch_up(
+            &self.write_admission_waits,
+            stats.write_admission_waits.load(Relaxed),
+        );
         catch_up(
             &self.ownership_changes,
             stats.ownership_changes.load(Relaxed),

@@ -162,6 +162,9 @@ pub struct NodeStats {
     pub storage_errors: AtomicU64,
     /// Times a shard database was reopened after a fatal error.
     pub shard_reopens: AtomicU64,
+    /// Writes that waited for room in their shard before entering the log
+    /// ([`crate::storage::store::ShardStore::admit`]).
+    pub write_admission_waits: AtomicU64,
     /// Shards acquired, released or dropped by this node.
     pub ownership_changes: AtomicU64,
     /// Lease keep-alive round trips (cluster mode).

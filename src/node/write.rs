@@ -63,7 +63,7 @@ impl Node {
         let store = &entered.store;
         // Before any lock or mark: a shard out of room makes its own writes wait, not the
         // gateway's log (`ShardStore::admit`).
-        store.admit().await;
+        store.admit(&self.stats.write_admission_waits).await;
         // The expiry the log record carries, so the cache, the database and any replay agree.
         let written_ms = now_ms();
         let expiry = |ttl_secs: &Option<u64>| {

@@ -337,12 +337,19 @@ impl ShardStore {
     /// unflushed bytes reach `storage.max_unflushed_bytes`, and the log's one flusher applies
     /// every shard's writes in log order, so one such write would hold up every shard of the
     /// gateway. Waiting before the log, a full shard's writes wait (and time out) alone.
-    pub async fn admit(&self) {
+    /// Counts in `waits` a write that has to wait, when it starts to (a request may be
+    /// dropped at its deadline while it waits).
+    pub async fn admit(&self, waits: &AtomicU64) {
         let mut status = self.status.clone();
+        let mut counted = false;
         loop {
             status.borrow_and_update();
             if self.unflushed_bytes() < self.admit_below {
                 return;
+            }
+            if !counted {
+                waits.fetch_add(1, Ordering::Relaxed);
+                counted = true;
             }
             // A flush changes the status; a closed database fails the write later.
             if status.changed().await.is_err() {
