@@ -428,16 +428,22 @@ async fn gateway_failover_during_compaction_loses_nothing() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_compactor_writes_wait_then_503_and_none_is_lost() {
-    let dir = tempfile::tempdir().unwrap();
-    // L0 stops at 2 SSTs per shard; requests give up after 3 s.
+/// One gateway, no compactor, whose shards run out of room after a few hundred KiB of writes:
+/// L0 stops at 2 SSTs per shard (small memtables, `gateway_args`); requests give up after 3 s.
+async fn gateway_soon_out_of_room(dir: &std::path::Path) -> Cluster {
     let c = Cluster::start_with(
         1,
-        gateway_args(dir.path(), 2, "[server]\nrequest_timeout = \"3s\"\n"),
+        gateway_args(dir, 2, "[server]\nrequest_timeout = \"3s\"\n"),
     )
     .await;
     c.await_stable(&[0], Duration::from_secs(30)).await;
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_compactor_writes_wait_then_503_and_none_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = gateway_soon_out_of_room(dir.path()).await;
     let url = c.gw(0).url.clone();
     let http = client();
     let mut acked = BTreeMap::new();
@@ -501,12 +507,7 @@ async fn without_compactor_writes_wait_then_503_and_none_is_lost() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shard_out_of_room_stalls_only_its_own_writes() {
     let dir = tempfile::tempdir().unwrap();
-    let c = Cluster::start_with(
-        1,
-        gateway_args(dir.path(), 2, "[server]\nrequest_timeout = \"3s\"\n"),
-    )
-    .await;
-    c.await_stable(&[0], Duration::from_secs(30)).await;
+    let c = gateway_soon_out_of_room(dir.path()).await;
     let url = c.gw(0).url.clone();
     let http = client();
     let hot = shard_of("hot");
