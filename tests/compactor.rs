@@ -160,6 +160,20 @@ async fn reported_shards(p: &CompactorProc) -> BTreeSet<String> {
         .collect()
 }
 
+/// Waits until compactor `p` reports `n` shards (it claimed them and read their manifests);
+/// panics with `what` and its log's tail after `within`.
+async fn await_reported(p: &CompactorProc, n: usize, within: Duration, what: &str) {
+    let deadline = Instant::now() + within;
+    while reported_shards(p).await.len() < n {
+        assert!(
+            Instant::now() < deadline,
+            "{what}:\n{}",
+            p.process.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 fn sum(text: &str, name: &str) -> f64 {
     samples(text, name).values().sum()
 }
@@ -274,14 +288,13 @@ async fn two_daemons_split_shards_and_survive_kill9() {
     }
     let killed = Instant::now();
     c0.process.kill();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while reported_shards(&c1).await.len() < SHARDS as usize {
-        assert!(
-            Instant::now() < deadline,
-            "c1 did not take over c0's shards"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    await_reported(
+        &c1,
+        SHARDS as usize,
+        Duration::from_secs(30),
+        "c1 did not take over c0's shards",
+    )
+    .await;
     println!("c1 holds every shard {:?} after the kill", killed.elapsed());
     tokio::time::sleep(Duration::from_secs(3)).await;
     stop.store(true, Ordering::Relaxed);
@@ -313,11 +326,13 @@ async fn daemon_stops_promptly_with_the_object_store_down() {
     let mut c = Cluster::start_with(1, gateway_args(dir.path(), 64, "")).await;
     c.await_stable(&[0], Duration::from_secs(30)).await;
     let mut c0 = c.start_compactor("c0", &compactor_config(4));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while reported_shards(&c0).await.len() < SHARDS as usize {
-        assert!(Instant::now() < deadline, "c0 never claimed every shard");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    await_reported(
+        &c0,
+        SHARDS as usize,
+        Duration::from_secs(30),
+        "c0 never claimed every shard",
+    )
+    .await;
     c.s3.stop();
     let t = Instant::now();
     let status = tokio::task::block_in_place(|| c0.process.terminate(Duration::from_secs(60)));
@@ -377,15 +392,8 @@ async fn compactor_backs_off_shards_not_created_yet() {
     .await;
     let p = c.start_compactor("c0", &compactor_config(4));
     c.await_stable(&[0], Duration::from_secs(60)).await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while reported_shards(&p).await.len() < SHARDS as usize {
-        assert!(
-            Instant::now() < deadline,
-            "compactor never compacted every shard:\n{}",
-            p.process.log_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let (every, within) = (SHARDS as usize, Duration::from_secs(60));
+    await_reported(&p, every, within, "compactor never compacted every shard").await;
     // Backoff from 200 ms: attempts at ~0, 0.2, 0.6, 1.4, 3.0, 6.2 s. Without it, every 250 ms
     // pass retried every shard (~24 failures per shard in 6 s).
     let failures = sum(&p.metrics().await, "tessera_compactor_failures_total");
@@ -802,15 +810,13 @@ async fn idle_shards_cost_few_requests_and_hinted_shards_compact() {
         "[compaction]\nl0_threshold = 4\njob_timeout = \"3s\"\n",
     );
     // Start-up settles: every shard claimed and its manifest read once.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while reported_shards(&comp).await.len() < N as usize {
-        assert!(
-            Instant::now() < deadline,
-            "c0 never read every shard:\n{}",
-            comp.process.log_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    await_reported(
+        &comp,
+        N as usize,
+        Duration::from_secs(60),
+        "c0 never read every shard",
+    )
+    .await;
     tokio::time::sleep(Duration::from_secs(5)).await;
 
     let requests = || async {
