@@ -474,6 +474,9 @@ impl Apply for ShardStore {
     }
 }
 
+/// Attempts after the first to open a follower whose database shows no manifest.
+const OPEN_RETRIES: u64 = 3;
+
 /// A read-only follower of a shard written by another process.
 pub struct ShardReader {
     shard: ShardId,
@@ -501,13 +504,26 @@ impl ShardReader {
             skip_wal_replay: true,
             ..DbReaderOptions::default()
         };
-        let reader = DbReader::builder(store.shard_path(shard), Arc::clone(&store.store))
-            .with_reader_mode(DbReaderMode::ManagedCheckpoint)
-            .with_options(options)
-            .with_db_cache(Arc::clone(&cache.0), follower_cache_id(shard))
-            .build()
-            .await
-            .map_err(|e| map_error(shard, e))?;
+        // Opening has found no manifest for a shard whose database exists (twice in CI, 0.5 s
+        // after start-up; cause not found, suspected a LIST racing a manifest write at the
+        // test S3 server): a few quick retries, then the error.
+        let mut attempt = 0;
+        let reader = loop {
+            let built = DbReader::builder(store.shard_path(shard), Arc::clone(&store.store))
+                .with_reader_mode(DbReaderMode::ManagedCheckpoint)
+                .with_options(options.clone())
+                .with_db_cache(Arc::clone(&cache.0), follower_cache_id(shard))
+                .build()
+                .await;
+            match built {
+                Err(e) if e.kind() == SlateErrorKind::Data && attempt < OPEN_RETRIES => {
+                    attempt += 1;
+                    tracing::warn!(%shard, attempt, error = %e, "follower open found no manifest; retrying");
+                    tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+                }
+                built => break built.map_err(|e| map_error(shard, e))?,
+            }
+        };
         Ok(ShardReader {
             shard,
             reader,
