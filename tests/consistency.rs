@@ -229,6 +229,70 @@ struct Written {
     acked: Instant,
 }
 
+/// A shard's first owner claims it in etcd before it creates its database, so at a cluster's
+/// first start another gateway's follower can find no database. Here that owner is a ghost
+/// (its claim written into etcd by the test, its URL refusing connections), which holds the
+/// shard in that window: eventual reads of it must answer 503 (retry), never 500, and a read
+/// waiting when a real owner creates the database must get its answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eventual_reads_of_a_shard_not_created_yet_are_unavailable_not_errors() {
+    let mut c = Cluster::start(0).await;
+    let mut etcd = etcd_client::Client::connect([c.etcd.endpoint()], None)
+        .await
+        .unwrap();
+    let lease = etcd.lease_grant(60, None).await.unwrap().id();
+    let ghost = serde_json::json!({
+        "id": "ghost",
+        "url": format!("http://127.0.0.1:{}", common::free_port()),
+    })
+    .to_string();
+    let shard = 3;
+    let with_lease = || Some(etcd_client::PutOptions::new().with_lease(lease));
+    etcd.put("/tessera/test/members/ghost", ghost.clone(), with_lease())
+        .await
+        .unwrap();
+    etcd.put(
+        format!("/tessera/test/owners/{shard:05}"),
+        ghost,
+        with_lease(),
+    )
+    .await
+    .unwrap();
+    c.add().await;
+
+    let key = key_in(shard, "uncreated");
+    let http = client();
+    let r = http
+        .get(format!("{}?consistency=eventual", c.gw(0).kv(&key)))
+        .header("x-tessera-deadline-ms", "2000")
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(body["error"]["code"].is_string(), "{body}");
+
+    // A read that is waiting when the ghost goes: gw0 takes the shard and creates its
+    // database, and the read, which looks for the owner until its deadline, gets the answer.
+    let waiting = tokio::spawn({
+        let (http, url) = (http.clone(), c.gw(0).kv(&key));
+        async move {
+            let r = http.get(format!("{url}?consistency=eventual")).send();
+            r.await.unwrap().status()
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let revoked = Instant::now();
+    etcd.lease_revoke(lease).await.unwrap();
+    assert_eq!(waiting.await.unwrap(), StatusCode::NOT_FOUND);
+    println!("answered {:?} after the ghost left", revoked.elapsed());
+    put_ok(&http, c.gw(0).kv(&key), "created").await;
+    let r = get_eventual(&http, c.gw(0), &key).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.text().await.unwrap(), "created");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eventual_reads_are_real_monotonic_and_catch_up_within_the_bound() {
     let c = Cluster::start(3).await;

@@ -52,6 +52,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use slatedb::admin::AdminBuilder;
 use slatedb::config::{
     CloseOptions, CompactorOptions, DbReaderOptions, DurabilityLevel, FlushOptions, FlushType,
     GarbageCollectorOptions, PutOptions, ReadOptions, ScanOptions, Settings, Ttl, WriteOptions,
@@ -474,9 +475,6 @@ impl Apply for ShardStore {
     }
 }
 
-/// Attempts after the first to open a follower whose database shows no manifest.
-const OPEN_RETRIES: u64 = 3;
-
 /// A read-only follower of a shard written by another process.
 pub struct ShardReader {
     shard: ShardId,
@@ -504,25 +502,24 @@ impl ShardReader {
             skip_wal_replay: true,
             ..DbReaderOptions::default()
         };
-        // Opening has found no manifest for a shard whose database exists (twice in CI, 0.5 s
-        // after start-up; cause not found, suspected a LIST racing a manifest write at the
-        // test S3 server): a few quick retries, then the error.
-        let mut attempt = 0;
-        let reader = loop {
-            let built = DbReader::builder(store.shard_path(shard), Arc::clone(&store.store))
-                .with_reader_mode(DbReaderMode::ManagedCheckpoint)
-                .with_options(options.clone())
-                .with_db_cache(Arc::clone(&cache.0), follower_cache_id(shard))
-                .build()
-                .await;
-            match built {
-                Err(e) if e.kind() == SlateErrorKind::Data && attempt < OPEN_RETRIES => {
-                    attempt += 1;
-                    tracing::warn!(%shard, attempt, error = %e, "follower open found no manifest; retrying");
-                    tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
-                }
-                built => break built.map_err(|e| map_error(shard, e))?,
+        let reader = DbReader::builder(store.shard_path(shard), Arc::clone(&store.store))
+            .with_reader_mode(DbReaderMode::ManagedCheckpoint)
+            .with_options(options)
+            .with_db_cache(Arc::clone(&cache.0), follower_cache_id(shard))
+            .build()
+            .await;
+        let reader = match reader {
+            // A shard's first owner claims it in etcd before it creates the database, so a
+            // follower can come first (at a cluster's first start). Nothing was written then;
+            // it is a wait, not a fault.
+            Err(e) if e.kind() == SlateErrorKind::Data && !has_manifest(store, shard).await? => {
+                return Err(Error::ShardUnavailable {
+                    shard,
+                    reason: "its database does not exist yet: its first owner is creating it"
+                        .into(),
+                });
             }
+            reader => reader.map_err(|e| map_error(shard, e))?,
         };
         Ok(ShardReader {
             shard,
@@ -680,6 +677,16 @@ fn live(kv: slatedb::KeyValue, now_ms: i64) -> Option<Entry> {
         expires_at_ms: kv.expire_ts,
         written_at_ms: kv.create_ts,
     })
+}
+
+/// Whether `shard`'s database has a manifest, that is, whether any owner ever created it.
+async fn has_manifest(store: &ClusterStore, shard: ShardId) -> Result<bool> {
+    let admin = AdminBuilder::new(store.shard_path(shard), Arc::clone(&store.store)).build();
+    let manifest = admin
+        .read_manifest(None)
+        .await
+        .map_err(|e| map_error(shard, e))?;
+    Ok(manifest.is_some())
 }
 
 /// The wall clock in Unix milliseconds, the clock SlateDB stamps `expire_ts` with.

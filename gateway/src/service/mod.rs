@@ -96,6 +96,21 @@ where
     F: Fn() -> Fut,
     Fut: Future<Output = Result<T, Error>>,
 {
+    dispatch_as(state, shard, req, &req.path_and_query, local).await
+}
+
+/// [`dispatch`], forwarding `path_and_query` instead of the request's own.
+async fn dispatch_as<T, F, Fut>(
+    state: &AppState,
+    shard: ShardId,
+    req: &Forwardable,
+    path_and_query: &str,
+    local: F,
+) -> Result<Served<T>, ApiError>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<T, Error>>,
+{
     loop {
         match state.node.locate(shard) {
             Located::Local => match local().await {
@@ -108,7 +123,7 @@ where
             }
             Located::Remote(owner) => {
                 state.metrics.forwarded();
-                match forward::send(&state.forwarder, &owner.url, &req.path_and_query, req).await? {
+                match forward::send(&state.forwarder, &owner.url, path_and_query, req).await? {
                     Forwarded::Answer(resp) => return Ok(Served::Forwarded(resp)),
                     Forwarded::Retry => {}
                 }

@@ -13,7 +13,7 @@ use axum::response::Response;
 use tessera::{Consistency, Located, Read, ShardId};
 use tokio::sync::Notify;
 
-use super::{deadline, dispatch, note_forwarded, Served};
+use super::{deadline, dispatch, dispatch_as, note_forwarded, Served};
 use crate::error::ApiError;
 use crate::forward::{self, Forwardable, Forwarded};
 use crate::AppState;
@@ -70,11 +70,13 @@ async fn get_eventual(
             .await
             .map(Served::Here)
     };
-    let Located::Remote(owner) = located else {
+    if !matches!(located, Located::Remote(_)) {
         return Ok(eventual.await?);
-    };
+    }
     // The strong read at the owner (the path without the query): at once while the follower
     // is opening or behind, else once it has been silent for `follower_hedge_after` or failed.
+    // Like any strong read it looks the owner up again until the deadline, so a follower that
+    // cannot answer costs a strong read, not an error.
     let asked = AtomicBool::new(false);
     let follower_failed = Notify::new();
     let strong = async {
@@ -86,12 +88,12 @@ async fn get_eventual(
             }
         }
         asked.store(true, Ordering::Relaxed);
-        state.metrics.forwarded();
-        answer_of(
-            state,
-            shard,
-            forward::send(&state.forwarder, &owner.url, req.path(), req).await,
-        )
+        let strong_read = || deadline(req, state.node.get(key));
+        match dispatch_as(state, shard, req, req.path(), strong_read).await {
+            Ok(Served::Forwarded(resp)) => answer_of(state, shard, resp).map(Served::Forwarded),
+            Ok(here) => Some(here),
+            Err(_) => None,
+        }
     };
     tokio::pin!(eventual, strong);
     // The first answer that succeeds wins; a failed one leaves the other.
@@ -102,11 +104,11 @@ async fn get_eventual(
                 tracing::debug!(%shard, error = ?e, "follower read failed; asking the owner");
                 // Stored for `strong` if it is not waiting yet.
                 follower_failed.notify_one();
-                strong.await.map(|r| (Served::Forwarded(r), "owner")).ok_or(e)
+                strong.await.map(|r| (r, "owner")).ok_or(e)
             }
         },
         resp = &mut strong => match resp {
-            Some(r) => Ok((Served::Forwarded(r), "owner")),
+            Some(r) => Ok((r, "owner")),
             None => eventual.await.map(|a| (a, "follower")),
         },
     };
@@ -132,22 +134,17 @@ async fn ask_follower_gateway(
     state.metrics.forwarded();
     let sent = forward::send(&state.forwarder, url, &req.path_and_query, &req);
     let bound = state.node.config().staleness_bound();
-    answer_of(state, shard, tokio::time::timeout(bound, sent).await.ok()?)
+    match tokio::time::timeout(bound, sent).await.ok()? {
+        Ok(Forwarded::Answer(resp)) => answer_of(state, shard, resp),
+        _ => None,
+    }
 }
 
 /// Another gateway's response if it is an answer (a value or 404), noted as served here.
-fn answer_of(
-    state: &AppState,
-    shard: ShardId,
-    fwd: Result<Forwarded, ApiError>,
-) -> Option<Response> {
-    match fwd {
-        Ok(Forwarded::Answer(resp))
-            if resp.status().is_success() || resp.status() == StatusCode::NOT_FOUND =>
-        {
-            note_forwarded(state, shard, &resp);
-            Some(resp)
-        }
-        _ => None,
+fn answer_of(state: &AppState, shard: ShardId, resp: Response) -> Option<Response> {
+    if !(resp.status().is_success() || resp.status() == StatusCode::NOT_FOUND) {
+        return None;
     }
+    note_forwarded(state, shard, &resp);
+    Some(resp)
 }
