@@ -210,10 +210,14 @@ async fn crud(b: Backend) {
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["version"], v1);
 
+    // The first read fills the owner's hot-key cache (writes alone do not), the next is
+    // served from it.
     let r = e.get("greeting").await;
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(version_of(&r), v1);
-    // The write recorded the value in the owner's hot-key cache.
+    assert_eq!(r.headers()["x-tessera-read"], "strong");
+    let r = e.get("greeting").await;
+    assert_eq!(version_of(&r), v1);
     assert_eq!(r.headers()["x-tessera-read"], "cache");
     assert_eq!(r.bytes().await.unwrap().as_ref(), b"hello");
 
@@ -227,6 +231,11 @@ async fn crud(b: Backend) {
 
     let v2 = version_of(&e.put("greeting", b"hi again", &[]).await);
     assert!(v2 > v1, "versions increase: {v1} then {v2}");
+    // The write updated the cached entry.
+    let r = e.get("greeting").await;
+    assert_eq!(version_of(&r), v2);
+    assert_eq!(r.headers()["x-tessera-read"], "cache");
+    assert_eq!(r.bytes().await.unwrap().as_ref(), b"hi again");
 
     let r = e.http.delete(e.gw.kv("greeting")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::NO_CONTENT);

@@ -565,7 +565,7 @@ async fn two_gateways_flushing_memtables_every_second(
 
 /// [`two_gateways_flushing_memtables_every_second`], and two keys of a shard owned by gw0,
 /// each holding itself as its value: `old` written out to an L0 SST by a checkpoint, `new`
-/// only in the owner's commit log.
+/// only in the owner's commit log; both read once on gw0, so its hot-key cache holds them.
 async fn old_key_in_an_sst_new_key_in_the_log(
     reads: &str,
 ) -> (Cluster, String, String, tempfile::TempDir) {
@@ -577,6 +577,9 @@ async fn old_key_in_an_sst_new_key_in_the_log(
     // Past the checkpoint (1 s after the first write).
     tokio::time::sleep(Duration::from_secs(3)).await;
     put_ok(&http, c.gw(0).kv(&new), &new).await;
+    for key in [&old, &new] {
+        assert_eq!(common::get_text(&http, c.gw(0).kv(key)).await, *key);
+    }
     (c, old, new, config)
 }
 

@@ -7,16 +7,20 @@
 //!
 //! **Owner entries** (strong reads) must never be older than the last acknowledged write.
 //! Invariants that make that hold without relying on expiry:
-//! 1. A write updates its keys' entries after it is durable and before it is acknowledged
-//!    ([`HotCache::record_write`]), keeping the highest version (writes of one key may
-//!    finish out of order).
-//! 2. A deletion is recorded as a versioned `Absent` entry, not a removal, so an older value
-//!    read before the deletion cannot be filled back in over it.
+//! 1. A write updates the entries of its keys that are cached after it is durable and before
+//!    it is acknowledged ([`HotCache::record_write`]), keeping the highest version (writes of
+//!    one key may finish out of order). Keys that are not cached stay so: reads fill the
+//!    cache, writes only keep it current (write-around), so a write-heavy workload neither
+//!    pays for entries nobody reads nor evicts the ones that are read.
+//! 2. A deletion of a cached key is recorded as a versioned `Absent` entry, not a removal, so
+//!    an older value read before the deletion cannot be filled back in over it.
 //! 3. A read fills a missing entry only if no write to the key's stripe finished while it read
-//!    ([`HotCache::fill`] re-checks the stripe's write counter inside moka's per-key atomic
-//!    compute, the same lock [`HotCache::record_write`] takes). Without it a fill of a value
-//!    read before a write could land after that write's update was evicted or rejected by
-//!    moka's admission policy.
+//!    ([`HotCache::fill`] re-checks the stripe's write counter under the key's lock, which
+//!    [`HotCache::record_write`] also takes, and the writer bumps the counter before it takes
+//!    the lock). So a fill either lands before the write's update, which then finds the entry
+//!    and updates it, or sees the counter moved and does nothing. Without it a fill of a
+//!    value read before a write could land after that write found the key uncached, or after
+//!    its update was evicted or rejected by moka's admission policy.
 //!
 //! 4. A write's keys are *marked* (per stripe of its shard) before the write is handed to
 //!    SlateDB, and the mark is cleared only after the write's outcome is recorded (rule 1).
@@ -46,12 +50,12 @@
 //! version this gateway, or the one forwarding to it, already returned for the shard) takes
 //! only entries read at or after it.
 
+use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use moka::ops::compute::Op;
 use moka::sync::Cache;
 
 use crate::storage::store::Entry;
@@ -112,9 +116,16 @@ pub struct CacheStats {
     pub evictions: Arc<AtomicU64>,
 }
 
+/// Key lock stripes ([`HotCache::lock`]).
+const KEY_LOCKS: usize = 1024;
+
 /// The hot-key cache shared by every shard of the process.
 pub struct HotCache {
     cache: Cache<CacheKey, Slot>,
+    /// Every change this module makes to a key's entry holds the key's stripe (rules 1-3);
+    /// moka itself only ever removes entries (eviction), which never breaks them.
+    locks: Box<[Mutex<()>]>,
+    hasher: RandomState,
     stats: CacheStats,
 }
 
@@ -139,7 +150,21 @@ impl HotCache {
             })
             .support_invalidation_closures()
             .build();
-        HotCache { cache, stats }
+        HotCache {
+            cache,
+            locks: (0..KEY_LOCKS).map(|_| Mutex::new(())).collect(),
+            hasher: RandomState::new(),
+            stats,
+        }
+    }
+
+    /// The lock stripe of `key`, held while its entry is changed. Never held across an await.
+    fn lock(&self, key: &CacheKey) -> MutexGuard<'_, ()> {
+        let stripe = self.hasher.hash_one(key) as usize % KEY_LOCKS;
+        // A panic while holding it cannot leave an entry half-changed: moka's calls are atomic.
+        self.locks[stripe]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The cached state of `key` in `scope`, if it was filled less than `max_age` ago
@@ -182,39 +207,45 @@ impl HotCache {
         as_of: u64,
         unchanged: impl FnOnce() -> bool,
     ) {
-        self.cache
-            .entry(CacheKey { scope, key })
-            .and_compute_with(|current| {
-                // An equal version is re-filled: that renews a follower entry's age.
-                let newer = current.is_some_and(|c| c.value().cached.version() > found.version());
-                if newer || !unchanged() {
-                    Op::Nop
-                } else {
-                    Op::Put(Slot {
-                        cached: found,
-                        filled: Instant::now(),
-                        as_of,
-                    })
-                }
-            });
+        let key = CacheKey { scope, key };
+        let _locked = self.lock(&key);
+        // An equal version is re-filled: that renews a follower entry's age.
+        let newer = self
+            .cache
+            .get(&key)
+            .is_some_and(|c| c.cached.version() > found.version());
+        if newer || !unchanged() {
+            return;
+        }
+        let slot = Slot {
+            cached: found,
+            filled: Instant::now(),
+            as_of,
+        };
+        self.cache.insert(key, slot);
     }
 
-    /// Records a durable write of `key` (before it is acknowledged): its new value, or its
-    /// deletion, at `version`. Keeps the newer version if the cache already has one.
+    /// Records a durable write of `key` (before it is acknowledged) if the key is cached: its
+    /// new value, or its deletion, at `version`. Keeps the newer version if the cache already
+    /// has one. The caller has bumped the key's stripe write counter first (rule 3).
     pub fn record_write(&self, scope: u64, key: Bytes, written: Cached) {
-        self.cache
-            .entry(CacheKey { scope, key })
-            .and_compute_with(|current| {
-                if current.is_some_and(|c| c.value().cached.version() >= written.version()) {
-                    Op::Nop
-                } else {
-                    Op::Put(Slot {
-                        cached: written,
-                        filled: Instant::now(),
-                        as_of: 0,
-                    })
-                }
-            });
+        let key = CacheKey { scope, key };
+        let _locked = self.lock(&key);
+        // `contains_key` does not count as an access; most written keys are not cached.
+        if !self.cache.contains_key(&key)
+            || self
+                .cache
+                .get(&key)
+                .is_some_and(|c| c.cached.version() >= written.version())
+        {
+            return;
+        }
+        let slot = Slot {
+            cached: written,
+            filled: Instant::now(),
+            as_of: 0,
+        };
+        self.cache.insert(key, slot);
     }
 
     /// Forgets every entry of `scope` (the shard was lost, or its follower closed).
@@ -264,6 +295,7 @@ mod tests {
     fn versions_never_go_back() {
         let c = HotCache::new(1 << 20);
         let k = || Bytes::from_static(b"k");
+        c.fill(1, k(), value(2, "two"), 0, || true);
         c.record_write(1, k(), value(5, "five"));
         c.record_write(1, k(), value(3, "three"));
         c.fill(1, k(), value(4, "four"), 0, || true);
@@ -274,6 +306,92 @@ mod tests {
         assert!(c.get(1, b"k", None, 0).unwrap().live(0).is_none());
         // Another scope (a later opening of the shard) sees nothing.
         assert_eq!(version(&c, 2), None);
+    }
+
+    #[test]
+    fn writes_keep_cached_keys_current_and_leave_the_others_out() {
+        let c = HotCache::new(1 << 20);
+        c.record_write(1, Bytes::from_static(b"k"), value(5, "five"));
+        assert_eq!(version(&c, 1), None, "written, never read: not cached");
+        c.fill(1, Bytes::from_static(b"k"), value(5, "five"), 0, || true);
+        c.record_write(1, Bytes::from_static(b"k"), value(6, "six"));
+        assert_eq!(version(&c, 1), Some(6));
+    }
+
+    /// Rules 1 and 3 under a race: a writer makes versions durable and records them while
+    /// readers fill what they read and an evictor keeps removing the entry (as moka may at
+    /// any time), and a checker asserts that once a version was recorded the cache never
+    /// holds an older one. Each fill dawdles between its check and its insert, where a write
+    /// that does not take the key's lock would slip in.
+    #[test]
+    fn a_fill_never_lands_over_a_newer_write() {
+        use std::sync::atomic::AtomicBool;
+        let c = Arc::new(HotCache::new(1 << 20));
+        let durable = Arc::new(AtomicU64::new(1)); // the database's version of "k"
+        let writes = Arc::new(AtomicU64::new(0)); // the stripe's write counter
+        let recorded = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let k = || Bytes::from_static(b"k");
+        let readers: Vec<_> = (0..2)
+            .map(|_| {
+                let (c, durable, writes, stop) = (
+                    Arc::clone(&c),
+                    Arc::clone(&durable),
+                    Arc::clone(&writes),
+                    Arc::clone(&stop),
+                );
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        let before = writes.load(Ordering::SeqCst);
+                        let found = durable.load(Ordering::SeqCst);
+                        c.fill(1, k(), value(found, "v"), 0, || {
+                            let unchanged = writes.load(Ordering::SeqCst) == before;
+                            std::thread::yield_now();
+                            unchanged
+                        });
+                    }
+                })
+            })
+            .collect();
+        let evictor = {
+            let (c, stop) = (Arc::clone(&c), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    c.cache.invalidate(&CacheKey { scope: 1, key: k() });
+                    std::thread::yield_now();
+                }
+            })
+        };
+        let writer = {
+            let (c, durable, writes, recorded) = (
+                Arc::clone(&c),
+                Arc::clone(&durable),
+                Arc::clone(&writes),
+                Arc::clone(&recorded),
+            );
+            std::thread::spawn(move || {
+                for v in 2..20_000 {
+                    durable.store(v, Ordering::SeqCst);
+                    writes.fetch_add(1, Ordering::SeqCst);
+                    c.record_write(1, k(), value(v, "v"));
+                    recorded.store(v, Ordering::SeqCst);
+                }
+            })
+        };
+        let mut checks = 0u64;
+        while !writer.is_finished() {
+            let floor = recorded.load(Ordering::SeqCst);
+            if let Some(v) = version(&c, 1) {
+                assert!(v >= floor, "the cache went back to {v} after {floor} was recorded");
+            }
+            checks += 1;
+        }
+        stop.store(true, Ordering::Relaxed);
+        for t in readers.into_iter().chain([evictor]) {
+            t.join().unwrap();
+        }
+        writer.join().unwrap();
+        assert!(checks > 0);
     }
 
     #[test]
@@ -318,7 +436,9 @@ mod tests {
         let c = HotCache::new(1 << 20);
         let big = "x".repeat(64 * 1024);
         for i in 0..100u64 {
-            c.record_write(1, Bytes::from(i.to_string()), value(i + 1, &big));
+            c.fill(1, Bytes::from(i.to_string()), value(i + 1, &big), 0, || {
+                true
+            });
         }
         assert!(c.weighted_bytes() <= 1 << 20, "{}", c.weighted_bytes());
         assert!(c.stats().evictions.load(Ordering::Relaxed) > 0);
