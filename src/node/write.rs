@@ -287,10 +287,11 @@ async fn finish_write(
             // the log has settled the write (the writer retries it): a later write of these
             // keys must not decide its precondition without it.
             let log = store.log().cloned();
+            let target = Arc::clone(&store);
             tasks.spawn("hold cache mark", held.mark.hold_while_serving(store));
             tasks.spawn("hold stripes", async move {
                 if let Some(log) = log {
-                    log.sync().await;
+                    log.sync_target(target.as_ref()).await;
                 }
                 drop(held.guards);
             });

@@ -382,7 +382,10 @@ mod tests {
         while !writer.is_finished() {
             let floor = recorded.load(Ordering::SeqCst);
             if let Some(v) = version(&c, 1) {
-                assert!(v >= floor, "the cache went back to {v} after {floor} was recorded");
+                assert!(
+                    v >= floor,
+                    "the cache went back to {v} after {floor} was recorded"
+                );
             }
             checks += 1;
         }

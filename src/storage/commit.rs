@@ -150,8 +150,9 @@ impl CommitLog {
             if let Takeover::Replay { log, from_seq } = marker.takeover() {
                 let through = if log == writer.log() {
                     // Our own log (a reopen after a failure): no seal. Every record submitted
-                    // before now is settled, and none for this shard is submitted meanwhile
-                    // (it is not served), so reading up to the last applied object reads all
+                    // before now is settled (in every lane: the previous store of this shard
+                    // had a lane of its own), and none for this shard is submitted meanwhile
+                    // (it is not served), so reading up to the last object created reads all
                     // of them.
                     writer.sync().await
                 } else {
@@ -183,13 +184,13 @@ impl CommitLog {
     pub async fn checkpoint(&self, store: &Arc<ShardStore>, epoch: i64, clean: bool) -> Result<()> {
         let shard = store.shard();
         let (marker, flush) = {
-            // ORDERING: no record of the shard is queued while the lock is held, and `sync`
-            // waits until every queued one is settled, so every record of the shard up to
-            // `through_seq` is applied (a record that failed to apply has stopped the database,
+            // ORDERING: no record of the shard is queued while the lock is held, and
+            // `sync_target` waits until every queued one is settled, so every record of the
+            // shard up to `through_seq` is applied (a record that failed to apply has stopped the database,
             // and the marker write below fails with it).
             let _order = store.order.lock().await;
             let writer = bound(store)?;
-            let through_seq = writer.sync().await;
+            let through_seq = writer.sync_target(store.as_ref()).await;
             let version = store.next_version();
             let marker = Marker {
                 log: writer.log().to_string(),
@@ -223,7 +224,7 @@ impl CommitLog {
         if !writer.used() || writer.is_sealed() {
             return;
         }
-        let from = writer.applied_seq().max(1);
+        let from = writer.last_object().max(1);
         match tokio::time::timeout(SEAL_AT_EXIT, log::seal(&self.store, writer.log(), from)).await {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => {

@@ -335,9 +335,10 @@ impl ShardStore {
     /// so memtables pile up), until a flush makes room. A request's deadline bounds the wait.
     ///
     /// Why here, before the write is submitted: SlateDB makes a write wait once the database's
-    /// unflushed bytes reach `storage.max_unflushed_bytes`, and the log's one flusher applies
-    /// every shard's writes in log order, so one such write would hold up every shard of the
-    /// gateway. Waiting before the log, a full shard's writes wait (and time out) alone.
+    /// unflushed bytes reach `storage.max_unflushed_bytes`. The shard's lane in the log would
+    /// keep that wait from other shards, but the write would already be durable, and the
+    /// shard's later writes would pile up behind it in the lane. Waiting before the log, a
+    /// full shard's writes wait (and time out) without ever having been submitted.
     /// Counts in `waits` a write that has to wait, when it starts to (a request may be
     /// dropped at its deadline while it waits).
     pub async fn admit(&self, waits: &AtomicU64) {
@@ -472,6 +473,10 @@ impl Apply for ShardStore {
         ShardStore::apply(self, group)
             .await
             .map_err(|e| e.to_string())
+    }
+
+    fn lane(&self) -> u64 {
+        self.incarnation
     }
 }
 

@@ -175,6 +175,7 @@ mod tests {
     use crate::config::ObjectStoreConfig;
     use crate::shard::ShardId;
     use crate::tasks::Tasks;
+    use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::Arc;
     use std::time::Duration;
 
@@ -186,17 +187,23 @@ mod tests {
         .unwrap()
     }
 
-    struct Nop;
+    /// A target that applies nothing, in a lane of its own.
+    struct Nop(u64);
 
     #[async_trait::async_trait]
     impl Apply for Nop {
         async fn apply(&self, _: &[Record]) -> std::result::Result<(), String> {
             Ok(())
         }
+
+        fn lane(&self) -> u64 {
+            self.0
+        }
     }
 
     fn nop() -> Arc<dyn Apply> {
-        Arc::new(Nop)
+        static LANES: AtomicU64 = AtomicU64::new(0);
+        Arc::new(Nop(LANES.fetch_add(1, Ordering::Relaxed)))
     }
 
     fn group(n: u64) -> Vec<Record> {
@@ -259,6 +266,103 @@ mod tests {
         assert_eq!(found, acked, "each append is in the object its ack named");
         let seqs: Vec<u64> = segments.iter().map(Segment::seq).collect();
         assert_eq!(seqs, (1..=segments.len() as u64).collect::<Vec<_>>());
+        tasks.shutdown().await;
+    }
+
+    /// A target that records what it applies, and applies nothing while its gate is shut.
+    struct Gated {
+        lane: u64,
+        open: tokio::sync::watch::Sender<bool>,
+        applied: std::sync::Mutex<Vec<u64>>,
+    }
+
+    #[async_trait::async_trait]
+    impl Apply for Gated {
+        async fn apply(&self, group: &[Record]) -> std::result::Result<(), String> {
+            let _ = self.open.subscribe().wait_for(|open| *open).await;
+            let mut applied = self.applied.lock().unwrap();
+            applied.extend(group.iter().map(|r| r.version));
+            Ok(())
+        }
+
+        fn lane(&self) -> u64 {
+            self.lane
+        }
+    }
+
+    fn gated(lane: u64, open: bool) -> Arc<Gated> {
+        Arc::new(Gated {
+            lane: 1_000_000 + lane,
+            open: tokio::sync::watch::Sender::new(open),
+            applied: std::sync::Mutex::default(),
+        })
+    }
+
+    /// A shard whose database makes its writes wait (a full L0) holds up its own writes
+    /// only: other shards' appends are acknowledged, the log goes on, and only what waits on
+    /// that shard (its sync, a sync of the whole log) waits with it.
+    #[tokio::test]
+    async fn a_stuck_target_holds_up_only_its_own_groups() {
+        let (store, tasks) = (memory(), Tasks::new());
+        let writer = LogWriter::start(
+            store.clone(),
+            "a".into(),
+            1,
+            WriterConfig::default(),
+            &tasks,
+        );
+        let (stuck, free) = (gated(1, false), gated(2, true));
+        let stuck_ack = tokio::spawn(writer.submit(group(1), stuck.clone()));
+        let bound = Duration::from_secs(5);
+        for n in 2..=20 {
+            let ack = tokio::time::timeout(bound, writer.submit(group(n), free.clone())).await;
+            assert!(ack.expect("acknowledged").is_ok());
+        }
+        assert_eq!(*free.applied.lock().unwrap(), (2..=20).collect::<Vec<_>>());
+        assert!(!stuck_ack.is_finished());
+        // The free target's sync returns; a full sync waits.
+        let through = tokio::time::timeout(bound, writer.sync_target(free.as_ref()))
+            .await
+            .expect("not held up by the stuck target");
+        assert!(through >= 2, "{through}");
+        let sync = tokio::spawn({
+            let writer = Arc::clone(&writer);
+            async move { writer.sync().await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            !sync.is_finished(),
+            "a full sync waits for the stuck target"
+        );
+        stuck.open.send_replace(true);
+        assert_eq!(stuck_ack.await.unwrap(), Ok(1));
+        assert_eq!(sync.await.unwrap(), through);
+        tasks.shutdown().await;
+    }
+
+    /// One target's groups are applied in the order they were submitted, also while the log
+    /// moves on and its lane is idle and restarted in between.
+    #[tokio::test]
+    async fn a_target_applies_its_groups_in_submission_order() {
+        let (store, tasks) = (memory(), Tasks::new());
+        let writer = LogWriter::start(
+            store.clone(),
+            "a".into(),
+            1,
+            WriterConfig::default(),
+            &tasks,
+        );
+        let target = gated(1, true);
+        for round in 0..20u64 {
+            let acks = (0..10).map(|n| writer.submit(group(round * 10 + n), target.clone()));
+            for ack in futures::future::join_all(acks).await {
+                assert!(ack.is_ok());
+            }
+        }
+        assert_eq!(
+            *target.applied.lock().unwrap(),
+            (0..200).collect::<Vec<_>>()
+        );
         tasks.shutdown().await;
     }
 

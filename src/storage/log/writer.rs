@@ -2,14 +2,23 @@
 //! next object, and the next flush starts as soon as the previous one ends. So batching grows
 //! with load by itself, an idle log writes nothing, and at most one object is in flight.
 //!
+//! A durable object's groups go to their targets' *lanes* (one per target, that is, per open
+//! shard database): each lane applies its groups in log order, lanes apply independently of
+//! each other and of the flusher. So a shard whose database makes a write wait (its L0 full)
+//! holds up its own writes only, not the log nor the other shards of the gateway.
+//!
 //! Invariants:
 //! - an append resolves `Ok(seq)` only once object `seq`, holding it, exists in the store;
 //! - objects are created at consecutive numbers, each with `If-None-Match: *`, and the content
 //!   meant for a number never changes: after an ambiguous failure (the PUT may or may not have
 //!   happened) the same bytes are retried, and finding them there counts as success;
 //! - finding a fence at the next number ends the log for good ([`LogError::Sealed`]): every
-//!   queued and future append fails, and none of them can ever become durable in this log.
+//!   queued and future append fails, and none of them can ever become durable in this log;
+//!   groups already durable are still applied;
+//! - a lane applies its groups in the order they were submitted (a shard's versions arrive in
+//!   order), each before its appender hears of it.
 
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -44,6 +53,9 @@ pub enum LogError {
 pub trait Apply: Send + Sync {
     /// Applies `group` (all records of one shard, one version).
     async fn apply(&self, group: &[Record]) -> Result<(), String>;
+
+    /// The lane of this target: unique to it among the targets of the process.
+    fn lane(&self) -> u64;
 }
 
 /// Settings of a [`LogWriter`].
@@ -71,6 +83,8 @@ impl Default for WriterConfig {
 type Waiter = oneshot::Sender<Result<u64, LogError>>;
 
 struct Queued {
+    /// Submission number, unique in this writer and increasing in submission order.
+    index: u64,
     group: Vec<Record>,
     bytes: usize,
     target: Arc<dyn Apply>,
@@ -80,18 +94,24 @@ struct Queued {
 #[derive(Default)]
 struct Queue {
     groups: Vec<Queued>,
-    /// Groups ever queued.
+    /// Groups ever submitted (the next one's index).
     submitted: u64,
     sealed: bool,
+    /// The last object created (0: none yet).
+    durable_seq: u64,
+    /// Per target with groups not yet settled (applied, or failed for good).
+    lanes: HashMap<u64, Lane>,
 }
 
-/// Progress of the flusher, for [`LogWriter::sync`] and checkpoints.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct Progress {
-    /// Groups whose outcome is settled (applied, or failed for good).
-    settled: u64,
-    /// The last object whose groups are all applied (0: none yet).
-    applied_seq: u64,
+/// One target's groups, from submission until settled.
+#[derive(Default)]
+struct Lane {
+    /// Indexes of the groups submitted and not settled, durable or not, ascending.
+    unsettled: VecDeque<u64>,
+    /// Durable groups waiting to be applied, in log order, with their objects' numbers.
+    durable: VecDeque<(u64, Queued)>,
+    /// Whether a runner applies this lane's groups now (one at a time).
+    running: bool,
 }
 
 /// The writer of one log.
@@ -101,8 +121,11 @@ pub struct LogWriter {
     config: WriterConfig,
     queue: Mutex<Queue>,
     wake: Notify,
-    progress: watch::Sender<Progress>,
+    /// Bumped whenever a group settles: what [`LogWriter::sync`] waits on.
+    settled: watch::Sender<u64>,
     sealed: watch::Sender<bool>,
+    /// Where the lanes run.
+    tasks: Tasks,
 }
 
 impl LogWriter {
@@ -118,19 +141,17 @@ impl LogWriter {
             store,
             log,
             config,
-            queue: Mutex::default(),
-            wake: Notify::new(),
-            progress: watch::Sender::new(Progress {
-                settled: 0,
-                applied_seq: first_seq - 1,
+            queue: Mutex::new(Queue {
+                durable_seq: first_seq - 1,
+                ..Queue::default()
             }),
+            wake: Notify::new(),
+            settled: watch::Sender::new(0),
             sealed: watch::Sender::new(false),
+            tasks: tasks.clone(),
         });
         let flusher = Arc::clone(&writer);
-        tasks.spawn(
-            "log flusher",
-            async move { flusher.flush_loop(first_seq).await },
-        );
+        tasks.spawn("log flusher", flusher.flush_loop(first_seq));
         writer
     }
 
@@ -154,8 +175,12 @@ impl LogWriter {
                 let _ = tx.send(Err(LogError::Sealed));
             } else {
                 let bytes = group.iter().map(record_bytes).sum();
+                let index = queue.submitted;
                 queue.submitted += 1;
+                let lane = queue.lanes.entry(target.lane()).or_default();
+                lane.unsettled.push_back(index);
                 queue.groups.push(Queued {
+                    index,
                     group,
                     bytes,
                     target,
@@ -171,19 +196,54 @@ impl LogWriter {
         }
     }
 
-    /// Waits until every group submitted before the call is settled (applied or failed), and
-    /// returns the last object whose groups are all applied. With no new submissions for a
-    /// shard meanwhile, every durable record of it is then in its database.
+    /// Waits until every group submitted before the call is settled (applied or failed), in
+    /// every lane, and returns the last object created. If no group of a shard was submitted
+    /// meanwhile (its caller holds them off), no object holds a group of it not applied.
     pub async fn sync(&self) -> u64 {
-        let target = self.lock().submitted;
-        let mut progress = self.progress.subscribe();
-        let settled = progress.wait_for(|p| p.settled >= target).await;
-        settled.map_or(0, |p| p.applied_seq)
+        let lanes: Vec<(u64, u64)> = {
+            let queue = self.lock();
+            let last = |(id, lane): (&u64, &Lane)| Some((*id, *lane.unsettled.back()?));
+            queue.lanes.iter().filter_map(last).collect()
+        };
+        for (lane, through) in lanes {
+            self.settled_through(lane, through).await;
+        }
+        self.last_object()
     }
 
-    /// The last object whose groups are all applied.
-    pub fn applied_seq(&self) -> u64 {
-        self.progress.borrow().applied_seq
+    /// Waits until `target`'s lane has settled every group submitted to it before the call,
+    /// and returns the last object created. If no group of `target` was submitted meanwhile
+    /// (the caller holds them off), no object holds a group of it that is not applied. Other
+    /// lanes, however slow, are not waited for.
+    pub async fn sync_target(&self, target: &dyn Apply) -> u64 {
+        let lane = target.lane();
+        let through = self
+            .lock()
+            .lanes
+            .get(&lane)
+            .and_then(|l| l.unsettled.back().copied());
+        if let Some(through) = through {
+            self.settled_through(lane, through).await;
+        }
+        self.last_object()
+    }
+
+    /// Waits until lane `id` has settled every group up to index `through`. Indexes only
+    /// grow, so a lane dropped and made again meanwhile counts as settled.
+    async fn settled_through(&self, id: u64, through: u64) {
+        let mut settled = self.settled.subscribe();
+        let done = |_: &u64| {
+            let queue = self.lock();
+            let oldest = queue.lanes.get(&id).and_then(|l| l.unsettled.front());
+            oldest.is_none_or(|oldest| *oldest > through)
+        };
+        // The sender lives as long as `self`.
+        let _ = settled.wait_for(done).await;
+    }
+
+    /// The last object created (0: none yet).
+    pub fn last_object(&self) -> u64 {
+        self.lock().durable_seq
     }
 
     /// Resolves once a new owner has sealed the log (never, while it has not).
@@ -191,9 +251,10 @@ impl LogWriter {
         let _ = self.sealed.subscribe().wait_for(|s| *s).await;
     }
 
-    /// True once anything was submitted: the log may have objects.
+    /// True once an object was created, or something waits to be: the log may have objects.
     pub fn used(&self) -> bool {
-        self.lock().submitted > 0
+        let queue = self.lock();
+        queue.durable_seq > 0 || !queue.groups.is_empty()
     }
 
     /// True once the log is sealed.
@@ -222,16 +283,18 @@ impl LogWriter {
         queue.groups.drain(..count).collect()
     }
 
-    fn settle(&self, groups: u64, applied_seq: Option<u64>) {
-        self.progress.send_modify(|p| {
-            p.settled += groups;
-            if let Some(seq) = applied_seq {
-                p.applied_seq = seq;
+    /// Counts `q` settled in its lane; the lane goes once nothing of it is left unsettled.
+    fn settle(queue: &mut Queue, q: &Queued) {
+        let id = q.target.lane();
+        if let Some(lane) = queue.lanes.get_mut(&id) {
+            lane.unsettled.retain(|index| *index != q.index);
+            if lane.unsettled.is_empty() {
+                queue.lanes.remove(&id);
             }
-        });
+        }
     }
 
-    async fn flush_loop(&self, mut seq: u64) {
+    async fn flush_loop(self: Arc<Self>, mut seq: u64) {
         let mut last_start = tokio::time::Instant::now() - self.config.min_interval;
         loop {
             let wait = self
@@ -252,40 +315,88 @@ impl LogWriter {
             drop(groups);
             match self.write(seq, bytes, &mut batch).await {
                 Ok(()) => {
-                    // ORDERING: groups are applied in log order, each before its appender
-                    // hears of it, so `applied_seq` (what checkpoints record) never passes a
-                    // record that is not in its database yet.
-                    for q in &mut batch {
-                        let outcome = match q.target.apply(&q.group).await {
-                            Ok(()) => Ok(seq),
-                            Err(e) => Err(LogError::NotApplied(e)),
-                        };
-                        if let Some(waiter) = q.waiter.take() {
-                            let _ = waiter.send(outcome);
-                        }
-                    }
-                    self.settle(batch.len() as u64, Some(seq));
+                    self.hand_to_lanes(seq, batch);
                     seq += 1;
                 }
                 Err(()) => {
-                    let mut rest = {
-                        let mut queue = self.lock();
-                        queue.sealed = true;
-                        std::mem::take(&mut queue.groups)
-                    };
+                    let mut queue = self.lock();
+                    queue.sealed = true;
+                    let mut rest = std::mem::take(&mut queue.groups);
                     rest.append(&mut batch);
-                    for q in &mut rest {
+                    for mut q in rest {
                         if let Some(waiter) = q.waiter.take() {
                             let _ = waiter.send(Err(LogError::Sealed));
                         }
+                        Self::settle(&mut queue, &q);
                     }
-                    self.settle(rest.len() as u64, None);
+                    drop(queue);
+                    self.settled.send_modify(|n| *n += 1);
                     self.sealed.send_replace(true);
                     tracing::warn!(log = %self.log, seq, "log sealed by a new owner; it takes no more writes");
                     return;
                 }
             }
         }
+    }
+
+    /// Queues the groups of durable object `seq` on their lanes, starting the lanes that are
+    /// idle. The flusher goes on to the next object at once.
+    fn hand_to_lanes(self: &Arc<Self>, seq: u64, batch: Vec<Queued>) {
+        let mut idle = Vec::new();
+        {
+            let mut queue = self.lock();
+            queue.durable_seq = seq;
+            for q in batch {
+                let id = q.target.lane();
+                // Present: its groups are unsettled until applied.
+                let lane = queue.lanes.entry(id).or_default();
+                if !lane.running {
+                    lane.running = true;
+                    idle.push(id);
+                }
+                lane.durable.push_back((seq, q));
+            }
+        }
+        for id in idle {
+            let writer = Arc::clone(self);
+            self.tasks
+                .spawn("log lane", async move { writer.run_lane(id).await });
+        }
+    }
+
+    /// Applies lane `id`'s durable groups in order until it has none, answering each
+    /// appender once its group is applied. One runs per lane at a time: a lane stops
+    /// `running` (and [`Self::hand_to_lanes`] starts a runner) only once its runner has found
+    /// it empty, in the same critical section as its last pop.
+    async fn run_lane(&self, id: u64) {
+        let mut next = self.next_of_lane(&mut self.lock(), id);
+        while let Some((seq, mut q)) = next {
+            let outcome = match q.target.apply(&q.group).await {
+                Ok(()) => Ok(seq),
+                Err(e) => Err(LogError::NotApplied(e)),
+            };
+            {
+                // ORDERING: the group is settled before its appender hears of it, and a
+                // `sync` that sees it settled sees it applied: what a checkpoint's `sync`
+                // returns never passes a record of the shard not in its database yet.
+                let mut queue = self.lock();
+                Self::settle(&mut queue, &q);
+                next = self.next_of_lane(&mut queue, id);
+            }
+            self.settled.send_modify(|n| *n += 1);
+            if let Some(waiter) = q.waiter.take() {
+                let _ = waiter.send(outcome);
+            }
+        }
+    }
+
+    /// Takes lane `id`'s next durable group, marked as being applied; `None` leaves the
+    /// lane idle.
+    fn next_of_lane(&self, queue: &mut Queue, id: u64) -> Option<(u64, Queued)> {
+        let lane = queue.lanes.get_mut(&id)?;
+        let next = lane.durable.pop_front();
+        lane.running = next.is_some();
+        next
     }
 
     /// Creates object `seq` with `bytes`, retrying the same bytes until the outcome is known:
