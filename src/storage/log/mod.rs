@@ -206,6 +206,11 @@ mod tests {
         Arc::new(Nop(LANES.fetch_add(1, Ordering::Relaxed)))
     }
 
+    /// A writer of log `log` from its first object, with the default settings.
+    fn start(store: &ClusterStore, log: &str, tasks: &Tasks) -> Arc<LogWriter> {
+        LogWriter::start(store.clone(), log.into(), 1, WriterConfig::default(), tasks)
+    }
+
     fn group(n: u64) -> Vec<Record> {
         vec![Record {
             shard: ShardId((n % 4) as u32),
@@ -241,13 +246,7 @@ mod tests {
     #[tokio::test]
     async fn concurrent_appends_share_objects_and_read_back_in_order() {
         let (store, tasks) = (memory(), Tasks::new());
-        let writer = LogWriter::start(
-            store.clone(),
-            "a".into(),
-            1,
-            WriterConfig::default(),
-            &tasks,
-        );
+        let writer = start(&store, "a", &tasks);
         let acks =
             futures::future::join_all((0..200).map(|n| writer.submit(group(n), nop()))).await;
         let acked: Vec<(u64, u64)> = acks
@@ -304,13 +303,7 @@ mod tests {
     #[tokio::test]
     async fn a_stuck_target_holds_up_only_its_own_groups() {
         let (store, tasks) = (memory(), Tasks::new());
-        let writer = LogWriter::start(
-            store.clone(),
-            "a".into(),
-            1,
-            WriterConfig::default(),
-            &tasks,
-        );
+        let writer = start(&store, "a", &tasks);
         let (stuck, free) = (gated(1, false), gated(2, true));
         let stuck_ack = tokio::spawn(writer.submit(group(1), stuck.clone()));
         let bound = Duration::from_secs(5);
@@ -345,13 +338,7 @@ mod tests {
     #[tokio::test]
     async fn a_target_applies_its_groups_in_submission_order() {
         let (store, tasks) = (memory(), Tasks::new());
-        let writer = LogWriter::start(
-            store.clone(),
-            "a".into(),
-            1,
-            WriterConfig::default(),
-            &tasks,
-        );
+        let writer = start(&store, "a", &tasks);
         let target = gated(1, true);
         for round in 0..20u64 {
             let acks = (0..10).map(|n| writer.submit(group(round * 10 + n), target.clone()));
@@ -387,13 +374,7 @@ mod tests {
     #[tokio::test]
     async fn after_a_seal_nothing_more_becomes_durable() {
         let (store, tasks) = (memory(), Tasks::new());
-        let writer = LogWriter::start(
-            store.clone(),
-            "a".into(),
-            1,
-            WriterConfig::default(),
-            &tasks,
-        );
+        let writer = start(&store, "a", &tasks);
         let appending = {
             let writer = Arc::clone(&writer);
             tokio::spawn(async move {
@@ -444,13 +425,7 @@ mod tests {
     async fn sealing_an_unwritten_log_fences_its_first_object() {
         let (store, tasks) = (memory(), Tasks::new());
         assert_eq!(seal(&store, "fresh", 1).await.unwrap(), 1);
-        let writer = LogWriter::start(
-            store.clone(),
-            "fresh".into(),
-            1,
-            WriterConfig::default(),
-            &tasks,
-        );
+        let writer = start(&store, "fresh", &tasks);
         assert_eq!(writer.submit(group(1), nop()).await, Err(LogError::Sealed));
         tasks.shutdown().await;
     }
@@ -463,13 +438,7 @@ mod tests {
         assert!(create(&store, &path, encode_records("a", 1, &[group(1)]))
             .await
             .unwrap());
-        let writer = LogWriter::start(
-            store.clone(),
-            "a".into(),
-            1,
-            WriterConfig::default(),
-            &tasks,
-        );
+        let writer = start(&store, "a", &tasks);
         assert_eq!(writer.submit(group(1), nop()).await, Ok(1));
         assert_eq!(writer.submit(group(2), nop()).await, Ok(2));
         assert_eq!(versions(&read_all(&store, "a").await), vec![(1, 1), (2, 2)]);
