@@ -69,7 +69,10 @@ pub async fn write(
 ) -> Result<Served<u64>, ApiError> {
     let apply = || deadline(req, state.node.apply(ops.clone()));
     match ops.first() {
-        Some(op) => dispatch(state, state.node.shard_of(&op.key), req, apply).await,
+        Some(op) => {
+            let shard = state.node.shard_of(&op.key);
+            dispatch(state, shard, req, &req.path_and_query, apply).await
+        }
         None => Ok(Served::Here(apply().await?)),
     }
 }
@@ -85,22 +88,9 @@ async fn deadline<T>(
 }
 
 /// Serves `req` for `shard`: here through `local` when this gateway owns the shard, else by
-/// forwarding it to the owner. Looks the owner up again until the request's deadline.
+/// forwarding it to the owner as `path_and_query` (the request's own, or for a hedged
+/// eventual read, its strong form). Looks the owner up again until the request's deadline.
 async fn dispatch<T, F, Fut>(
-    state: &AppState,
-    shard: ShardId,
-    req: &Forwardable,
-    local: F,
-) -> Result<Served<T>, ApiError>
-where
-    F: Fn() -> Fut,
-    Fut: Future<Output = Result<T, Error>>,
-{
-    dispatch_as(state, shard, req, &req.path_and_query, local).await
-}
-
-/// [`dispatch`], forwarding `path_and_query` instead of the request's own.
-async fn dispatch_as<T, F, Fut>(
     state: &AppState,
     shard: ShardId,
     req: &Forwardable,

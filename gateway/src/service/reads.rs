@@ -13,7 +13,7 @@ use axum::response::Response;
 use tessera::{Consistency, Located, Read, ShardId};
 use tokio::sync::Notify;
 
-use super::{deadline, dispatch, dispatch_as, note_forwarded, Served};
+use super::{deadline, dispatch, note_forwarded, Served};
 use crate::error::ApiError;
 use crate::forward::{self, Forwardable, Forwarded};
 use crate::AppState;
@@ -29,7 +29,8 @@ pub async fn get(
     if consistency == Consistency::Eventual {
         return get_eventual(state, shard, key, req).await;
     }
-    let served = dispatch(state, shard, req, || deadline(req, state.node.get(key))).await?;
+    let local = || deadline(req, state.node.get(key));
+    let served = dispatch(state, shard, req, &req.path_and_query, local).await?;
     if let Served::Forwarded(resp) = &served {
         note_forwarded(state, shard, resp);
     }
@@ -89,7 +90,7 @@ async fn get_eventual(
         }
         asked.store(true, Ordering::Relaxed);
         let strong_read = || deadline(req, state.node.get(key));
-        match dispatch_as(state, shard, req, req.path(), strong_read).await {
+        match dispatch(state, shard, req, req.path(), strong_read).await {
             Ok(Served::Forwarded(resp)) => answer_of(state, shard, resp).map(Served::Forwarded),
             Ok(here) => Some(here),
             Err(_) => None,
