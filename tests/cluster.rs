@@ -77,9 +77,7 @@ async fn any_gateway_serves_any_key_and_views_agree() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unrelated_etcd_writes_do_not_starve_rebalancing() {
     let mut c = Cluster::start(0).await;
-    let mut etcd = etcd_client::Client::connect([c.etcd.endpoint()], None)
-        .await
-        .unwrap();
+    let mut etcd = c.etcd.client().await;
     let stop = Arc::new(AtomicBool::new(false));
     let churn = {
         let stop = Arc::clone(&stop);

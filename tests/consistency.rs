@@ -237,9 +237,7 @@ struct Written {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eventual_reads_of_a_shard_not_created_yet_are_unavailable_not_errors() {
     let mut c = Cluster::start(0).await;
-    let mut etcd = etcd_client::Client::connect([c.etcd.endpoint()], None)
-        .await
-        .unwrap();
+    let mut etcd = c.etcd.client().await;
     let lease = etcd.lease_grant(60, None).await.unwrap().id();
     let ghost = serde_json::json!({
         "id": "ghost",

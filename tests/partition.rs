@@ -937,9 +937,7 @@ async fn compactor_cut_from_etcd_then_healed() {
 async fn a_member_key_deleted_under_a_live_lease_is_registered_again() {
     let c = Cluster::start(2).await;
     c.await_stable(&[0, 1], Duration::from_secs(30)).await;
-    let mut etcd = etcd_client::Client::connect([c.etcd.endpoint()], None)
-        .await
-        .unwrap();
+    let mut etcd = c.etcd.client().await;
     etcd.delete("/tessera/test/members/gw0", None)
         .await
         .unwrap();

@@ -22,7 +22,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use slatedb::admin::AdminBuilder;
 use slatedb::compactor::Compactor;
 use slatedb::config::{
     CompactionWorkerOptions, CompactorOptions, GarbageCollectorDirectoryOptions,
@@ -56,7 +55,7 @@ pub async fn read_stats(
     object_store: &ObjectStoreConfig,
     shard: ShardId,
 ) -> Result<ShardStats> {
-    let admin = AdminBuilder::new(store.shard_path(shard), Arc::clone(&store.store)).build();
+    let admin = store.admin(shard);
     let bound = object_store.request_timeout * (object_store.max_retries + 1);
     let manifest = tokio::time::timeout(bound, admin.read_manifest(None))
         .await

@@ -207,45 +207,46 @@ impl HotCache {
         as_of: u64,
         unchanged: impl FnOnce() -> bool,
     ) {
-        let key = CacheKey { scope, key };
-        let _locked = self.lock(&key);
-        // An equal version is re-filled: that renews a follower entry's age.
-        let newer = self
-            .cache
-            .get(&key)
-            .is_some_and(|c| c.cached.version() > found.version());
-        if newer || !unchanged() {
-            return;
-        }
+        let version = found.version();
         let slot = Slot {
             cached: found,
             filled: Instant::now(),
             as_of,
         };
-        self.cache.insert(key, slot);
+        // An equal version is re-filled: that renews a follower entry's age.
+        self.store_unless(CacheKey { scope, key }, slot, |current| {
+            current.is_some_and(|c| c.cached.version() > version) || !unchanged()
+        });
     }
 
     /// Records a durable write of `key` (before it is acknowledged) if the key is cached: its
     /// new value, or its deletion, at `version`. Keeps the newer version if the cache already
     /// has one. The caller has bumped the key's stripe write counter first (rule 3).
     pub fn record_write(&self, scope: u64, key: Bytes, written: Cached) {
-        let key = CacheKey { scope, key };
-        let _locked = self.lock(&key);
-        // `contains_key` does not count as an access; most written keys are not cached.
-        if !self.cache.contains_key(&key)
-            || self
-                .cache
-                .get(&key)
-                .is_some_and(|c| c.cached.version() >= written.version())
-        {
-            return;
-        }
+        let version = written.version();
         let slot = Slot {
             cached: written,
             filled: Instant::now(),
             as_of: 0,
         };
-        self.cache.insert(key, slot);
+        self.store_unless(CacheKey { scope, key }, slot, |current| {
+            current.is_none_or(|c| c.cached.version() >= version)
+        });
+    }
+
+    /// Stores `slot` at `key` unless `keep`, given what the cache holds there, says otherwise;
+    /// both under the key's lock (rules 1-3).
+    fn store_unless(&self, key: CacheKey, slot: Slot, keep: impl FnOnce(Option<&Slot>) -> bool) {
+        let _locked = self.lock(&key);
+        // `contains_key` does not count as an access; most written keys are not cached.
+        let current = if self.cache.contains_key(&key) {
+            self.cache.get(&key)
+        } else {
+            None
+        };
+        if !keep(current.as_ref()) {
+            self.cache.insert(key, slot);
+        }
     }
 
     /// Forgets every entry of `scope` (the shard was lost, or its follower closed).

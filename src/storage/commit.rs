@@ -186,8 +186,8 @@ impl CommitLog {
         let (marker, flush) = {
             // ORDERING: no record of the shard is queued while the lock is held, and
             // `sync_target` waits until every queued one is settled, so every record of the
-            // shard up to `through_seq` is applied (a record that failed to apply has stopped the database,
-            // and the marker write below fails with it).
+            // shard up to `through_seq` is applied (a record that failed to apply has stopped
+            // the database, and the marker write below fails with it).
             let _order = store.order.lock().await;
             let writer = bound(store)?;
             let through_seq = writer.sync_target(store.as_ref()).await;

@@ -51,6 +51,11 @@ impl ClusterStore {
         self.path(&format!("shards/{shard}"))
     }
 
+    /// Read-only administrative access to `shard`'s database (its manifests).
+    pub fn admin(&self, shard: crate::shard::ShardId) -> slatedb::admin::Admin {
+        slatedb::admin::AdminBuilder::new(self.shard_path(shard), Arc::clone(&self.store)).build()
+    }
+
     /// Returns `{prefix}/{suffix}`.
     pub fn path(&self, suffix: &str) -> Path {
         let mut out = self.prefix.clone();

@@ -52,7 +52,6 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use slatedb::admin::AdminBuilder;
 use slatedb::config::{
     CloseOptions, CompactorOptions, DbReaderOptions, DurabilityLevel, FlushOptions, FlushType,
     GarbageCollectorOptions, PutOptions, ReadOptions, ScanOptions, Settings, Ttl, WriteOptions,
@@ -686,8 +685,8 @@ fn live(kv: slatedb::KeyValue, now_ms: i64) -> Option<Entry> {
 
 /// Whether `shard`'s database has a manifest, that is, whether any owner ever created it.
 async fn has_manifest(store: &ClusterStore, shard: ShardId) -> Result<bool> {
-    let admin = AdminBuilder::new(store.shard_path(shard), Arc::clone(&store.store)).build();
-    let manifest = admin
+    let manifest = store
+        .admin(shard)
         .read_manifest(None)
         .await
         .map_err(|e| map_error(shard, e))?;

@@ -422,6 +422,13 @@ impl EtcdServer {
     pub fn endpoint(&self) -> String {
         format!("{}://127.0.0.1:{}", self.scheme, self.port)
     }
+
+    /// A client of this etcd (no TLS, no auth), for tests that read or write its keys.
+    pub async fn client(&self) -> etcd_client::Client {
+        etcd_client::Client::connect([self.endpoint()], None)
+            .await
+            .expect("connect to the test etcd")
+    }
 }
 
 /// The value of the metric line that starts with `name` (labels included) followed by a space.
