@@ -55,8 +55,20 @@ pub struct ClusterConfig {
     /// margin`; it must exceed the clock-rate drift against etcd over one TTL. Default: 1s.
     #[serde(with = "humantime_serde")]
     pub lease_margin: Duration,
-    /// Membership changes are acted on after this quiet period, so flapping does not move
-    /// shards back and forth. Default: 300ms.
+    /// How often a gateway renews its heartbeat (`beats/{id}` in etcd, a conditional put).
+    /// Default: 250ms.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// Early takeover. A gateway serves only until its last acknowledged heartbeat was sent +
+    /// this; a gateway that cannot get an answer from a shard's owner may take the owner's
+    /// shards once the owner's heartbeat has not moved for the owner's timeout + 1/8 (each
+    /// beat carries it), without waiting for etcd to expire its lease
+    /// (`src/cluster/lease.rs`). `0s` turns it off: shards then move only when the lease
+    /// expires. Default: 1s.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_timeout: Duration,
+    /// Membership additions are acted on after this quiet period, so flapping does not move
+    /// shards back and forth (a departure at once: its shards have no owner). Default: 300ms.
     #[serde(with = "humantime_serde")]
     pub rebalance_delay: Duration,
     /// Timeout of one etcd request. Default: 2s.
@@ -93,6 +105,8 @@ impl Default for ClusterConfig {
             lease_ttl: Duration::from_secs(3),
             keepalive_interval: Duration::from_secs(1),
             lease_margin: Duration::from_secs(1),
+            heartbeat_interval: Duration::from_millis(250),
+            heartbeat_timeout: Duration::from_secs(1),
             rebalance_delay: Duration::from_millis(300),
             etcd_timeout: Duration::from_secs(2),
             join_timeout: Duration::from_secs(60),
@@ -124,6 +138,14 @@ impl ClusterConfig {
             return Err(Error::Config(format!(
                 "cluster.keepalive_interval ({:?}) * 2 + cluster.lease_margin ({:?}) must not exceed cluster.lease_ttl ({:?}): a lease must survive one lost keep-alive",
                 c.keepalive_interval, c.lease_margin, c.lease_ttl
+            )));
+        }
+        if !c.heartbeat_timeout.is_zero()
+            && (c.heartbeat_interval.is_zero() || c.heartbeat_interval * 2 > c.heartbeat_timeout)
+        {
+            return Err(Error::Config(format!(
+                "cluster.heartbeat_interval ({:?}) * 2 must not exceed cluster.heartbeat_timeout ({:?}) (0s turns early takeover off): a gateway must survive one lost heartbeat",
+                c.heartbeat_interval, c.heartbeat_timeout
             )));
         }
         if c.name.is_empty() || c.name.contains('/') {

@@ -543,6 +543,94 @@ async fn gateway_cut_from_etcd_past_its_lease_rejoins() {
     assert_rejoined(&c, 0).await;
 }
 
+/// Early takeover under a partition (`src/cluster/lease.rs`): an owner cut from etcd and from
+/// its peers, still reaching S3 and the test's clients, is expelled through its heartbeat
+/// before its lease could expire, and serves nothing stale meanwhile: cut off, it cannot learn
+/// it was expelled, so only its own beat deadline stops it. Timeouts are stretched (heartbeat
+/// 2 s, lease 6 s) so that an unsafe expulsion lands while the owner still serves: with the
+/// wait before expelling cut to a quarter of the timeout, or a serving deadline that ignores
+/// heartbeats, it answers the stale `v1`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_cut_from_etcd_and_peers_is_expelled_and_serves_nothing_stale() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("expel.toml");
+    let toml = "[cluster]\nlease_ttl = \"6s\"\nheartbeat_timeout = \"2s\"\n\n[server]\nrequest_timeout = \"1s\"\n";
+    std::fs::write(&path, toml).unwrap();
+    let opts = ClusterOpts {
+        proxied: true,
+        extra: vec!["--config".into(), path.display().to_string()],
+        ..ClusterOpts::default()
+    };
+    let c = Cluster::start_opts(3, opts).await;
+    let http = client();
+    // A key of a shard gw2 owns, read through gw2 (so a stale answer could come from its cache
+    // too), with gw2 still the owner just before the cut.
+    let key = loop {
+        let placed = c.await_stable(&[0, 1, 2], Duration::from_secs(30)).await;
+        let key = keys_on(&owned_by(&placed, "gw2")[..1], 1, "x").remove(0);
+        write(&http, &c.gw(0).url, &key, "v1").await.unwrap();
+        assert_eq!(read(&http, &c.gw(2).url, &key).await.as_deref(), Ok("v1"));
+        let v = view(&http, &c.gw(0).url).await.unwrap();
+        if owners(&v).get(&shard_of(&key)).map(String::as_str) == Some("gw2") {
+            break key;
+        }
+    };
+
+    c.link(2).etcd.cut();
+    c.link(2).peer.cut();
+    let cut = Instant::now();
+    // gw0's forwards to gw2 stall; it watches gw2's heartbeat, which has stopped, and expels it.
+    let deadline = cut + Duration::from_secs(30);
+    while let Err(e) = write(&http, &c.gw(0).url, &key, "v2").await {
+        assert!(Instant::now() < deadline, "no takeover: {e}\n{}", logs(&c));
+    }
+    let took = cut.elapsed();
+    // gw2, asked directly as a forwarded request (so it answers from its own state): no stale
+    // v1, no acknowledged write.
+    let direct = |req: reqwest::RequestBuilder| req.header("x-tessera-forwarded", "1").send();
+    let r = direct(http.get(c.gw(2).kv(&key))).await.unwrap();
+    let (status, body) = (r.status(), r.text().await.unwrap());
+    assert!(
+        status != StatusCode::OK || body == "v2",
+        "the expelled owner served {status} {body:?} {took:?} after the cut"
+    );
+    let r = direct(http.put(c.gw(2).kv(&key)).body("cut-off"))
+        .await
+        .unwrap();
+    assert_ne!(
+        r.status(),
+        StatusCode::OK,
+        "the expelled owner acknowledged a write"
+    );
+    // Its lease could not have expired yet (serving deadline: last keep-alive + 5 s).
+    assert!(
+        took < Duration::from_secs(5),
+        "took {took:?}: the lease, not the heartbeat, moved the shard"
+    );
+    println!(
+        "owner cut from etcd and peers expelled: the write went through {took:?} after the cut"
+    );
+
+    c.link(2).etcd.heal();
+    c.link(2).peer.heal();
+    // Healed, gw2's next beat finds it was expelled: it joins again.
+    c.await_stable(&[0, 1, 2], Duration::from_secs(30)).await;
+    let text = metrics(&http, &c.gw(2).url).await;
+    let expelled = metric(&text, "tessera_lease_lost_total{reason=\"expelled\"}");
+    assert!(
+        expelled >= 1.0,
+        "gw2 does not count itself expelled\n{}",
+        logs(&c)
+    );
+    for g in [0, 1, 2] {
+        assert_eq!(
+            read(&http, &c.gw(g).url, &key).await.as_deref(),
+            Ok("v2"),
+            "via gw{g}"
+        );
+    }
+}
+
 /// Each gateway in turn is cut off etcd past its lease and healed; the cluster ends whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_gateway_cut_from_etcd_in_turn_then_whole_cluster_serves() {

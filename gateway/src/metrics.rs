@@ -194,7 +194,8 @@ impl Metrics {
                         "lease_lost_total",
                         "Leases given up, by reason: not_found (etcd does not know it), \
                          ttl_zero (a keep-alive answered TTL 0), deadline (a whole TTL without \
-                         an acknowledged keep-alive, e.g. cut off from etcd)",
+                         an acknowledged keep-alive, e.g. cut off from etcd), expelled \
+                         (another gateway found our heartbeat stale and took our shards)",
                     ),
                     &["reason"],
                 )

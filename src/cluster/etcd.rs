@@ -7,6 +7,7 @@
 //! |---|---|---|
 //! | `members/{id}` | [`Member`] JSON | the gateway's lease |
 //! | `owners/{shard:05}` | [`Owner`] JSON | the owner's lease |
+//! | `beats/{id}` | `{lease id} {heartbeat_timeout in ms}` | the gateway's lease |
 //!
 //! - **Acquire** a shard: `txn(create_revision(owner key) == 0 → put(owner key, me, lease))`.
 //!   The key's create revision is the owner's *epoch*, the fencing token of that ownership.
@@ -20,6 +21,11 @@
 //!   found, TTL 0, or a whole TTL without an acknowledgement, e.g. cut off from etcd); the
 //!   holder then joins again with a new lease ([`Etcd::replace_lease`]), never retrying a lease
 //!   etcd has already answered for.
+//! - **Heartbeat** (gateways): `txn(mod_revision(beat key) == my last beat → put)` every
+//!   `heartbeat_interval`; **expel** a silent owner: read its beat key, wait, then
+//!   `txn(mod_revision(beat key) == as read → delete it and the member key)`, and its owner keys
+//!   with `txn(create_revision(owner key) == epoch ∧ beat key absent → delete)`. The safety
+//!   argument is in `lease.rs`.
 //! - Compactors use the same keys and protocol one level down, under
 //!   `/tessera/{cluster}/compactor/` ([`Etcd::scoped`]): `compactor/members/{id}` and
 //!   `compactor/owners/{shard:05}` (a shard's compaction claim). Gateways and compactors are
@@ -35,7 +41,7 @@ use etcd_client::{
 };
 use tokio::sync::watch;
 
-use crate::cluster::lease::{KeepAliveStats, LeaseClock, LeaseLoss};
+use crate::cluster::lease::{KeepAliveStats, LeaseClock, LeaseLoss, SystemClock};
 use crate::cluster::placement::{ClusterView, Member, Owner};
 use crate::config::ClusterConfig;
 use crate::error::{Error, Result};
@@ -59,6 +65,27 @@ pub struct LeaseHolder<'a> {
     pub stats: &'a Arc<KeepAliveStats>,
     /// Runs the keep-alive task (which stops when they shut down).
     pub tasks: &'a Tasks,
+    /// True for a gateway: it heartbeats (if `heartbeat_timeout` is not 0) and may be expelled.
+    pub heartbeats: bool,
+}
+
+impl LeaseHolder<'_> {
+    /// The member that heartbeats, if this holder does.
+    fn beating(&self) -> Option<&Member> {
+        let on = self.heartbeats && !self.config.heartbeat_timeout.is_zero();
+        self.member.filter(|_| on)
+    }
+}
+
+/// The outcome of one heartbeat.
+enum Beat {
+    /// Acknowledged: the beat key's new revision.
+    Acked(i64),
+    /// The compare failed but the key is still ours (an earlier beat whose answer was lost
+    /// landed after all): its revision, to compare against next time. Not an acknowledgement.
+    Behind(i64),
+    /// The key is gone or another incarnation's: we were expelled.
+    Expelled,
 }
 
 /// The TLS options of `config` (`None` without `etcd_ca` or a client certificate).
@@ -129,6 +156,10 @@ impl Etcd {
         format!("{}owners/{shard}", self.prefix)
     }
 
+    fn beat_key(&self, id: &str) -> String {
+        format!("{}beats/{id}", self.prefix)
+    }
+
     /// Grants a lease of `ttl`; returns its id and the granted TTL, and records the grant in
     /// `clock` (measured from before the request was sent).
     async fn grant(
@@ -154,10 +185,32 @@ impl Etcd {
     /// [`Etcd::keep_alive`]). Returns the lease id and its clock.
     pub async fn start_lease(&self, holder: &LeaseHolder<'_>) -> Result<(i64, Arc<LeaseClock>)> {
         let c = holder.config;
-        let clock = Arc::new(LeaseClock::default());
+        let clock = Arc::new(match holder.beating() {
+            Some(_) => LeaseClock::with_heartbeats(Arc::new(SystemClock)),
+            None => LeaseClock::default(),
+        });
         let (id, ttl) = self.grant(c.lease_ttl, &clock, c.lease_margin).await?;
         if let Some(member) = holder.member {
             self.register(member, id).await?;
+        }
+        if let Some(member) = holder.beating() {
+            // The first beat creates the key, unconditionally: a new incarnation.
+            let sent = clock.now();
+            let timeout = c.heartbeat_timeout;
+            let Beat::Acked(rev) = self.beat(&member.id, id, timeout, None).await? else {
+                return Err(Error::Coordination(
+                    "the first heartbeat was not acknowledged".into(),
+                ));
+            };
+            clock.beat_acked(sent, timeout);
+            let (etcd, beating, stats) =
+                (self.clone(), Arc::clone(&clock), Arc::clone(holder.stats));
+            let member = member.id.clone();
+            let interval = c.heartbeat_interval;
+            holder.tasks.spawn("heartbeat", async move {
+                etcd.heartbeat(&member, id, rev, &beating, &stats, interval, timeout)
+                    .await
+            });
         }
         let (etcd, keep) = (self.clone(), Arc::clone(&clock));
         let stats = Arc::clone(holder.stats);
@@ -230,6 +283,134 @@ impl Etcd {
             .await
             .map_err(|e| etcd_err("revoke lease", e))?;
         Ok(())
+    }
+
+    /// One heartbeat of member `id` under `lease`: a put of its beat key, conditional on the
+    /// key still having revision `last` (none: the first beat of an incarnation). The value
+    /// names the incarnation (its lease) and the `timeout` it serves by, which is what those
+    /// who would expel it must wait for ([`Etcd::beat_of`]).
+    async fn beat(
+        &self,
+        id: &str,
+        lease: i64,
+        timeout: Duration,
+        last: Option<i64>,
+    ) -> Result<Beat> {
+        let key = self.beat_key(id);
+        let mine = format!("{lease} {}", timeout.as_millis());
+        let put = TxnOp::put(
+            key.clone(),
+            mine.clone(),
+            Some(PutOptions::new().with_lease(lease)),
+        );
+        let txn = match last {
+            None => Txn::new().and_then([put]),
+            Some(rev) => Txn::new()
+                .when([Compare::mod_revision(key.clone(), CompareOp::Equal, rev)])
+                .and_then([put])
+                .or_else([TxnOp::get(key, None)]),
+        };
+        let resp = self.txn(txn, "heartbeat").await?;
+        if resp.succeeded() {
+            let rev = resp.header().map_or(0, |h| h.revision());
+            return Ok(Beat::Acked(rev));
+        }
+        let current = resp.op_responses().into_iter().find_map(|op| match op {
+            etcd_client::TxnOpResponse::Get(get) => get.kvs().first().cloned(),
+            _ => None,
+        });
+        Ok(match current {
+            Some(kv) if kv.value() == mine.as_bytes() => Beat::Behind(kv.mod_revision()),
+            _ => Beat::Expelled,
+        })
+    }
+
+    /// Renews member `id`'s heartbeat every `interval` (the last one had revision `rev`) until
+    /// the lease is lost, or we find we were expelled: then the lease is lost for good. A
+    /// failed or slow beat is not retried early: the beat deadline lapses by itself.
+    #[allow(clippy::too_many_arguments)]
+    async fn heartbeat(
+        &self,
+        id: &str,
+        lease: i64,
+        mut rev: i64,
+        clock: &LeaseClock,
+        stats: &KeepAliveStats,
+        interval: Duration,
+        timeout: Duration,
+    ) {
+        let mut ticks = tokio::time::interval(interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = clock.lost() => return,
+                _ = ticks.tick() => {}
+            }
+            let sent = clock.now();
+            match tokio::time::timeout(timeout, self.beat(id, lease, timeout, Some(rev))).await {
+                Ok(Ok(Beat::Acked(r))) => {
+                    rev = r;
+                    clock.beat_acked(sent, timeout);
+                }
+                Ok(Ok(Beat::Behind(r))) => rev = r,
+                Ok(Ok(Beat::Expelled)) => {
+                    tracing::warn!(
+                        lease,
+                        reason = LeaseLoss::Expelled.as_str(),
+                        "lease lost: another gateway found our heartbeat stale and took our shards; joining again"
+                    );
+                    stats.record_loss(LeaseLoss::Expelled);
+                    clock.lose(LeaseLoss::Expelled);
+                    return;
+                }
+                Ok(Err(e)) => tracing::debug!(error = %e, "heartbeat failed"),
+                Err(_) => tracing::debug!("heartbeat timed out"),
+            }
+        }
+    }
+
+    /// Member `id`'s last heartbeat: its beat key's revision and the `heartbeat_timeout` the
+    /// member serves by (`None`: no beat key, or one this version cannot read).
+    pub async fn beat_of(&self, id: &str) -> Result<Option<(i64, Duration)>> {
+        let resp = self
+            .client
+            .clone()
+            .get(self.beat_key(id), None)
+            .await
+            .map_err(|e| etcd_err("read heartbeat", e))?;
+        Ok(resp.kvs().first().and_then(|kv| {
+            let (_, ms) = std::str::from_utf8(kv.value()).ok()?.split_once(' ')?;
+            Some((kv.mod_revision(), Duration::from_millis(ms.parse().ok()?)))
+        }))
+    }
+
+    /// Expels member `id` if its beat key still has revision `rev`: deletes the beat and
+    /// member keys. True if it was expelled (when this is safe: `lease.rs`).
+    pub async fn expel(&self, id: &str, rev: i64) -> Result<bool> {
+        let key = self.beat_key(id);
+        let txn = Txn::new()
+            .when([Compare::mod_revision(key.clone(), CompareOp::Equal, rev)])
+            .and_then([
+                TxnOp::delete(key, None),
+                TxnOp::delete(self.member_key(id), None),
+            ]);
+        Ok(self.txn(txn, "expel member").await?.succeeded())
+    }
+
+    /// Deletes the owner key of `shard` if it still has `epoch` and its owner `id` was
+    /// expelled (its beat key is gone).
+    pub async fn release_expelled(&self, shard: ShardId, epoch: i64, id: &str) -> Result<bool> {
+        let key = self.owner_key(shard);
+        let txn = Txn::new()
+            .when([
+                Compare::create_revision(key.clone(), CompareOp::Equal, epoch),
+                Compare::create_revision(self.beat_key(id), CompareOp::Equal, 0),
+            ])
+            .and_then([TxnOp::delete(key, None)]);
+        Ok(self
+            .txn(txn, "release an expelled owner's shard")
+            .await?
+            .succeeded())
     }
 
     /// Creates the owner key of `shard` if it has none. Returns the epoch, or `None` if the
@@ -387,8 +568,12 @@ impl Etcd {
 
     async fn watch_once(&self, view: &watch::Sender<ClusterView>) -> Result<()> {
         let mut client = self.client.clone();
+        // Only `members/` and `owners/` (in this order, and nothing between): the heartbeats
+        // (`beats/`, 4 writes/s per gateway) and the compactors' keys are not the view's, and
+        // watching them would deliver every gateway's heartbeat to every gateway.
+        let (from, to) = (self.member_key(""), format!("{}owners0", self.prefix));
         let snapshot = client
-            .get(self.prefix.clone(), Some(GetOptions::new().with_prefix()))
+            .get(from.clone(), Some(GetOptions::new().with_range(to.clone())))
             .await
             .map_err(|e| etcd_err("read cluster state", e))?;
         let revision = snapshot.header().map_or(0, |h| h.revision());
@@ -406,10 +591,10 @@ impl Etcd {
         view.send_replace(fresh);
         let mut stream = client
             .watch(
-                self.prefix.clone(),
+                from,
                 Some(
                     WatchOptions::new()
-                        .with_prefix()
+                        .with_range(to)
                         .with_start_revision(revision + 1),
                 ),
             )

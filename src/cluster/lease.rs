@@ -25,6 +25,30 @@
 //! `sent + TTL` still counts: TTL > 0 proves etcd never expired the lease, so nobody else
 //! can have taken what it covers. Nothing ever revives a lost lease.
 //!
+//! **Heartbeats: taking a dead gateway's shards before etcd expires its lease.** Waiting for
+//! the lease costs a whole TTL (3 s by default, 2 s at least on a default etcd) after a crash.
+//! So a gateway also proves it is alive every `heartbeat_interval` with a conditional put of
+//! its `beats/{id}` key (`if mod_revision == the revision of my last beat`), and serves only
+//! while `beat deadline = last acknowledged beat sent + heartbeat_timeout` holds too. A gateway
+//! that gets no answer from an owner may *expel* it ([`expel_wait`]):
+//!
+//! 1. read the owner's beat key every `heartbeat_interval` until one revision `r` has been
+//!    seen for `heartbeat_timeout + 1/8` (the owner's timeout, which its beat key carries: the
+//!    members' configurations may differ), timed from `t`, the arrival of the first answer
+//!    showing `r` (the eighth is slack for clock-rate drift, far more than any real clock
+//!    drifts in a second); a moving revision means the owner is alive;
+//! 3. in one transaction, if the beat key still has revision `r`, delete it and the owner's
+//!    member key; then delete the owner's shard keys (each guarded by its epoch and by the
+//!    beat key being absent), and the shards are claimed as after an expiry.
+//!
+//! Safe because the owner's last acknowledged beat is the one at `r` (a later one would have
+//! changed the revision and failed step 3; one arriving after step 3 fails its own compare,
+//! the key being gone), and it was sent before `t`: so the owner's beat deadline, `sent +
+//! heartbeat_timeout` on its clock, passed before step 3 on ours. From then on it serves
+//! nothing (reads check the deadline after reading, as above), and its next beat fails its
+//! compare: it has been expelled ([`LeaseLoss::Expelled`]) and joins again like after any lost
+//! lease. Writes are fenced at the storage anyway (the log's seal, SlateDB's writer epoch).
+//!
 //! Time comes from a [`Clock`], so the rule is unit-tested without etcd or real time
 //! ([`ManualClock`]).
 
@@ -81,11 +105,18 @@ pub enum LeaseLoss {
     TtlZero,
     /// No keep-alive was acknowledged for a whole TTL: etcd may have expired the lease.
     Deadline,
+    /// Another gateway found our heartbeat stale and took our shards (a beat's compare failed).
+    Expelled,
 }
 
 impl LeaseLoss {
     /// Every reason, in metric order.
-    pub const ALL: [LeaseLoss; 3] = [LeaseLoss::NotFound, LeaseLoss::TtlZero, LeaseLoss::Deadline];
+    pub const ALL: [LeaseLoss; 4] = [
+        LeaseLoss::NotFound,
+        LeaseLoss::TtlZero,
+        LeaseLoss::Deadline,
+        LeaseLoss::Expelled,
+    ];
 
     /// The name used in logs and in the `reason` label of metrics.
     pub fn as_str(self) -> &'static str {
@@ -93,6 +124,7 @@ impl LeaseLoss {
             LeaseLoss::NotFound => "not_found",
             LeaseLoss::TtlZero => "ttl_zero",
             LeaseLoss::Deadline => "deadline",
+            LeaseLoss::Expelled => "expelled",
         }
     }
 
@@ -122,6 +154,9 @@ struct State {
     deadline: Option<Instant>,
     /// From then on etcd may have expired the lease: last acknowledged send + TTL.
     expiry: Option<Instant>,
+    /// With heartbeats: serve also only until the last acknowledged beat sent + timeout
+    /// (`None` until the first beat, which is then not servable).
+    beats: Option<Option<Instant>>,
     lost: bool,
 }
 
@@ -133,6 +168,13 @@ impl LeaseClock {
             state: Mutex::default(),
             lost: watch::Sender::new(None),
         }
+    }
+
+    /// A lease whose holder also heartbeats: not valid until its first beat is acknowledged.
+    pub fn with_heartbeats(clock: Arc<dyn Clock>) -> Self {
+        let lease = LeaseClock::new(clock);
+        lease.lock().beats = Some(None);
+        lease
     }
 
     /// A clock that is valid forever (the embedded single-node mode has no lease).
@@ -172,6 +214,18 @@ impl LeaseClock {
         }
     }
 
+    /// Records an acknowledged heartbeat sent at `sent_at`: serve until `sent_at + timeout` at
+    /// most (the deadline only moves forward). A no-op on a lease without heartbeats.
+    pub fn beat_acked(&self, sent_at: Instant, timeout: Duration) {
+        let mut s = self.lock();
+        if let Some(beat) = &mut s.beats {
+            let candidate = sent_at + timeout;
+            if beat.is_none_or(|d| candidate > d) {
+                *beat = Some(candidate);
+            }
+        }
+    }
+
     /// Marks the lease as gone for `why`: invalid from now on. The first reason is kept.
     pub fn lose(&self, why: LeaseLoss) {
         let mut s = self.lock();
@@ -191,7 +245,8 @@ impl LeaseClock {
     pub fn valid(&self) -> bool {
         let now = self.clock.now();
         let s = *self.lock();
-        !s.lost && s.deadline.is_some_and(|d| now < d)
+        let beating = s.beats.is_none_or(|beat| beat.is_some_and(|d| now < d));
+        !s.lost && beating && s.deadline.is_some_and(|d| now < d)
     }
 
     /// True if etcd may have expired the lease by now: a whole TTL without an acknowledged
@@ -235,11 +290,17 @@ impl LeaseClock {
     }
 }
 
+/// How long a gateway that found `heartbeat_timeout` in force waits, from reading an owner's
+/// beat key, before it may expel the owner if the key has not changed (see the module docs).
+pub fn expel_wait(heartbeat_timeout: Duration) -> Duration {
+    heartbeat_timeout + heartbeat_timeout / 8
+}
+
 /// Keep-alive round trips, lease losses and rejoins (for metrics).
 #[derive(Debug, Default)]
 pub struct KeepAliveStats {
     rtt_observer: RttObserver,
-    losses: [AtomicU64; 3],
+    losses: [AtomicU64; 4],
     rejoins: AtomicU64,
     last_rejoin_micros: AtomicU64,
 }
@@ -285,7 +346,7 @@ impl KeepAliveStats {
     }
 
     /// Leases lost, by reason (in [`LeaseLoss::ALL`] order).
-    pub fn losses(&self) -> [(LeaseLoss, u64); 3] {
+    pub fn losses(&self) -> [(LeaseLoss, u64); 4] {
         LeaseLoss::ALL.map(|why| (why, self.losses[why.index()].load(Ordering::Relaxed)))
     }
 
@@ -362,6 +423,40 @@ mod tests {
         assert!(!c.valid(), "a lost lease stays lost");
         assert_eq!(c.loss().map(|(why, _)| why), Some(LeaseLoss::NotFound));
         assert!(LeaseClock::forever().valid());
+    }
+
+    #[test]
+    fn heartbeats_bound_the_deadline_too() {
+        let time = ManualClock::new();
+        let c = LeaseClock::with_heartbeats(time.clone());
+        c.acked(c.now(), 3 * SEC, SEC);
+        assert!(!c.valid(), "no beat acknowledged yet");
+        let t0 = c.now();
+        c.beat_acked(t0, SEC);
+        assert!(c.valid());
+        time.advance(Duration::from_millis(999));
+        assert!(c.valid());
+        time.advance(Duration::from_millis(1));
+        assert!(
+            !c.valid(),
+            "stops at the last beat sent + timeout, lease or not"
+        );
+        // Unlike the lease, a late beat brings service back: its compare succeeded, so nobody
+        // expelled us; an older one never moves the deadline back.
+        c.beat_acked(c.now() - Duration::from_millis(100), SEC);
+        c.beat_acked(t0, SEC);
+        assert!(c.valid());
+        time.advance(Duration::from_millis(900));
+        assert!(!c.valid());
+        // The lease deadline still applies.
+        c.beat_acked(c.now(), SEC);
+        time.advance(Duration::from_millis(200));
+        c.beat_acked(c.now(), SEC);
+        assert!(!c.valid(), "past the lease deadline (sent + 3s - 1s)");
+        c.lose(LeaseLoss::Expelled);
+        assert_eq!(c.loss().map(|(why, _)| why), Some(LeaseLoss::Expelled));
+        // The wait to expel exceeds the timeout by the drift slack.
+        assert_eq!(expel_wait(SEC), Duration::from_millis(1125));
     }
 
     #[tokio::test]

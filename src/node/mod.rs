@@ -327,6 +327,21 @@ impl Node {
         }
     }
 
+    /// The shard owner at `url` gave no answer: expel it if its heartbeat has stopped
+    /// ([`Session::suspect`]).
+    pub fn suspect(&self, url: &str) {
+        let owner = self
+            .session
+            .view()
+            .owners
+            .values()
+            .find(|o| o.url == url)
+            .map(|o| o.id.clone());
+        if let Some(id) = owner {
+            self.session.suspect(&id);
+        }
+    }
+
     /// The cluster as this node sees it.
     pub fn view(&self) -> ClusterView {
         self.session.view().clone()

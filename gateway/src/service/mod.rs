@@ -38,6 +38,10 @@ pub use scan::scan;
 /// How long to wait before looking up a shard's owner again.
 const RETRY_PAUSE: Duration = Duration::from_millis(25);
 
+/// A shard owner that has not answered a forwarded request after this is suspected of being
+/// dead or paused (see `to_owner`): two of its heartbeats (`cluster.heartbeat_interval`).
+const SUSPECT_AFTER: Duration = Duration::from_millis(500);
+
 /// What served a request.
 pub enum Served<T> {
     /// This gateway, with this result.
@@ -113,7 +117,7 @@ where
             }
             Located::Remote(owner) => {
                 state.metrics.forwarded();
-                match forward::send(&state.forwarder, &owner.url, path_and_query, req).await? {
+                match to_owner(state, &owner.url, path_and_query, req).await? {
                     Forwarded::Answer(resp) => return Ok(Served::Forwarded(resp)),
                     Forwarded::Retry => {}
                 }
@@ -122,6 +126,32 @@ where
         }
         pause_before_retry(req, Some(shard)).await?;
     }
+}
+
+/// Forwards `req` to the shard owner at `url`, watching it: an owner that gives no answer
+/// (refused, `421`, a broken connection) or has not answered after [`SUSPECT_AFTER`] may be
+/// dead or paused, so its heartbeat is checked, and if it has stopped, the owner is expelled
+/// and its shards taken without waiting for its lease to expire (`Node::suspect`). A check
+/// of a live owner costs a few etcd reads and changes nothing.
+async fn to_owner(
+    state: &AppState,
+    url: &str,
+    path_and_query: &str,
+    req: &Forwardable,
+) -> Result<Forwarded, ApiError> {
+    let send = forward::send(&state.forwarder, url, path_and_query, req);
+    tokio::pin!(send);
+    let sent = tokio::select! {
+        sent = &mut send => sent,
+        () = tokio::time::sleep(SUSPECT_AFTER) => {
+            state.node.suspect(url);
+            send.await
+        }
+    };
+    if !matches!(sent, Ok(Forwarded::Answer(_))) {
+        state.node.suspect(url);
+    }
+    sent
 }
 
 /// Waits [`RETRY_PAUSE`] before the owner of `shard` (`None`: of some of several shards) is

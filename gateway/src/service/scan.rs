@@ -14,7 +14,7 @@ use axum::http::HeaderValue;
 use axum::response::Response;
 use tessera::{Consistency, Error, Located, ScanPage, ScanRequest, ShardId};
 
-use super::{deadline, pause_before_retry};
+use super::{deadline, pause_before_retry, to_owner};
 use crate::codec;
 use crate::error::{ApiError, ErrorCode};
 use crate::forward::{self, Forwardable, Forwarded};
@@ -87,7 +87,7 @@ async fn scan_strong(
             let remote_pages = futures::future::try_join_all(remote.iter().map(|(url, shards)| {
                 let path = with_shards(&fwd.path_and_query, shards);
                 async move {
-                    match forward::send(&state.forwarder, url, &path, fwd).await? {
+                    match to_owner(state, url, &path, fwd).await? {
                         Forwarded::Answer(resp) => decode_page(resp).await.map(Some),
                         Forwarded::Retry => Ok(None),
                     }

@@ -100,6 +100,7 @@ impl Session {
             config: &self.config,
             stats: &self.keepalive,
             tasks: &self.tasks,
+            heartbeats: self.role == Role::Gateway,
         };
         let mut backoff = Backoff::up_to(MAX_REJOIN_BACKOFF);
         loop {

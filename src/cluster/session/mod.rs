@@ -24,8 +24,12 @@
 //! - **Lease lost** (etcd does not know it, says TTL 0, or a whole TTL passed without an
 //!   acknowledged keep-alive): every claim went with it; drop them all, then join again with a
 //!   new lease as soon as etcd answers, retrying with backoff. A lost lease is never retried.
-//! - Membership changes are acted on after `rebalance_delay` of quiet, so a flapping member
-//!   does not move shards back and forth; claim changes (releases, expiries) at once.
+//! - **Expelled** (gateways): a member that heartbeats may be expelled by another once its
+//!   heartbeat stops, before its lease expires (`lease.rs`, [`Session::suspect`]); it then
+//!   loses its lease like any other way and joins again.
+//! - Member additions are acted on after `rebalance_delay` of quiet, so a flapping member
+//!   does not move shards back and forth; departures and claim changes (releases, expiries)
+//!   at once.
 //!
 //! The embedded (single-process) mode is a session without etcd that holds every shard
 //! forever: its lease never ends, and it opens every shard at start-up.
@@ -33,15 +37,16 @@
 //! The session gives availability, not safety: a paused process may outlive its deadline.
 //! Safety comes from fencing at the storage (SlateDB's writer and compactor epochs).
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::cluster::etcd::{Etcd, LeaseHolder, Registration};
-use crate::cluster::lease::{KeepAliveStats, LeaseClock};
+use crate::cluster::lease::{expel_wait, KeepAliveStats, LeaseClock};
 use crate::cluster::placement::{plan, Choices, ClusterView, Holding, Member, Moves, Owner};
 use crate::config::ClusterConfig;
 use crate::error::{Error, Result};
@@ -139,6 +144,9 @@ pub struct Session {
     placing: Tasks,
     /// Cancelled on leaving: no more claims.
     leaving: CancellationToken,
+    /// Members being checked for a stopped heartbeat ([`Session::suspect`]).
+    /// Value: suspected again since the watch last read the beat.
+    suspects: Mutex<HashMap<String, bool>>,
     /// The keep-alive and the watch; shut down last.
     tasks: Tasks,
 }
@@ -168,6 +176,7 @@ impl Session {
             keepalive: Arc::default(),
             placing: tasks.child(),
             leaving: CancellationToken::new(),
+            suspects: Mutex::default(),
             tasks,
         })
     }
@@ -188,6 +197,7 @@ impl Session {
             config,
             stats: &keepalive,
             tasks: &tasks,
+            heartbeats: role == Role::Gateway,
         };
         let (etcd, lease) = first_lease(role, &holder).await?;
         let registration = role
@@ -207,6 +217,7 @@ impl Session {
             keepalive,
             placing: tasks.child(),
             leaving: CancellationToken::new(),
+            suspects: Mutex::default(),
             tasks,
         });
         let view = session.view.clone();
@@ -330,6 +341,105 @@ impl Session {
             return Ok(None);
         }
         Ok(Some(claim))
+    }
+
+    /// Member `id`, a shard's owner, gave no answer (refused the connection, said it does
+    /// not serve the shard, or is slow): in the background, watch its heartbeat and expel it if
+    /// the heartbeat has stopped, then free the shards it held, so they are claimed without
+    /// waiting for its lease to expire (safety argument: `lease.rs`). One watch per member at
+    /// a time; a no-op for ourselves, in embedded mode, for compactors, and with
+    /// `heartbeat_timeout = 0`.
+    pub fn suspect(self: &Arc<Self>, id: &str) {
+        let Coordinator::Etcd { etcd, .. } = &self.coordinator else {
+            return;
+        };
+        if self.role != Role::Gateway || self.config.heartbeat_timeout.is_zero() || id == self.me.id
+        {
+            return;
+        }
+        let mut suspects = self.suspects.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(again) = suspects.get_mut(id) {
+            *again = true;
+            return;
+        }
+        suspects.insert(id.to_string(), false);
+        let (session, etcd, id) = (Arc::clone(self), etcd.clone(), id.to_string());
+        self.tasks.spawn("heartbeat watch", async move {
+            session.watch_suspect(&etcd, &id).await;
+            let mut suspects = session.suspects.lock().unwrap_or_else(|e| e.into_inner());
+            suspects.remove(&id);
+        });
+    }
+
+    /// Reads `id`'s beat key every heartbeat interval. Expels it once one revision has been
+    /// seen for [`expel_wait`] of the timeout `id` serves by (its own, read from the key: the
+    /// members' configurations may differ), timed from the first answer that showed it (the
+    /// beat was sent before that answer). Gives up when the beat moves and nobody suspected
+    /// `id` again since the last read, when it has no beat key (its lease decides), or on an
+    /// etcd error.
+    async fn watch_suspect(&self, etcd: &Etcd, id: &str) {
+        let mut seen: Option<(i64, Instant)> = None;
+        loop {
+            let (rev, timeout) = match etcd.beat_of(id).await {
+                Ok(Some(beat)) => beat,
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::debug!(member = id, error = %e, "reading a suspect's heartbeat failed");
+                    return;
+                }
+            };
+            let now = Instant::now();
+            match seen {
+                Some((same, since)) if same == rev => {
+                    if now.duration_since(since) >= expel_wait(timeout) {
+                        break self.expel(etcd, id, rev).await;
+                    }
+                }
+                Some(_) => {
+                    let mut suspects = self.suspects.lock().unwrap_or_else(|e| e.into_inner());
+                    let again = suspects.get_mut(id).map(std::mem::take);
+                    if again != Some(true) {
+                        return; // alive
+                    }
+                    seen = Some((rev, now));
+                }
+                None => seen = Some((rev, now)),
+            }
+            tokio::time::sleep(self.config.heartbeat_interval).await;
+        }
+    }
+
+    /// Expels `id` if its beat key still has revision `rev`, then frees its shards.
+    async fn expel(&self, etcd: &Etcd, id: &str, rev: i64) {
+        match etcd.expel(id, rev).await {
+            Ok(true) => {}
+            Ok(false) => return, // it beat just now: alive
+            Err(e) => {
+                tracing::debug!(member = id, error = %e, "expelling a silent member failed");
+                return;
+            }
+        }
+        let held: Vec<(ShardId, i64)> = self
+            .view
+            .borrow()
+            .owners
+            .iter()
+            .filter(|(_, o)| o.id == id)
+            .map(|(shard, o)| (ShardId(*shard), o.epoch))
+            .collect();
+        tracing::warn!(
+            member = id,
+            shards = held.len(),
+            "expelled a gateway whose heartbeat stopped; freeing its shards"
+        );
+        // Shards it claimed that our view does not show yet stay until its lease expires.
+        futures::stream::iter(held)
+            .for_each_concurrent(MOVE_CONCURRENCY, |(shard, epoch)| async move {
+                if let Err(e) = etcd.release_expelled(shard, epoch, id).await {
+                    tracing::warn!(%shard, error = %e, "freeing an expelled member's shard failed; it is freed when its lease expires");
+                }
+            })
+            .await;
     }
 
     /// Deletes `claim`'s key if it still has its epoch. Stop working on the shard first.

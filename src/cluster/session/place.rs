@@ -44,14 +44,17 @@ impl Session {
                 self.rejoin(&lease).await;
                 continue;
             }
-            // Quiet period after a membership change: let a burst (a flapping member, several
-            // joins) settle before moving shards. Only the member set must hold still: claim
-            // changes (a release, an expiry) are the critical path of every hand-over, and a
-            // steady stream of them would otherwise keep this member from ever placing.
+            // Quiet period after a member joins (or changes): let a burst (a flapping member,
+            // several joins) settle before moving shards. A departure is acted on at once: the
+            // departed member's shards have no owner until someone claims them. Claim changes
+            // (a release, an expiry) are the critical path of every hand-over, and a steady
+            // stream of them would otherwise keep this member from ever placing.
             let now_members = self.view.borrow().members.clone();
             if now_members != members {
+                if now_members.iter().any(|(id, m)| members.get(id) != Some(m)) {
+                    quiet_until = Instant::now() + self.config.rebalance_delay;
+                }
                 members = now_members;
-                quiet_until = Instant::now() + self.config.rebalance_delay;
             }
             host.tick().await;
             if Instant::now() < quiet_until {
