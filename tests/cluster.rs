@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::cluster::{shard_of, Cluster, ClusterOpts};
-use common::{client, metric, percentiles, put_ok, put_until_ok};
+use common::{assert_serves_nothing_stale, client, metric, percentiles, put_ok, put_until_ok};
 use reqwest::StatusCode;
 use serde_json::Value;
 
@@ -303,18 +303,7 @@ async fn zombie_owner_never_acknowledges_nor_serves_stale_reads() {
     // Right after waking, before it can have heard anything from etcd: asked directly (as a
     // forwarded request, so it must answer from its own state), the zombie must neither serve
     // the stale v1 nor acknowledge a write.
-    let direct = |req: reqwest::RequestBuilder| req.header("x-tessera-forwarded", "1").send();
-    let r = direct(http.get(zombie.kv(&key))).await.unwrap();
-    let status = r.status();
-    let body = r.text().await.unwrap();
-    assert!(
-        status != StatusCode::OK || body == "v2",
-        "zombie served {status} {body:?}"
-    );
-    let r = direct(http.put(zombie.kv(&key)).body("zombie"))
-        .await
-        .unwrap();
-    assert_ne!(r.status(), StatusCode::OK, "zombie acknowledged a write");
+    assert_serves_nothing_stale(&http, &zombie.kv(&key), "v2", "the woken zombie").await;
     // Plain client requests to the zombie are answered correctly (forwarded or refused).
     let r = http.get(zombie.kv(&key)).send().await.unwrap();
     if r.status() == StatusCode::OK {
@@ -370,21 +359,8 @@ async fn a_paused_owner_is_expelled_before_its_lease_expires_and_serves_nothing_
     zombie.process.resume();
     // At once, asked directly (as a forwarded request, so it answers from its own state):
     // no stale v1, no acknowledged write.
-    let direct = |req: reqwest::RequestBuilder| req.header("x-tessera-forwarded", "1").send();
-    let r = direct(http.get(zombie.kv(&key))).await.unwrap();
-    let (status, body) = (r.status(), r.text().await.unwrap());
-    assert!(
-        status != StatusCode::OK || body == "v2",
-        "the expelled owner served {status} {body:?} after the takeover ({took:?} after it was paused)"
-    );
-    let r = direct(http.put(zombie.kv(&key)).body("zombie"))
-        .await
-        .unwrap();
-    assert_ne!(
-        r.status(),
-        StatusCode::OK,
-        "the expelled owner acknowledged a write"
-    );
+    let who = format!("the expelled owner, woken {took:?} after it was paused,");
+    assert_serves_nothing_stale(&http, &zombie.kv(&key), "v2", &who).await;
     // Its lease could not have expired yet: the shard moved because gw2 was expelled.
     assert!(
         took < Duration::from_secs(5),

@@ -339,6 +339,30 @@ pub async fn put_until_ok(
     }
 }
 
+/// Asks a gateway directly for the key at `kv_url`, as a forwarded request so that it answers
+/// from its own state: a read must answer nothing but `fresh` (or fail), and a write must not
+/// be acknowledged. `who` names the gateway and the moment, for the failure message.
+pub async fn assert_serves_nothing_stale(
+    http: &reqwest::Client,
+    kv_url: &str,
+    fresh: &str,
+    who: &str,
+) {
+    let direct = |req: reqwest::RequestBuilder| req.header("x-tessera-forwarded", "1").send();
+    let r = direct(http.get(kv_url)).await.unwrap();
+    let (status, body) = (r.status(), r.text().await.unwrap());
+    assert!(
+        status != reqwest::StatusCode::OK || body == fresh,
+        "{who} served {status} {body:?}, not {fresh:?}"
+    );
+    let r = direct(http.put(kv_url).body("stale-writer")).await.unwrap();
+    assert_ne!(
+        r.status(),
+        reqwest::StatusCode::OK,
+        "{who} acknowledged a write"
+    );
+}
+
 /// Percent-encodes every byte except unreserved ASCII.
 pub fn enc(key: &[u8]) -> String {
     key.iter()
