@@ -262,6 +262,12 @@ pub struct StorageConfig {
     /// whatever its shard count. Default: 10ms.
     #[serde(with = "humantime_serde")]
     pub flush_interval: Duration,
+    /// Flush early: under load, a flush starts before `flush_interval` has passed once this
+    /// many writes wait and at least as many as the previous flush carried. Clients that wait
+    /// on each flush then wait about one PUT, not one interval, and every early PUT still
+    /// carries this many writes, so log PUTs per second stay at most `max(1 /
+    /// flush_interval, writes per second / flush_early_writes)`. 0: never early. Default: 8.
+    pub flush_early_writes: usize,
     /// A shard written since its last checkpoint checkpoints again this long after it (its
     /// memtable is written out as an L0 SST with a marker saying how far into the log it
     /// reaches), even when far below `l0_sst_size_bytes`. A new owner after a crash replays
@@ -300,6 +306,7 @@ impl Default for StorageConfig {
         Self {
             shard_count: 64,
             flush_interval: Duration::from_millis(10),
+            flush_early_writes: 8,
             memtable_flush_interval: Duration::from_secs(30),
             manifest_poll_interval: Duration::from_secs(60),
             l0_sst_size_bytes: 16 * MIB,

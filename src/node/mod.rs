@@ -221,6 +221,7 @@ impl Node {
             &me.id,
             WriterConfig {
                 min_interval: config.storage.flush_interval,
+                early_groups: config.storage.flush_early_writes,
                 ..WriterConfig::default()
             },
         );

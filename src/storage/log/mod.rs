@@ -353,6 +353,36 @@ mod tests {
         tasks.shutdown().await;
     }
 
+    /// Under a long interval, a flush still starts early once `early_groups` wait and at least
+    /// as many as the previous flush took; fewer wait for the interval.
+    #[tokio::test]
+    async fn enough_waiting_groups_flush_before_the_interval() {
+        let (store, tasks) = (memory(), Tasks::new());
+        let config = WriterConfig {
+            min_interval: Duration::from_secs(3600),
+            early_groups: 2,
+            ..WriterConfig::default()
+        };
+        let writer = LogWriter::start(store.clone(), "a".into(), 1, config, &tasks);
+        let bound = Duration::from_secs(5);
+        // An idle log flushes at once.
+        let first = tokio::time::timeout(bound, writer.submit(group(0), nop())).await;
+        assert_eq!(first.expect("flushed at once"), Ok(1));
+        // One group waits for the interval (early_groups is 2) ...
+        let lone = tokio::spawn(writer.submit(group(1), nop()));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!lone.is_finished(), "one group flushed early");
+        // ... a second one makes two: both go in one object.
+        let second = tokio::time::timeout(bound, writer.submit(group(2), nop())).await;
+        assert_eq!(second.expect("flushed early"), Ok(2));
+        assert_eq!(lone.await.unwrap(), Ok(2));
+        // The previous flush took two, so two more are needed again, not one.
+        let acks = (3..5).map(|n| writer.submit(group(n), nop()));
+        let both = tokio::time::timeout(bound, futures::future::join_all(acks)).await;
+        assert_eq!(both.expect("flushed early"), vec![Ok(3), Ok(3)]);
+        tasks.shutdown().await;
+    }
+
     #[tokio::test]
     async fn objects_respect_the_size_cap() {
         let (store, tasks) = (memory(), Tasks::new());

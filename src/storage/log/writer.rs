@@ -68,6 +68,11 @@ pub struct WriterConfig {
     /// Shortest time between the starts of two flushes (zero: the next starts as soon as the
     /// previous ends).
     pub min_interval: Duration,
+    /// A flush starts before `min_interval` has passed once this many groups wait, and at
+    /// least as many as the previous flush took: writers waiting on each flush (a closed
+    /// loop) are then answered about one PUT after their next writes arrive, not one interval,
+    /// and every early object still carries this many groups. 0: never early.
+    pub early_groups: usize,
 }
 
 impl Default for WriterConfig {
@@ -76,6 +81,7 @@ impl Default for WriterConfig {
             max_object_bytes: 8 << 20,
             give_up_after: Duration::from_secs(5),
             min_interval: Duration::ZERO,
+            early_groups: 0,
         }
     }
 }
@@ -296,20 +302,17 @@ impl LogWriter {
 
     async fn flush_loop(self: Arc<Self>, mut seq: u64) {
         let mut last_start = tokio::time::Instant::now() - self.config.min_interval;
+        let mut last_count = usize::MAX;
         loop {
-            let wait = self
-                .config
-                .min_interval
-                .saturating_sub(last_start.elapsed());
-            if !wait.is_zero() {
-                tokio::time::sleep(wait).await;
-            }
+            self.until_due(last_start + self.config.min_interval, last_count)
+                .await;
             let mut batch = self.take();
             if batch.is_empty() {
                 self.wake.notified().await;
                 continue;
             }
             last_start = tokio::time::Instant::now();
+            last_count = batch.len();
             let groups: Vec<Vec<Record>> = batch.iter().map(|q| q.group.clone()).collect();
             let bytes = encode_records(&self.log, seq, &groups);
             drop(groups);
@@ -335,6 +338,21 @@ impl LogWriter {
                     tracing::warn!(log = %self.log, seq, "log sealed by a new owner; it takes no more writes");
                     return;
                 }
+            }
+        }
+    }
+
+    /// Waits until `due`, or until enough groups wait to flush early: `early_groups`, and at
+    /// least the `previous` flush's count.
+    async fn until_due(&self, due: tokio::time::Instant, previous: usize) {
+        let early = match self.config.early_groups {
+            0 => usize::MAX,
+            n => n.max(previous),
+        };
+        while tokio::time::Instant::now() < due && self.lock().groups.len() < early {
+            tokio::select! {
+                () = tokio::time::sleep_until(due) => return,
+                () = self.wake.notified() => {}
             }
         }
     }
