@@ -609,6 +609,12 @@ async fn an_owner_cut_from_etcd_and_peers_is_expelled_and_serves_nothing_stale()
         "gw2 does not count itself expelled\n{}",
         logs(&c)
     );
+    let mut expellers = 0.0;
+    for g in [0, 1] {
+        let text = metrics(&http, &c.gw(g).url).await;
+        expellers += metric(&text, "tessera_members_expelled_total");
+    }
+    assert!(expellers >= 1.0, "neither gw0 nor gw1 counts an expulsion");
     for g in [0, 1, 2] {
         assert_eq!(
             read(&http, &c.gw(g).url, &key).await.as_deref(),

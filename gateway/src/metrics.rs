@@ -38,6 +38,7 @@ pub struct Metrics {
     leases_lost: IntCounterVec,
     lease_rejoins: IntCounter,
     lease_rejoin_last: Gauge,
+    members_expelled: IntCounter,
     shards_unowned: IntGauge,
     unowned_seconds: CounterVec,
     reads: IntCounterVec,
@@ -217,6 +218,15 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
+            members_expelled: register(
+                &r,
+                IntCounter::new(
+                    "members_expelled_total",
+                    "Gateways this one expelled because their heartbeat had stopped (their \
+                     shards were then taken before their lease expired)",
+                )
+                .expect("valid metric"),
+            ),
             shards_unowned: register(
                 &r,
                 IntGauge::new(
@@ -374,6 +384,7 @@ impl Metrics {
         }
         let (rejoins, after) = stats.keepalive.rejoins();
         catch_up(&self.lease_rejoins, rejoins);
+        catch_up(&self.members_expelled, stats.keepalive.expelled());
         self.lease_rejoin_last.set(after.as_secs_f64());
         for (i, source) in ["strong", "cache", "eventual"].iter().enumerate() {
             catch_up(

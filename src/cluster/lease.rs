@@ -5,7 +5,7 @@
 //! - etcd expires a lease no earlier than `TTL` after it *received* the last keep-alive, and a
 //!   keep-alive is received after it was *sent*. So etcd keeps our owner keys at least until
 //!   `sent + TTL`, and no other gateway can acquire one of our shards before then (acquisition
-//!   requires the owner key to be absent).
+//!   requires the owner key to be absent), unless it expels us first (heartbeats, below).
 //! - We serve until `deadline = sent + TTL - margin`, measured on our monotonic clock from the
 //!   moment we sent the last keep-alive that etcd acknowledged. The margin absorbs clock-rate
 //!   drift between us and etcd. After the deadline we stop serving at once, even if etcd is
@@ -37,14 +37,14 @@
 //!    members' configurations may differ), timed from `t`, the arrival of the first answer
 //!    showing `r` (the eighth is slack for clock-rate drift, far more than any real clock
 //!    drifts in a second); a moving revision means the owner is alive;
-//! 3. in one transaction, if the beat key still has revision `r`, delete it and the owner's
+//! 2. in one transaction, if the beat key still has revision `r`, delete it and the owner's
 //!    member key; then delete the owner's shard keys (each guarded by its epoch and by the
 //!    beat key being absent), and the shards are claimed as after an expiry.
 //!
 //! Safe because the owner's last acknowledged beat is the one at `r` (a later one would have
-//! changed the revision and failed step 3; one arriving after step 3 fails its own compare,
+//! changed the revision and failed step 2; one arriving after step 2 fails its own compare,
 //! the key being gone), and it was sent before `t`: so the owner's beat deadline, `sent +
-//! heartbeat_timeout` on its clock, passed before step 3 on ours. From then on it serves
+//! heartbeat_timeout` on its clock, passed before step 2 on ours. From then on it serves
 //! nothing (reads check the deadline after reading, as above), and its next beat fails its
 //! compare: it has been expelled ([`LeaseLoss::Expelled`]) and joins again like after any lost
 //! lease. Writes are fenced at the storage anyway (the log's seal, SlateDB's writer epoch).
@@ -296,12 +296,13 @@ pub fn expel_wait(heartbeat_timeout: Duration) -> Duration {
     heartbeat_timeout + heartbeat_timeout / 8
 }
 
-/// Keep-alive round trips, lease losses and rejoins (for metrics).
+/// Keep-alive round trips, lease losses, rejoins and expulsions (for metrics).
 #[derive(Debug, Default)]
 pub struct KeepAliveStats {
     rtt_observer: RttObserver,
     losses: [AtomicU64; 4],
     rejoins: AtomicU64,
+    expelled: AtomicU64,
     last_rejoin_micros: AtomicU64,
 }
 
@@ -343,6 +344,16 @@ impl KeepAliveStats {
         self.rejoins.fetch_add(1, Ordering::Relaxed);
         self.last_rejoin_micros
             .store(after.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// Records another member expelled by this one (its heartbeat had stopped).
+    pub fn record_expelled(&self) {
+        self.expelled.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Members this one expelled.
+    pub fn expelled(&self) -> u64 {
+        self.expelled.load(Ordering::Relaxed)
     }
 
     /// Leases lost, by reason (in [`LeaseLoss::ALL`] order).

@@ -15,7 +15,8 @@
 //! `RETRY_PAUSE` (25 ms) until the deadline, then the answer is `503 no_owner` (whether a failed
 //! forward may be retried at all is `forward::send`'s call). A leaving gateway keeps serving
 //! briefly after handing its shards over, so forwarders with a stale view get `421`, not a
-//! broken connection.
+//! broken connection. An owner that gives no answer is also made a suspect (`to_owner`): if
+//! its heartbeat has stopped it is expelled, and its shards are taken before its lease expires.
 
 mod reads;
 mod scan;

@@ -427,6 +427,7 @@ impl Session {
             .filter(|(_, o)| o.id == id)
             .map(|(shard, o)| (ShardId(*shard), o.epoch))
             .collect();
+        self.keepalive.record_expelled();
         tracing::warn!(
             member = id,
             shards = held.len(),
