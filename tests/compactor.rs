@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use common::cluster::{samples, shard_of, Cluster, ClusterOpts, CompactorProc, SHARDS};
 use common::process::log_tail;
 use common::{client, put_until_ok};
+use futures::StreamExt;
 use reqwest::StatusCode;
 
 /// Gateway storage settings: 32 KiB memtables, so a few hundred KiB of writes make several L0
@@ -117,14 +118,17 @@ fn background_writer(
     })
 }
 
-/// Reads every key of `want` through `url` and checks its value.
+/// Reads every key of `want` through `url`, 16 at a time (after a compaction most are cold:
+/// a block read each), and checks its value.
 async fn read_back(url: &str, want: &BTreeMap<String, String>) {
-    let http = client();
-    for (k, v) in want {
-        let r = http.get(format!("{url}/v1/kv/{k}")).send().await.unwrap();
-        assert_eq!(r.status(), StatusCode::OK, "key {k} lost");
-        assert!(r.text().await.unwrap() == *v, "key {k} has a wrong value");
-    }
+    let http = &client();
+    futures::stream::iter(want)
+        .for_each_concurrent(16, |(k, v)| async move {
+            let r = http.get(format!("{url}/v1/kv/{k}")).send().await.unwrap();
+            assert_eq!(r.status(), StatusCode::OK, "key {k} lost");
+            assert!(r.text().await.unwrap() == *v, "key {k} has a wrong value");
+        })
+        .await;
 }
 
 /// Polls until every shard's L0 is below `threshold`; returns the counts. On timeout the
