@@ -600,7 +600,35 @@ async fn an_owner_cut_from_etcd_and_peers_is_expelled_and_serves_nothing_stale()
 
     c.link(2).etcd.heal();
     c.link(2).peer.heal();
-    // Healed, gw2's next beat finds it was expelled: it joins again.
+    // Healed, gw2's next beat finds it was expelled: it joins again, and revokes the expelled
+    // incarnation's lease at once (its keep-alives, answered again, would otherwise have kept
+    // it, and any owner key gw0 did not see, for up to a TTL more).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sum(
+        &metrics(&http, &c.gw(2).url).await,
+        "tessera_lease_rejoins_total",
+    ) < 1.0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "gw2 did not rejoin\n{}",
+            logs(&c)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut etcd = c.etcd.client().await;
+    let deadline = Instant::now() + Duration::from_secs(1);
+    loop {
+        let leases = etcd.leases().await.unwrap().leases().len();
+        if leases == 3 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{leases} leases for 3 gateways after the rejoin"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     c.await_stable(&[0, 1, 2], Duration::from_secs(30)).await;
     let text = metrics(&http, &c.gw(2).url).await;
     let expelled = metric(&text, "tessera_lease_lost_total{reason=\"expelled\"}");

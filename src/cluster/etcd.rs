@@ -223,8 +223,9 @@ impl Etcd {
     }
 
     /// After `old` (lease `old_id`) was lost: starts a new lease as [`Etcd::start_lease`] does,
-    /// then revokes the old one if etcd may still hold it (given up on the deadline alone), so
-    /// its keys do not block others until it expires. Logs and counts the rejoin.
+    /// then revokes the old one if etcd may still hold it (given up on the deadline alone, or
+    /// expelled while its keep-alives were answered), so its keys (owner keys the expelling
+    /// gateway did not see) do not block others until it expires. Logs and counts the rejoin.
     pub async fn replace_lease(
         &self,
         old_id: i64,
@@ -233,7 +234,7 @@ impl Etcd {
     ) -> Result<(i64, Arc<LeaseClock>)> {
         let new = self.start_lease(holder).await?;
         let (why, lost_at) = old.loss().unwrap_or((LeaseLoss::Deadline, old.now()));
-        if why == LeaseLoss::Deadline {
+        if matches!(why, LeaseLoss::Deadline | LeaseLoss::Expelled) {
             if let Err(e) = self.revoke(old_id).await {
                 tracing::debug!(error = %e, "revoking the lost lease failed; it expires by itself");
             }
@@ -463,7 +464,8 @@ impl Etcd {
     /// Keeps `lease` alive until it must be given up: then logs why, counts it and marks
     /// `clock` lost (the holder joins again with a new lease). Transient errors
     /// are retried, but only until a whole TTL has passed without an acknowledged keep-alive:
-    /// from then on etcd may have expired the lease, reachable or not (`lease.rs`).
+    /// from then on etcd may have expired the lease, reachable or not (`lease.rs`). Stops
+    /// as well once `clock` is lost another way (expelled).
     async fn keep_alive(
         &self,
         lease: i64,
@@ -474,6 +476,8 @@ impl Etcd {
         margin: Duration,
     ) {
         let why = tokio::select! {
+            // Lost another way (expelled: the heartbeat logged and counted it): stop renewing.
+            _ = clock.lost() => return,
             () = clock.expired() => LeaseLoss::Deadline,
             why = self.renew(lease, &clock, &stats, ttl, interval, margin) => why,
         };
