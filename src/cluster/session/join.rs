@@ -100,7 +100,7 @@ impl Session {
             config: &self.config,
             stats: &self.keepalive,
             tasks: &self.tasks,
-            heartbeats: self.role == Role::Gateway,
+            heartbeats: self.role.heartbeats(),
         };
         let mut backoff = Backoff::up_to(MAX_REJOIN_BACKOFF);
         loop {

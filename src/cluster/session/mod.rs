@@ -91,6 +91,12 @@ impl Role {
     fn registers(self) -> bool {
         self != Role::BatchJob
     }
+
+    /// Gateways heartbeat, and expel members whose heartbeat stopped (`lease.rs`): they serve
+    /// strong reads, which only a serving deadline bounds. Compactors are fenced by SlateDB.
+    fn heartbeats(self) -> bool {
+        self == Role::Gateway
+    }
 }
 
 /// What a session's holder does with the shards it is given.
@@ -197,7 +203,7 @@ impl Session {
             config,
             stats: &keepalive,
             tasks: &tasks,
-            heartbeats: role == Role::Gateway,
+            heartbeats: role.heartbeats(),
         };
         let (etcd, lease) = first_lease(role, &holder).await?;
         let registration = role
@@ -353,8 +359,7 @@ impl Session {
         let Coordinator::Etcd { etcd, .. } = &self.coordinator else {
             return;
         };
-        if self.role != Role::Gateway || self.config.heartbeat_timeout.is_zero() || id == self.me.id
-        {
+        if !self.role.heartbeats() || self.config.heartbeat_timeout.is_zero() || id == self.me.id {
             return;
         }
         let mut suspects = self.suspects.lock().unwrap_or_else(|e| e.into_inner());
