@@ -57,15 +57,10 @@ pub async fn list(store: &ClusterStore) -> Result<Vec<ShardId>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::ObjectStoreConfig;
 
     #[tokio::test]
     async fn set_list_clear() {
-        let store = crate::storage::objstore::open(&ObjectStoreConfig {
-            url: "memory://".into(),
-            ..ObjectStoreConfig::default()
-        })
-        .unwrap();
+        let store = crate::storage::testing::memory();
         set(&store, ShardId(7), 5).await.unwrap();
         set(&store, ShardId(2), 4).await.unwrap();
         assert_eq!(list(&store).await.unwrap(), vec![ShardId(2), ShardId(7)]);

@@ -84,15 +84,10 @@ pub async fn load(store: &ClusterStore) -> Result<Option<ClusterMeta>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::ObjectStoreConfig;
 
     #[tokio::test]
     async fn first_writer_wins_and_mismatch_is_refused() {
-        let store = crate::storage::objstore::open(&ObjectStoreConfig {
-            url: "memory://".into(),
-            ..Default::default()
-        })
-        .unwrap();
+        let store = crate::storage::testing::memory();
         assert_eq!(load(&store).await.unwrap(), None);
         assert_eq!(create_or_check(&store, 8).await.unwrap().shard_count, 8);
         assert_eq!(create_or_check(&store, 8).await.unwrap().shard_count, 8);

@@ -15,3 +15,5 @@ pub mod log;
 pub mod meta;
 pub mod objstore;
 pub mod store;
+#[cfg(test)]
+pub(crate) mod testing;

@@ -506,25 +506,32 @@ impl ShardReader {
             skip_wal_replay: true,
             ..DbReaderOptions::default()
         };
-        let reader = DbReader::builder(store.shard_path(shard), Arc::clone(&store.store))
-            .with_reader_mode(DbReaderMode::ManagedCheckpoint)
-            .with_options(options)
-            .with_db_cache(Arc::clone(&cache.0), follower_cache_id(shard))
-            .build()
-            .await;
-        let reader = match reader {
+        let build = || {
+            DbReader::builder(store.shard_path(shard), Arc::clone(&store.store))
+                .with_reader_mode(DbReaderMode::ManagedCheckpoint)
+                .with_options(options.clone())
+                .with_db_cache(Arc::clone(&cache.0), follower_cache_id(shard))
+                .build()
+        };
+        let reader = match build().await {
             // A shard's first owner claims it in etcd before it creates the database, so a
             // follower can come first (at a cluster's first start). Nothing was written then;
             // it is a wait, not a fault.
-            Err(e) if e.kind() == SlateErrorKind::Data && !has_manifest(store, shard).await? => {
-                return Err(Error::ShardUnavailable {
-                    shard,
-                    reason: "its database does not exist yet: its first owner is creating it"
-                        .into(),
-                });
+            Err(e) if e.kind() == SlateErrorKind::Data => {
+                if !has_manifest(store, shard).await? {
+                    return Err(Error::ShardUnavailable {
+                        shard,
+                        reason: "its database does not exist yet: its first owner is creating it"
+                            .into(),
+                    });
+                }
+                // The first owner created it between the open and the check: open again. A
+                // second data error is a fault.
+                build().await
             }
-            reader => reader.map_err(|e| map_error(shard, e))?,
-        };
+            reader => reader,
+        }
+        .map_err(|e| map_error(shard, e))?;
         Ok(ShardReader {
             shard,
             reader,
@@ -751,11 +758,7 @@ mod tests {
 
     #[tokio::test]
     async fn applied_writes_are_flushed_only_by_a_memtable_flush() {
-        let store = crate::storage::objstore::open(&ObjectStoreConfig {
-            url: "memory://".into(),
-            ..ObjectStoreConfig::default()
-        })
-        .unwrap();
+        let store = crate::storage::testing::memory();
         let db = open(&store).await;
         db.apply(&put("a", 5)).await.unwrap();
         assert_eq!(db.get(b"a").await.unwrap().unwrap().version, 5);
@@ -769,5 +772,49 @@ mod tests {
         assert_eq!(db.get(b"a").await.unwrap().unwrap().version, 5);
         assert!(db.get(b"b").await.unwrap().is_none(), "not flushed: gone");
         assert_eq!(db.applied_version(), 5);
+    }
+
+    /// A follower opening while the shard's first owner creates the database: its open finds
+    /// no manifest, and by the time it checks, one exists. It opens again instead of failing.
+    #[tokio::test]
+    async fn a_follower_opening_while_the_database_is_created_opens_it() {
+        use crate::storage::testing::{hooked, memory, Request};
+        use futures::FutureExt;
+        /// Opens a follower of shard 0, creating the database just before the `create_at`th
+        /// LIST of its manifests (counting from 0); returns the open and how many it made.
+        async fn race(create_at: u64) -> (Result<ShardReader>, u64) {
+            let store = memory();
+            let manifests = store.shard_path(ShardId(0)).join("manifest");
+            let lists = Arc::new(AtomicU64::new(0));
+            let hook = {
+                let (store, lists) = (store.clone(), Arc::clone(&lists));
+                Arc::new(move |request: Request, path: &object_store::path::Path| {
+                    let create = request == Request::List
+                        && path.prefix_matches(&manifests)
+                        && lists.fetch_add(1, Ordering::SeqCst) == create_at;
+                    let store = store.clone();
+                    async move {
+                        if create {
+                            open(&store).await.close().await.unwrap();
+                        }
+                    }
+                    .boxed()
+                })
+            };
+            let follower = ShardReader::open(
+                ShardId(0),
+                &hooked(&store, hook),
+                &ObjectStoreConfig::default(),
+                Duration::from_secs(1),
+                &BlockCache::new(1 << 20),
+            )
+            .await;
+            (follower, lists.load(Ordering::SeqCst))
+        }
+        // With no database, the open's last LIST is the check after SlateDB's open failed.
+        let (none, lists) = race(u64::MAX).await;
+        assert!(matches!(none, Err(Error::ShardUnavailable { .. })));
+        let (follower, _) = race(lists - 1).await;
+        follower.expect("a database created during the open is opened");
     }
 }

@@ -517,28 +517,14 @@ fn parse_header(b: &[u8], size: u64, log: &str, seq: u64) -> std::result::Result
 mod tests {
     use std::sync::Arc;
 
-    use async_trait::async_trait;
     use bytes::Bytes;
-    use futures::future::BoxFuture;
-    use futures::stream::BoxStream;
     use futures::FutureExt;
-    use object_store::{
-        CopyOptions, GetResult, ListResult, MultipartUpload, ObjectStore, ObjectStoreExt,
-        PutMultipartOptions, PutOptions, PutPayload, PutResult, RenameOptions,
-    };
+    use object_store::ObjectStoreExt;
 
     use super::*;
-    use crate::config::ObjectStoreConfig;
     use crate::storage::log::format::{self, encode_fence, encode_records, Op, Record, Segment};
     use crate::storage::log::{create, object_path, seal};
-
-    fn memory() -> ClusterStore {
-        crate::storage::objstore::open(&ObjectStoreConfig {
-            url: "memory://".into(),
-            ..ObjectStoreConfig::default()
-        })
-        .unwrap()
-    }
+    use crate::storage::testing::{hooked, memory, Hook};
 
     fn now_opts() -> GcOptions {
         GcOptions {
@@ -1023,128 +1009,12 @@ mod tests {
         }
     }
 
-    type Hook = Arc<dyn Fn() -> BoxFuture<'static, ()> + Send + Sync>;
-
-    /// An object store that runs `hook` before each GET, LIST and delete.
-    struct Hooked {
-        inner: Arc<dyn ObjectStore>,
-        hook: Hook,
-    }
-
-    impl std::fmt::Debug for Hooked {
-        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            write!(f, "Hooked({})", self.inner)
-        }
-    }
-
-    impl std::fmt::Display for Hooked {
-        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            write!(f, "Hooked({})", self.inner)
-        }
-    }
-
-    #[async_trait]
-    impl ObjectStore for Hooked {
-        async fn put_opts(
-            &self,
-            location: &Path,
-            payload: PutPayload,
-            opts: PutOptions,
-        ) -> object_store::Result<PutResult> {
-            self.inner.put_opts(location, payload, opts).await
-        }
-
-        async fn put_multipart_opts(
-            &self,
-            location: &Path,
-            opts: PutMultipartOptions,
-        ) -> object_store::Result<Box<dyn MultipartUpload>> {
-            self.inner.put_multipart_opts(location, opts).await
-        }
-
-        async fn get_opts(
-            &self,
-            location: &Path,
-            options: GetOptions,
-        ) -> object_store::Result<GetResult> {
-            (self.hook)().await;
-            self.inner.get_opts(location, options).await
-        }
-
-        fn delete_stream(
-            &self,
-            locations: BoxStream<'static, object_store::Result<Path>>,
-        ) -> BoxStream<'static, object_store::Result<Path>> {
-            let hook = Arc::clone(&self.hook);
-            let hooked = locations
-                .then(move |p| {
-                    let hook = Arc::clone(&hook);
-                    async move {
-                        hook().await;
-                        p
-                    }
-                })
-                .boxed();
-            self.inner.delete_stream(hooked)
-        }
-
-        fn list(
-            &self,
-            prefix: Option<&Path>,
-        ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
-            let (inner, hook, prefix) = (
-                Arc::clone(&self.inner),
-                Arc::clone(&self.hook),
-                prefix.cloned(),
-            );
-            futures::stream::once(async move {
-                hook().await;
-                inner.list(prefix.as_ref())
-            })
-            .flatten()
-            .boxed()
-        }
-
-        fn list_with_offset(
-            &self,
-            prefix: Option<&Path>,
-            offset: &Path,
-        ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
-            self.inner.list_with_offset(prefix, offset)
-        }
-
-        async fn list_with_delimiter(
-            &self,
-            prefix: Option<&Path>,
-        ) -> object_store::Result<ListResult> {
-            self.inner.list_with_delimiter(prefix).await
-        }
-
-        async fn copy_opts(
-            &self,
-            from: &Path,
-            to: &Path,
-            options: CopyOptions,
-        ) -> object_store::Result<()> {
-            self.inner.copy_opts(from, to, options).await
-        }
-
-        async fn rename_opts(
-            &self,
-            from: &Path,
-            to: &Path,
-            options: RenameOptions,
-        ) -> object_store::Result<()> {
-            self.inner.rename_opts(from, to, options).await
-        }
-    }
-
     async fn simulate(seed: u64, steps: usize) -> SimStats {
         let store = memory();
         let sim = Arc::new(tokio::sync::Mutex::new(Sim::new(store.clone(), seed).await));
         let hook: Hook = {
             let sim = Arc::clone(&sim);
-            Arc::new(move || {
+            Arc::new(move |_, _| {
                 let sim = Arc::clone(&sim);
                 async move {
                     let mut sim = sim.lock().await;
@@ -1161,14 +1031,7 @@ mod tests {
                 .boxed()
             })
         };
-        let gc_store = ClusterStore {
-            store: Arc::new(Hooked {
-                inner: Arc::clone(&store.store),
-                hook,
-            }),
-            prefix: store.prefix.clone(),
-            requests: Arc::clone(&store.requests),
-        };
+        let gc_store = hooked(&store, hook);
         for step in 0..steps {
             let roll = sim.lock().await.choose(true);
             match roll {

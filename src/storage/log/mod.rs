@@ -172,20 +172,12 @@ mod tests {
     use super::format::{encode_records, Op, Record};
     use super::writer::{Apply, LogError, LogWriter, WriterConfig};
     use super::*;
-    use crate::config::ObjectStoreConfig;
     use crate::shard::ShardId;
+    use crate::storage::testing::memory;
     use crate::tasks::Tasks;
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::Arc;
     use std::time::Duration;
-
-    fn memory() -> ClusterStore {
-        crate::storage::objstore::open(&ObjectStoreConfig {
-            url: "memory://".into(),
-            ..ObjectStoreConfig::default()
-        })
-        .unwrap()
-    }
 
     /// A target that applies nothing, in a lane of its own.
     struct Nop(u64);
