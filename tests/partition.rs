@@ -543,15 +543,11 @@ async fn gateway_cut_from_etcd_past_its_lease_rejoins() {
     assert_rejoined(&c, 0).await;
 }
 
-/// Early takeover under a partition (`src/cluster/lease.rs`): an owner cut from etcd and from
-/// its peers, still reaching S3 and the test's clients, is expelled through its heartbeat
-/// before its lease could expire, and serves nothing stale meanwhile: cut off, it cannot learn
-/// it was expelled, so only its own beat deadline stops it. Timeouts are stretched (heartbeat
-/// 2 s, lease 6 s) so that an unsafe expulsion lands while the owner still serves: with the
-/// wait before expelling cut to a quarter of the timeout, or a serving deadline that ignores
-/// heartbeats, it answers the stale `v1`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_owner_cut_from_etcd_and_peers_is_expelled_and_serves_nothing_stale() {
+/// Three proxied gateways that heartbeat every 2 s and hold a 6 s lease, so an unsafe early
+/// takeover lands while the owner still serves; and a key of a shard gw2 owns, written as
+/// `v1` and read through gw2 (so a stale answer could come from its cache too), with gw2
+/// still the owner just before the test goes on.
+async fn cluster_with_a_key_on_gw2() -> (Cluster, tempfile::TempDir, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("expel.toml");
     let toml = "[cluster]\nlease_ttl = \"6s\"\nheartbeat_timeout = \"2s\"\n\n[server]\nrequest_timeout = \"1s\"\n";
@@ -563,8 +559,6 @@ async fn an_owner_cut_from_etcd_and_peers_is_expelled_and_serves_nothing_stale()
     };
     let c = Cluster::start_opts(3, opts).await;
     let http = client();
-    // A key of a shard gw2 owns, read through gw2 (so a stale answer could come from its cache
-    // too), with gw2 still the owner just before the cut.
     let key = loop {
         let placed = c.await_stable(&[0, 1, 2], Duration::from_secs(30)).await;
         let key = keys_on(&owned_by(&placed, "gw2")[..1], 1, "x").remove(0);
@@ -575,6 +569,20 @@ async fn an_owner_cut_from_etcd_and_peers_is_expelled_and_serves_nothing_stale()
             break key;
         }
     };
+    (c, dir, key)
+}
+
+/// Early takeover under a partition (`src/cluster/lease.rs`): an owner cut from etcd and from
+/// its peers, still reaching S3 and the test's clients, is expelled through its heartbeat
+/// before its lease could expire, and serves nothing stale meanwhile: cut off, it cannot learn
+/// it was expelled, so only its own beat deadline stops it. Timeouts are stretched (heartbeat
+/// 2 s, lease 6 s) so that an unsafe expulsion lands while the owner still serves: with the
+/// wait before expelling cut to a quarter of the timeout, or a serving deadline that ignores
+/// heartbeats, it answers the stale `v1`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_cut_from_etcd_and_peers_is_expelled_and_serves_nothing_stale() {
+    let (c, _dir, key) = cluster_with_a_key_on_gw2().await;
+    let http = client();
 
     c.link(2).etcd.cut();
     c.link(2).peer.cut();
@@ -650,6 +658,68 @@ async fn an_owner_cut_from_etcd_and_peers_is_expelled_and_serves_nothing_stale()
             "via gw{g}"
         );
     }
+}
+
+/// A replacement started under the id of an owner cut from etcd and its peers (a node
+/// partitioned, its pod replaced), while the old one still reaches S3 and its clients: the
+/// replacement retires the old incarnation only once its heartbeat has stood for the wait,
+/// so the old one has stopped serving by then; it then serves the shards long before the old
+/// lease could expire. Healed, the old incarnation finds its id in use and stays out. With the
+/// replacement retiring at once, the cut-off owner answers the stale `v1`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replacement_under_a_cut_off_owners_id_takes_over_and_the_old_one_serves_nothing_stale() {
+    let (c, _dir, key) = cluster_with_a_key_on_gw2().await;
+    let http = client();
+
+    c.link(2).etcd.cut();
+    c.link(2).peer.cut();
+    let cut = Instant::now();
+    let mut twin = c.spawn_twin(2);
+    // It prints its URL once it has joined, so after it retired gw2.
+    let twin_url = twin.wait_for_url(Duration::from_secs(30));
+    let deadline = cut + Duration::from_secs(30);
+    while let Err(e) = write(&http, &c.gw(0).url, &key, "v2").await {
+        assert!(Instant::now() < deadline, "no takeover: {e}\n{}", logs(&c));
+    }
+    let took = cut.elapsed();
+    let who = format!("the retired incarnation, {took:?} after the cut,");
+    assert_serves_nothing_stale(&http, &c.gw(2).kv(&key), "v2", &who).await;
+    assert!(
+        took < Duration::from_secs(5),
+        "took {took:?}: the lease, not the retirement, moved the shard"
+    );
+    // The replacement retired it, or a survivor that suspected it expelled it first (both
+    // wait for the same beat to stand).
+    let retired = twin.log_text().contains("retired an earlier incarnation");
+    let expelled = (0..2).any(|g| {
+        let log = c.gw(g).process.log_text();
+        log.contains("expelled a gateway whose heartbeat stopped")
+    });
+    assert!(
+        retired || expelled,
+        "gw2 was neither retired nor expelled:\n{}",
+        twin.log_tail()
+    );
+    println!("replacement under gw2's id: the write went through {took:?} after the cut");
+    assert_eq!(read(&http, &twin_url, &key).await.as_deref(), Ok("v2"));
+
+    // Healed, the old incarnation is expelled (its beat fails) and cannot join again: the
+    // replacement beats under its id. It serves nothing, and the replacement keeps serving.
+    c.link(2).etcd.heal();
+    c.link(2).peer.heal();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !c.gw(2).process.log_text().contains("is in use") {
+        assert!(
+            Instant::now() < deadline,
+            "the old incarnation did not find its id in use\n{}",
+            c.gw(2).process.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    write(&http, &c.gw(0).url, &key, "v3").await.unwrap();
+    let who = "the old incarnation, healed,";
+    assert_serves_nothing_stale(&http, &c.gw(2).kv(&key), "v3", who).await;
+    assert_eq!(read(&http, &twin_url, &key).await.as_deref(), Ok("v3"));
 }
 
 /// Each gateway in turn is cut off etcd past its lease and healed; the cluster ends whole.

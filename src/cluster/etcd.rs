@@ -25,7 +25,9 @@
 //!   `heartbeat_interval`; **expel** a silent owner: read its beat key, wait, then
 //!   `txn(mod_revision(beat key) == as read → delete it and the member key)`, and its owner keys
 //!   with `txn(create_revision(owner key) == epoch ∧ beat key absent → delete)`. The safety
-//!   argument is in `lease.rs`.
+//!   argument is in `lease.rs`. A new incarnation first **retires** an earlier one's beat key
+//!   the same way, revoking its lease (a restart after a crash), or refuses to beat over a
+//!   live one's ([`Etcd::start_lease`]).
 //! - Compactors use the same keys and protocol one level down, under
 //!   `/tessera/{cluster}/compactor/` ([`Etcd::scoped`]): `compactor/members/{id}` and
 //!   `compactor/owners/{shard:05}` (a shard's compaction claim). Gateways and compactors are
@@ -41,7 +43,9 @@ use etcd_client::{
 };
 use tokio::sync::watch;
 
-use crate::cluster::lease::{KeepAliveStats, LeaseClock, LeaseLoss, SystemClock};
+use crate::cluster::lease::{
+    expel_wait, BeatSeen, BeatWatch, KeepAliveStats, LeaseClock, LeaseLoss, SystemClock,
+};
 use crate::cluster::placement::{ClusterView, Member, Owner};
 use crate::config::ClusterConfig;
 use crate::error::{Error, Result};
@@ -75,6 +79,17 @@ impl LeaseHolder<'_> {
         let on = self.heartbeats && !self.config.heartbeat_timeout.is_zero();
         self.member.filter(|_| on)
     }
+}
+
+/// A member's last heartbeat as its beat key shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Heartbeat {
+    /// The key's revision: it moves with every beat.
+    pub rev: i64,
+    /// The lease of the incarnation that wrote it.
+    pub lease: i64,
+    /// The `heartbeat_timeout` that incarnation serves by.
+    pub timeout: Duration,
 }
 
 /// The outcome of one heartbeat.
@@ -182,9 +197,15 @@ impl Etcd {
 
     /// Grants a lease, registers the holder's member key under it (if it has one) and keeps
     /// the lease alive on the holder's tasks until they shut down or the lease is lost (see
-    /// [`Etcd::keep_alive`]). Returns the lease id and its clock.
+    /// [`Etcd::keep_alive`]). Returns the lease id and its clock. A holder that heartbeats
+    /// first retires an earlier incarnation of its member, or fails if a live one beats
+    /// (`retire_previous`).
     pub async fn start_lease(&self, holder: &LeaseHolder<'_>) -> Result<(i64, Arc<LeaseClock>)> {
         let c = holder.config;
+        if let Some(member) = holder.beating() {
+            self.retire_previous(&member.id, c.heartbeat_interval)
+                .await?;
+        }
         let clock = Arc::new(match holder.beating() {
             Some(_) => LeaseClock::with_heartbeats(Arc::new(SystemClock)),
             None => LeaseClock::default(),
@@ -194,7 +215,8 @@ impl Etcd {
             self.register(member, id).await?;
         }
         if let Some(member) = holder.beating() {
-            // The first beat creates the key, unconditionally: a new incarnation.
+            // The first beat creates the key, unconditionally: any earlier incarnation's was
+            // retired above.
             let sent = clock.now();
             let timeout = c.heartbeat_timeout;
             let Beat::Acked(rev) = self.beat(&member.id, id, timeout, None).await? else {
@@ -220,6 +242,62 @@ impl Etcd {
                 .await
         });
         Ok((id, clock))
+    }
+
+    /// Before a new incarnation of member `id` beats: a gateway restarted under its id soon
+    /// after a crash finds the previous incarnation's beat key (etcd has not expired its lease
+    /// yet), and that incarnation's shards would wait for the lease. It is retired the way any
+    /// gateway expels a silent one (`lease.rs`): once one revision of the beat has stood for
+    /// the wait, the beat and member keys are deleted if the key still has that revision, then
+    /// the old lease is revoked, which frees every shard it held at once (safe: that
+    /// incarnation stopped serving before the delete). A beat that moves means a live gateway
+    /// has this id (or, on a rejoin, a replacement took it over): beating would expel it, so
+    /// this is refused, and the caller retries.
+    async fn retire_previous(&self, id: &str, interval: Duration) -> Result<()> {
+        let mut watch = BeatWatch::default();
+        let (started, mut first) = (Instant::now(), true);
+        loop {
+            let Some(beat) = self.beat_of(id).await? else {
+                if !first {
+                    // Another gateway expelled it meanwhile, or its lease expired.
+                    tracing::info!(member = id, "the earlier incarnation's heartbeat is gone");
+                }
+                return Ok(());
+            };
+            match watch.saw(beat.rev, beat.timeout, Instant::now()) {
+                BeatSeen::Wait if first => {
+                    first = false;
+                    tracing::info!(
+                        member = id,
+                        lease = beat.lease,
+                        wait_ms = expel_wait(beat.timeout).as_millis() as u64,
+                        "found a heartbeat of an earlier incarnation of this member; retiring it once it has stood for the wait"
+                    );
+                }
+                BeatSeen::Wait => {}
+                BeatSeen::Moved => {
+                    return Err(Error::Coordination(format!(
+                        "member id {id} is in use: another live gateway with this id is beating; give each gateway its own --node-id"
+                    )));
+                }
+                BeatSeen::Stood(rev) => {
+                    if self.expel(id, rev).await? {
+                        if let Err(e) = self.revoke(beat.lease).await {
+                            tracing::debug!(error = %e, "revoking the earlier incarnation's lease failed; it expired already");
+                        }
+                        tracing::info!(
+                            member = id,
+                            lease = beat.lease,
+                            after_ms = started.elapsed().as_millis() as u64,
+                            "retired an earlier incarnation of this member: its heartbeat had stopped"
+                        );
+                        return Ok(());
+                    }
+                    // It beat just now: the next read shows the revision moved.
+                }
+            }
+            tokio::time::sleep(interval).await;
+        }
     }
 
     /// After `old` (lease `old_id`) was lost: starts a new lease as [`Etcd::start_lease`] does,
@@ -370,9 +448,8 @@ impl Etcd {
         }
     }
 
-    /// Member `id`'s last heartbeat: its beat key's revision and the `heartbeat_timeout` the
-    /// member serves by (`None`: no beat key, or one this version cannot read).
-    pub async fn beat_of(&self, id: &str) -> Result<Option<(i64, Duration)>> {
+    /// Member `id`'s last heartbeat (`None`: no beat key, or one this version cannot read).
+    pub async fn beat_of(&self, id: &str) -> Result<Option<Heartbeat>> {
         let resp = self
             .client
             .clone()
@@ -380,8 +457,12 @@ impl Etcd {
             .await
             .map_err(|e| etcd_err("read heartbeat", e))?;
         Ok(resp.kvs().first().and_then(|kv| {
-            let (_, ms) = std::str::from_utf8(kv.value()).ok()?.split_once(' ')?;
-            Some((kv.mod_revision(), Duration::from_millis(ms.parse().ok()?)))
+            let (lease, ms) = std::str::from_utf8(kv.value()).ok()?.split_once(' ')?;
+            Some(Heartbeat {
+                rev: kv.mod_revision(),
+                lease: lease.parse().ok()?,
+                timeout: Duration::from_millis(ms.parse().ok()?),
+            })
         }))
     }
 

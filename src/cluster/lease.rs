@@ -49,6 +49,11 @@
 //! compare: it has been expelled ([`LeaseLoss::Expelled`]) and joins again like after any lost
 //! lease. Writes are fenced at the storage anyway (the log's seal, SlateDB's writer epoch).
 //!
+//! A new incarnation of a member (a restart under its id) retires an earlier one's beat key
+//! by the same two steps before its first beat, then revokes the earlier incarnation's lease:
+//! after step 2 that incarnation serves nothing, so its keys may all go. A moving revision
+//! means a live process has the id, and the new one does not join ([`BeatWatch`] times both).
+//!
 //! Time comes from a [`Clock`], so the rule is unit-tested without etcd or real time
 //! ([`ManualClock`]).
 
@@ -296,6 +301,49 @@ pub fn expel_wait(heartbeat_timeout: Duration) -> Duration {
     heartbeat_timeout + heartbeat_timeout / 8
 }
 
+/// Step 1 of an expulsion (module docs): successive reads of one member's beat key, each with
+/// the time its answer arrived, tell whether the member may be expelled yet.
+#[derive(Debug, Default)]
+pub struct BeatWatch {
+    /// The revision last read and when the first answer showing it arrived.
+    seen: Option<(i64, Instant)>,
+}
+
+/// What a [`BeatWatch`] concludes from one more read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BeatSeen {
+    /// Read again after a `heartbeat_interval`.
+    Wait,
+    /// The revision moved since the last read: the member beat, it is alive. The watch goes
+    /// on timing from this revision if read again.
+    Moved,
+    /// Revision `rev` has stood for the wait: expel the member if it still has it.
+    Stood(i64),
+}
+
+impl BeatWatch {
+    /// One more read: revision `rev` of a key whose value names `timeout`, answered at `at`.
+    pub fn saw(&mut self, rev: i64, timeout: Duration, at: Instant) -> BeatSeen {
+        match self.seen {
+            Some((same, since)) if same == rev => {
+                if at.saturating_duration_since(since) >= expel_wait(timeout) {
+                    BeatSeen::Stood(rev)
+                } else {
+                    BeatSeen::Wait
+                }
+            }
+            Some(_) => {
+                self.seen = Some((rev, at));
+                BeatSeen::Moved
+            }
+            None => {
+                self.seen = Some((rev, at));
+                BeatSeen::Wait
+            }
+        }
+    }
+}
+
 /// Keep-alive round trips, lease losses, rejoins and expulsions (for metrics).
 #[derive(Debug, Default)]
 pub struct KeepAliveStats {
@@ -468,6 +516,27 @@ mod tests {
         assert_eq!(c.loss().map(|(why, _)| why), Some(LeaseLoss::Expelled));
         // The wait to expel exceeds the timeout by the drift slack.
         assert_eq!(expel_wait(SEC), Duration::from_millis(1125));
+    }
+
+    #[test]
+    fn a_beat_must_stand_for_the_whole_wait_from_its_first_sighting() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut w = BeatWatch::default();
+        assert_eq!(w.saw(7, SEC, t0), BeatSeen::Wait);
+        assert_eq!(w.saw(7, SEC, t0 + ms(1124)), BeatSeen::Wait);
+        assert_eq!(w.saw(7, SEC, t0 + ms(1125)), BeatSeen::Stood(7));
+        // A beat restarts the wait from the answer that showed it.
+        let mut w = BeatWatch::default();
+        assert_eq!(w.saw(7, SEC, t0), BeatSeen::Wait);
+        assert_eq!(w.saw(8, SEC, t0 + ms(1000)), BeatSeen::Moved);
+        assert_eq!(w.saw(8, SEC, t0 + ms(2000)), BeatSeen::Wait);
+        assert_eq!(w.saw(8, SEC, t0 + ms(2125)), BeatSeen::Stood(8));
+        // The wait is the member's own timeout, as its beat key states it.
+        let mut w = BeatWatch::default();
+        assert_eq!(w.saw(3, 2 * SEC, t0), BeatSeen::Wait);
+        assert_eq!(w.saw(3, 2 * SEC, t0 + ms(2249)), BeatSeen::Wait);
+        assert_eq!(w.saw(3, 2 * SEC, t0 + ms(2250)), BeatSeen::Stood(3));
     }
 
     #[tokio::test]

@@ -166,7 +166,10 @@ impl Cluster {
     fn opts(&self, i: usize) -> GatewayOpts {
         // A proxied gateway reaches etcd and S3 through its proxies and is reached through its
         // peer proxy.
-        let links = self.links.get(i).and_then(Option::as_ref);
+        self.opts_via(i, self.links.get(i).and_then(Option::as_ref))
+    }
+
+    fn opts_via(&self, i: usize, links: Option<&Links>) -> GatewayOpts {
         let (etcd, s3, advertise) = match links {
             Some(l) => (l.etcd.url(), l.s3.url(), Some(l.peer.url())),
             None => (self.etcd.endpoint(), self.s3.endpoint(), None),
@@ -210,6 +213,14 @@ impl Cluster {
             .await
             .unwrap();
         self.gateways[i] = Some(gw);
+    }
+
+    /// Spawns another process with gateway `i`'s id and settings, on a port of its own and
+    /// reaching etcd and S3 directly: a replacement started while `i` may still run. It is
+    /// not one of `gateways`; `Gateway::process` says whether it joined.
+    pub fn spawn_twin(&self, i: usize) -> ServiceProcess {
+        let log = self.dir.path().join(format!("gw{i}-twin-{}.log", now_ms()));
+        self.opts_via(i, None).spawn(&log, "127.0.0.1:0")
     }
 
     pub fn gw(&self, i: usize) -> &Gateway {

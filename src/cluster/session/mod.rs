@@ -46,7 +46,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::cluster::etcd::{Etcd, LeaseHolder, Registration};
-use crate::cluster::lease::{expel_wait, KeepAliveStats, LeaseClock};
+use crate::cluster::lease::{BeatSeen, BeatWatch, KeepAliveStats, LeaseClock};
 use crate::cluster::placement::{plan, Choices, ClusterView, Holding, Member, Moves, Owner};
 use crate::config::ClusterConfig;
 use crate::error::{Error, Result};
@@ -377,15 +377,15 @@ impl Session {
     }
 
     /// Reads `id`'s beat key every heartbeat interval. Expels it once one revision has been
-    /// seen for [`expel_wait`] of the timeout `id` serves by (its own, read from the key: the
+    /// seen for [`expel_wait`](crate::cluster::lease::expel_wait) of the timeout `id` serves by (its own, read from the key: the
     /// members' configurations may differ), timed from the first answer that showed it (the
     /// beat was sent before that answer). Gives up when the beat moves and nobody suspected
     /// `id` again since the last read, when it has no beat key (its lease decides), or on an
     /// etcd error.
     async fn watch_suspect(&self, etcd: &Etcd, id: &str) {
-        let mut seen: Option<(i64, Instant)> = None;
+        let mut watch = BeatWatch::default();
         loop {
-            let (rev, timeout) = match etcd.beat_of(id).await {
+            let beat = match etcd.beat_of(id).await {
                 Ok(Some(beat)) => beat,
                 Ok(None) => return,
                 Err(e) => {
@@ -393,22 +393,16 @@ impl Session {
                     return;
                 }
             };
-            let now = Instant::now();
-            match seen {
-                Some((same, since)) if same == rev => {
-                    if now.duration_since(since) >= expel_wait(timeout) {
-                        break self.expel(etcd, id, rev).await;
-                    }
-                }
-                Some(_) => {
+            match watch.saw(beat.rev, beat.timeout, Instant::now()) {
+                BeatSeen::Stood(rev) => break self.expel(etcd, id, rev).await,
+                BeatSeen::Moved => {
                     let mut suspects = self.suspects.lock().unwrap_or_else(|e| e.into_inner());
                     let again = suspects.get_mut(id).map(std::mem::take);
                     if again != Some(true) {
                         return; // alive
                     }
-                    seen = Some((rev, now));
                 }
-                None => seen = Some((rev, now)),
+                BeatSeen::Wait => {}
             }
             tokio::time::sleep(self.config.heartbeat_interval).await;
         }
