@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::cluster::{shard_of, Cluster};
-use common::{client, metric, percentiles, put_ok, Gateway};
+use common::{client, metric, percentiles, poll_until, put_ok, Gateway};
 use reqwest::StatusCode;
 use serde_json::Value;
 
@@ -43,18 +43,16 @@ async fn read_from_follower(
     expected: &str,
     within: Duration,
 ) {
-    let deadline = Instant::now() + within;
-    loop {
+    let r = poll_until(within, Duration::from_millis(50), async || {
         let r = get_eventual(http, gw, key).await;
         if r.status() == StatusCode::OK && read_by(&r) == "eventual" {
-            assert_eq!(r.headers()["x-tessera-staleness-bound-ms"], "1350");
-            assert_eq!(r.text().await.unwrap(), expected);
-            return;
+            return Ok(r);
         }
-        let status = r.status();
-        assert!(Instant::now() < deadline, "{key} on {}: {status}", gw.url);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        Err(format!("{key} on {}: {}", gw.url, r.status()))
+    })
+    .await;
+    assert_eq!(r.headers()["x-tessera-staleness-bound-ms"], "1350");
+    assert_eq!(r.text().await.unwrap(), expected);
 }
 
 /// An eventual scan of the keys starting with `prefix` through `gw`: key → (value, ETag
@@ -206,20 +204,19 @@ async fn eventual_reads_survive_a_paused_owner_and_strong_reads_stay_fresh() {
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(r.text().await.unwrap(), "after-failover");
     let written = Instant::now();
-    loop {
+    poll_until(BOUND * 2, Duration::from_millis(20), async || {
         let r = get_eventual(&http, c.gw(0), &keys[0]).await;
         assert_eq!(r.status(), StatusCode::OK);
         let etag = r.headers()["etag"].to_str().unwrap().to_string();
         if etag == format!("\"{v2}\"") {
-            break;
+            return Ok(());
         }
-        assert!(
-            written.elapsed() < BOUND * 2,
+        Err(format!(
             "eventual read still at {etag} after {:?}",
             written.elapsed()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        ))
+    })
+    .await;
     c.gw(2).process.resume();
 }
 
@@ -524,8 +521,7 @@ async fn eventual_scans_read_followers() {
     }
     c.gw(1).process.pause();
     // gw1's shards come from gw0's followers (possibly after gw0 took them over).
-    let deadline = Instant::now() + BOUND * 3;
-    loop {
+    poll_until(BOUND * 3, Duration::from_millis(100), async || {
         let page: Value = common::get_json(
             &http,
             format!(
@@ -536,14 +532,11 @@ async fn eventual_scans_read_followers() {
         .await;
         let n = page["items"].as_array().map_or(0, |a| a.len());
         if n == owners.len() {
-            break;
+            return Ok(());
         }
-        assert!(
-            Instant::now() < deadline,
-            "eventual scan saw {n} keys: {page}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        Err(format!("eventual scan saw {n} keys: {page}"))
+    })
+    .await;
     c.gw(1).process.resume();
 }
 
@@ -652,28 +645,25 @@ async fn eventual_reads_do_not_wait_for_a_cold_follower() {
     read_paused(&c, &http, &new).await;
     // No further reads: the open completes on its own, and the follower serves `new` from
     // the owner's log it read.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while followers_open().await < 1.0 {
-        assert!(Instant::now() < deadline, "the follower never opened");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let (tenth, ten) = (Duration::from_millis(100), Duration::from_secs(10));
+    poll_until(ten, tenth, async || match followers_open().await {
+        open if open >= 1.0 => Ok(()),
+        _ => Err("the follower never opened".into()),
+    })
+    .await;
     // Open, it may still be reading the owner's log up to what gw1 already returned; until
     // then the owner answers (hedging). Once caught up, the follower serves.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    poll_until(ten, tenth, async || {
         let r = get_eventual(&http, c.gw(1), &new).await;
         assert_eq!(r.status(), StatusCode::OK);
         let source = read_by(&r).to_string();
         assert_eq!(r.text().await.unwrap(), new);
-        if source == "eventual" {
-            break;
+        match source == "eventual" {
+            true => Ok(()),
+            false => Err("the open follower never served `new`".into()),
         }
-        assert!(
-            Instant::now() < deadline,
-            "the open follower never served `new`"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await;
 
     // Open but cold: `old` is in an SST block this follower has not fetched yet.
     read_paused(&c, &http, &old).await;
@@ -684,14 +674,13 @@ async fn eventual_reads_do_not_wait_for_a_cold_follower() {
     );
 
     // The follower's read of `old` went on after the owner answered, and cached the block.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while gw1_metric("tessera_follower_reads_finished_late_total").await < 1.0 {
-        assert!(
-            Instant::now() < deadline,
-            "the follower's read never finished"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    poll_until(ten, tenth, async || {
+        match gw1_metric("tessera_follower_reads_finished_late_total").await {
+            late if late >= 1.0 => Ok(()),
+            _ => Err("the follower's read never finished".into()),
+        }
+    })
+    .await;
     // So with the object store and the owner both paused, the follower answers from it.
     // The owner checkpoints every second here: a checkpoint the follower installs between
     // the late read and the pause adds an L0 SST whose blocks `old`'s read must consult and
@@ -882,16 +871,19 @@ async fn a_cached_follower_answer_never_goes_back_before_the_floor() {
     let key = key_in(shard, "floor");
     put_ok(&http, c.gw(o).kv(&key), "v1").await;
     // g's eventual reads go to h, whose follower caches v1.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let r = get_eventual(&http, c.gw(g), &key).await;
-        if r.status() == StatusCode::OK && read_by(&r) == "eventual" {
-            assert_eq!(r.text().await.unwrap(), "v1");
-            break;
-        }
-        assert!(Instant::now() < deadline, "no follower answered");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let r = poll_until(
+        Duration::from_secs(20),
+        Duration::from_millis(50),
+        async || {
+            let r = get_eventual(&http, c.gw(g), &key).await;
+            match r.status() == StatusCode::OK && read_by(&r) == "eventual" {
+                true => Ok(r),
+                false => Err("no follower answered".into()),
+            }
+        },
+    )
+    .await;
+    assert_eq!(r.text().await.unwrap(), "v1");
     let v2 = put_ok(&http, c.gw(o).kv(&key), "v2").await;
     // A strong read through g raises g's floor for the shard to v2's version.
     let r = http.get(c.gw(g).kv(&key)).send().await.unwrap();
@@ -994,24 +986,21 @@ async fn eventual_reads_follow_the_owners_log_between_checkpoints() {
             assert_eq!(r.status(), StatusCode::NO_CONTENT);
         }
         let acked = Instant::now();
-        loop {
+        poll_until(BOUND * 3, Duration::from_millis(20), async || {
             let seen = (
                 follower_read(&http, c.gw(follower), &over).await,
                 follower_read(&http, c.gw(follower), &fresh).await,
                 follower_read(&http, c.gw(follower), &gone).await,
             );
-            let caught_up =
-                matches!(&seen, (Some((_, a)), Some((_, b)), None) if *a == value && *b == value);
-            if caught_up {
-                break;
+            match &seen {
+                (Some((_, a)), Some((_, b)), None) if *a == value && *b == value => Ok(()),
+                _ => Err(format!(
+                    "round {round}: the follower still shows {seen:?} after {:?}",
+                    acked.elapsed()
+                )),
             }
-            assert!(
-                acked.elapsed() < BOUND * 3,
-                "round {round}: the follower still shows {seen:?} after {:?}",
-                acked.elapsed()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        })
+        .await;
         let lag = acked.elapsed();
         eprintln!("round {round}: the follower showed the log's writes after {lag:?}");
         lags.push(lag);
@@ -1144,7 +1133,7 @@ async fn a_follower_moves_to_the_new_owners_log_after_a_kill() {
     let r = http.get(c.gw(reader).kv(&key)).send().await.unwrap();
     assert_eq!(r.text().await.unwrap(), "after-0");
     let floor_set = Instant::now();
-    loop {
+    poll_until(BOUND * 3, Duration::from_millis(20), async || {
         let r = get_eventual(&http, c.gw(reader), &key).await;
         assert_eq!(r.status(), StatusCode::OK);
         let by = read_by(&r).to_string();
@@ -1158,15 +1147,12 @@ async fn a_follower_moves_to_the_new_owners_log_after_a_kill() {
             version >= v_after,
             "{by} answered {version}, below the floor {v_after}"
         );
-        if by == "eventual" {
-            break;
+        match by == "eventual" {
+            true => Ok(()),
+            false => Err("the follower did not reach the floor in the new owner's log".into()),
         }
-        assert!(
-            floor_set.elapsed() < BOUND * 3,
-            "the follower did not reach the floor in the new owner's log"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await;
     eprintln!(
         "after the failover the follower reached the floor in {:?}",
         floor_set.elapsed()
@@ -1178,14 +1164,15 @@ async fn a_follower_moves_to_the_new_owners_log_after_a_kill() {
         let v = put_ok(&http, c.gw(heir).kv(&key), &value).await;
         written.insert(v, value.clone());
         let acked = Instant::now();
-        while follower_read(&http, c.gw(reader), &key).await != Some((v, value.clone())) {
-            assert!(
-                acked.elapsed() < BOUND * 3,
-                "{value} not seen after {:?}",
-                acked.elapsed()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        poll_until(
+            BOUND * 3,
+            Duration::from_millis(20),
+            async || match follower_read(&http, c.gw(reader), &key).await {
+                Some(seen) if seen == (v, value.clone()) => Ok(()),
+                _ => Err(format!("{value} not seen after {:?}", acked.elapsed())),
+            },
+        )
+        .await;
         eprintln!(
             "after the failover: {value} seen after {:?}",
             acked.elapsed()

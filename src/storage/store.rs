@@ -744,16 +744,7 @@ mod tests {
     }
 
     async fn open(store: &ClusterStore) -> ShardStore {
-        ShardStore::open(
-            ShardId(0),
-            store,
-            &StorageConfig::default(),
-            &ObjectStoreConfig::default(),
-            &BlockCache::new(1 << 20),
-            false,
-        )
-        .await
-        .unwrap()
+        crate::storage::testing::open_shard(store, ShardId(0)).await
     }
 
     #[tokio::test]

@@ -1,5 +1,6 @@
-//! Test support for the storage modules: an in-memory cluster store, and a wrapper that runs a
-//! hook before the requests whose timing races matter to a test.
+//! Test support for the storage modules: an in-memory cluster store, a shard opened with
+//! defaults, and a wrapper that runs a hook before the requests whose timing races matter to a
+//! test.
 
 use std::sync::Arc;
 
@@ -14,7 +15,9 @@ use object_store::{
 };
 
 use super::objstore::ClusterStore;
-use crate::config::ObjectStoreConfig;
+use super::store::{BlockCache, ShardStore};
+use crate::config::{ObjectStoreConfig, StorageConfig};
+use crate::shard::ShardId;
 
 /// A cluster store in process memory, empty.
 pub(crate) fn memory() -> ClusterStore {
@@ -22,6 +25,20 @@ pub(crate) fn memory() -> ClusterStore {
         url: "memory://".into(),
         ..ObjectStoreConfig::default()
     })
+    .unwrap()
+}
+
+/// Opens `shard`'s database in `store` as its writer, with default settings.
+pub(crate) async fn open_shard(store: &ClusterStore, shard: ShardId) -> ShardStore {
+    ShardStore::open(
+        shard,
+        store,
+        &StorageConfig::default(),
+        &ObjectStoreConfig::default(),
+        &BlockCache::new(1 << 20),
+        false,
+    )
+    .await
     .unwrap()
 }
 

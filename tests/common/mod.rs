@@ -339,6 +339,23 @@ pub async fn put_until_ok(
     }
 }
 
+/// Calls `check` every `every` until it returns `Ok`, and returns that; once `within` has
+/// passed, panics with the last `Err` (what it saw).
+pub async fn poll_until<T>(
+    within: Duration,
+    every: Duration,
+    mut check: impl AsyncFnMut() -> Result<T, String>,
+) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        match check().await {
+            Ok(done) => return done,
+            Err(seen) => assert!(Instant::now() < deadline, "{seen}"),
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
 /// Asks a gateway directly for the key at `kv_url`, as a forwarded request so that it answers
 /// from its own state: a read must answer nothing but `fresh` (or fail), and a write must not
 /// be acknowledged. `who` names the gateway and the moment, for the failure message.

@@ -252,7 +252,7 @@ impl FollowerScan {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{NodeConfig, ObjectStoreConfig, StorageConfig};
+    use crate::config::NodeConfig;
     use crate::reads::cache::HotCache;
     use crate::shard::ShardId;
     use crate::storage::commit::CommitLog;
@@ -260,6 +260,7 @@ mod tests {
     use crate::storage::log::writer::WriterConfig;
     use crate::storage::objstore::ClusterStore;
     use crate::storage::store::{BlockCache, ShardStore};
+    use crate::storage::testing::open_shard;
     use crate::tasks::Tasks;
     use std::sync::atomic::{AtomicI64, Ordering};
 
@@ -308,17 +309,7 @@ mod tests {
         n: u32,
         epoch: i64,
     ) -> Arc<ShardStore> {
-        let db = ShardStore::open(
-            ShardId(n),
-            store,
-            &StorageConfig::default(),
-            &ObjectStoreConfig::default(),
-            &BlockCache::new(1 << 20),
-            false,
-        )
-        .await
-        .unwrap();
-        let db = Arc::new(db);
+        let db = Arc::new(open_shard(store, ShardId(n)).await);
         log.recover(&db, epoch).await.unwrap();
         db
     }
