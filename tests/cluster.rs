@@ -117,7 +117,6 @@ async fn kill9_failover_keeps_acknowledged_writes() {
     // on an etcd whose election timeout lets it grant one: a failover cannot be faster than
     // the dead owner's lease, and etcd's shortest lease is 1.5 election timeouts, rounded up
     // to a second (2 s with its default 1 s timeout).
-    let dir = tempfile::tempdir().unwrap();
     let ttl: u64 = std::env::var("TESSERA_FAILOVER_LEASE_TTL")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -125,14 +124,11 @@ async fn kill9_failover_keeps_acknowledged_writes() {
     let mut c = if ttl == 3 {
         Cluster::start(3).await
     } else {
-        let path = dir.path().join("lease.toml");
-        let toml = format!(
-            "[cluster]\nlease_ttl = \"{ttl}s\"\nkeepalive_interval = \"300ms\"\nlease_margin = \"300ms\"\n"
-        );
-        std::fs::write(&path, toml).unwrap();
         let etcd_extra = ["--heartbeat-interval", "50", "--election-timeout", "500"];
         let opts = ClusterOpts {
-            extra: vec!["--config".into(), path.display().to_string()],
+            config: format!(
+                "[cluster]\nlease_ttl = \"{ttl}s\"\nkeepalive_interval = \"300ms\"\nlease_margin = \"300ms\"\n"
+            ),
             etcd_extra: etcd_extra.map(String::from).to_vec(),
             ..ClusterOpts::default()
         };
@@ -324,11 +320,8 @@ async fn zombie_owner_never_acknowledges_nor_serves_stale_reads() {
 /// learn it: `tests/partition.rs`, `an_owner_cut_from_etcd_and_peers_is_expelled_…`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_owner_is_expelled_before_its_lease_expires_and_serves_nothing_stale() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("expel.toml");
     let toml = "[cluster]\nlease_ttl = \"6s\"\nheartbeat_timeout = \"2s\"\n\n[server]\nrequest_timeout = \"1s\"\n";
-    std::fs::write(&path, toml).unwrap();
-    let c = Cluster::start_with(3, vec!["--config".into(), path.display().to_string()]).await;
+    let c = Cluster::start_config(3, toml).await;
     let http = client();
     // A key of a shard gw2 owns, read through gw2 itself (so a stale answer could come from
     // its cache too), with gw2 still its owner just before the pause.
@@ -386,14 +379,8 @@ async fn a_paused_owner_is_expelled_before_its_lease_expires_and_serves_nothing_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_restarted_under_its_id_retires_its_dead_incarnation_and_a_live_ones_twin_is_refused(
 ) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("restart.toml");
-    std::fs::write(
-        &path,
-        "[cluster]\nlease_ttl = \"8s\"\njoin_timeout = \"3s\"\n",
-    )
-    .unwrap();
-    let mut c = Cluster::start_with(3, vec!["--config".into(), path.display().to_string()]).await;
+    let toml = "[cluster]\nlease_ttl = \"8s\"\njoin_timeout = \"3s\"\n";
+    let mut c = Cluster::start_config(3, toml).await;
     let http = client();
     let owners = c.await_stable(&[0, 1, 2], Duration::from_secs(30)).await;
     let shard = *owners.iter().find(|(_, o)| *o == "gw2").unwrap().0;

@@ -17,13 +17,9 @@ use common::cluster::{shard_of, Cluster, ClusterOpts};
 use reqwest::StatusCode;
 use serde_json::Value;
 
-/// Gateway arguments that turn periodic checkpoints off: only takeovers and releases
+/// Gateway configuration that turns periodic checkpoints off: only takeovers and releases
 /// checkpoint, so a replay has all of an owner's writes to do.
-fn no_periodic_checkpoints(c_dir: &std::path::Path) -> Vec<String> {
-    let path = c_dir.join("no-periodic-checkpoints.toml");
-    std::fs::write(&path, "[storage]\nmemtable_flush_interval = \"1h\"\n").unwrap();
-    vec!["--config".into(), path.display().to_string()]
-}
+const NO_PERIODIC_CHECKPOINTS: &str = "[storage]\nmemtable_flush_interval = \"1h\"\n";
 
 /// The current owner of `shard`, as gateway `via` sees it.
 async fn owner(c: &Cluster, via: usize, shard: u32) -> Option<String> {
@@ -91,8 +87,7 @@ async fn assert_acked(c: &Cluster, via: usize, acked: &BTreeMap<String, (String,
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etags_and_writes_survive_two_failovers_before_any_periodic_checkpoint() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut c = Cluster::start_with(4, no_periodic_checkpoints(dir.path())).await;
+    let mut c = Cluster::start_config(4, NO_PERIODIC_CHECKPOINTS).await;
     let owners = c.await_stable(&[0, 1, 2, 3], Duration::from_secs(30)).await;
     // A shard of gw3's; writes enter through gw0, which is never killed.
     let shard = *owners.iter().find(|(_, o)| *o == "gw3").unwrap().0;
@@ -199,13 +194,10 @@ async fn a_log_sealed_under_its_live_owner_costs_a_reopen_and_nothing_else() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_in_the_middle_of_a_checkpoint_loses_nothing() {
     for fault in ["marker", "flushed"] {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("fast-checkpoints.toml");
-        std::fs::write(&path, "[storage]\nmemtable_flush_interval = \"2s\"\n").unwrap();
         let mut c = Cluster::start_opts(
             1,
             ClusterOpts {
-                extra: vec!["--config".into(), path.display().to_string()],
+                config: "[storage]\nmemtable_flush_interval = \"2s\"\n".into(),
                 env: vec![("TESSERA_FAULT_CRASH_IN_CHECKPOINT".into(), fault.into())],
                 ..ClusterOpts::default()
             },

@@ -19,24 +19,18 @@ use reqwest::StatusCode;
 /// their shards for compaction at 4 L0 SSTs (the compactors' threshold here), or at
 /// `l0_max_ssts` if lower, and re-read their manifests every second (below the compactors'
 /// 3 s `gc_min_age`, so no gateway reads an SST that GC deleted).
-fn gateway_args(dir: &std::path::Path, l0_max_ssts: usize, extra: &str) -> Vec<String> {
-    let path = dir.join(format!("gateway-{l0_max_ssts}.toml"));
+fn gateway_config(l0_max_ssts: usize, extra: &str) -> String {
     let hint = l0_max_ssts.min(4);
-    std::fs::write(
-        &path,
-        format!(
-            "[storage]\nl0_sst_size_bytes = 32768\nmax_unflushed_bytes = 262144\n\
-             l0_max_ssts = {l0_max_ssts}\ncompaction_hint_l0 = {hint}\n\
-             manifest_poll_interval = \"1s\"\n{extra}"
-        ),
+    format!(
+        "[storage]\nl0_sst_size_bytes = 32768\nmax_unflushed_bytes = 262144\n\
+         l0_max_ssts = {l0_max_ssts}\ncompaction_hint_l0 = {hint}\n\
+         manifest_poll_interval = \"1s\"\n{extra}"
     )
-    .unwrap();
-    vec!["--config".into(), path.display().to_string()]
 }
 
 /// Compactor settings for tests: fast polling, a killed worker's job retried after 3 s, a GC
 /// pass per shard every second, of objects older than 3 s (above the gateways' 1 s manifest
-/// poll, `gateway_args`, so no gateway still reads an SST the GC deletes).
+/// poll, `gateway_config`, so no gateway still reads an SST the GC deletes).
 fn compactor_config(l0_threshold: usize) -> String {
     format!(
         "[compaction]\nl0_threshold = {l0_threshold}\npoll_interval = \"200ms\"\n\
@@ -187,8 +181,8 @@ async fn once_compacts_every_shard_and_gc_shrinks_storage() {
     let dir = tempfile::tempdir().unwrap();
     // No time-triggered memtable flush: the last partial memtables stay in memory instead of
     // landing as new L0 SSTs 30 s after the writes, possibly after `--once` finished.
-    let args = gateway_args(dir.path(), 64, "memtable_flush_interval = \"1h\"\n");
-    let c = Cluster::start_with(2, args).await;
+    let toml = gateway_config(64, "memtable_flush_interval = \"1h\"\n");
+    let c = Cluster::start_config(2, &toml).await;
     c.await_stable(&[0, 1], Duration::from_secs(30)).await;
     let urls = vec![c.gw(0).url.clone(), c.gw(1).url.clone()];
     let data = write_keys(&urls, "k", 2400).await;
@@ -259,8 +253,7 @@ async fn once_compacts_every_shard_and_gc_shrinks_storage() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_daemons_split_shards_and_survive_kill9() {
-    let dir = tempfile::tempdir().unwrap();
-    let c = Cluster::start_with(2, gateway_args(dir.path(), 64, "")).await;
+    let c = Cluster::start_config(2, &gateway_config(64, "")).await;
     c.await_stable(&[0, 1], Duration::from_secs(30)).await;
     let mut c0 = c.start_compactor("c0", &compactor_config(4));
     let c1 = c.start_compactor("c1", &compactor_config(4));
@@ -326,8 +319,7 @@ async fn two_daemons_split_shards_and_survive_kill9() {
 /// here) is left to expire with its lease.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn daemon_stops_promptly_with_the_object_store_down() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut c = Cluster::start_with(1, gateway_args(dir.path(), 64, "")).await;
+    let mut c = Cluster::start_config(1, &gateway_config(64, "")).await;
     c.await_stable(&[0], Duration::from_secs(30)).await;
     let mut c0 = c.start_compactor("c0", &compactor_config(4));
     await_reported(
@@ -350,8 +342,7 @@ async fn daemon_stops_promptly_with_the_object_store_down() {
 /// metrics and `tessera_build_info` with the version `--version` prints, as gateways do.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn daemon_exports_process_and_build_metrics() {
-    let dir = tempfile::tempdir().unwrap();
-    let c = Cluster::start_with(1, gateway_args(dir.path(), 64, "")).await;
+    let c = Cluster::start_config(1, &gateway_config(64, "")).await;
     let p = c.start_compactor("c0", &compactor_config(4));
     let text = p.metrics().await;
     // A fresh daemon may not have used a whole 10 ms CPU tick yet: the counter may read 0.
@@ -388,12 +379,8 @@ async fn daemon_exports_process_and_build_metrics() {
 /// claim writes, which kept the gateways from ever settling.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compactor_backs_off_shards_not_created_yet() {
-    let dir = tempfile::tempdir().unwrap();
-    let c = Cluster::start_with(
-        1,
-        gateway_args(dir.path(), 64, "[cluster]\nrebalance_delay = \"6s\"\n"),
-    )
-    .await;
+    let toml = gateway_config(64, "[cluster]\nrebalance_delay = \"6s\"\n");
+    let c = Cluster::start_config(1, &toml).await;
     let p = c.start_compactor("c0", &compactor_config(4));
     c.await_stable(&[0], Duration::from_secs(60)).await;
     let (every, within) = (SHARDS as usize, Duration::from_secs(60));
@@ -411,8 +398,7 @@ async fn compactor_backs_off_shards_not_created_yet() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_failover_during_compaction_loses_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut c = Cluster::start_with(3, gateway_args(dir.path(), 64, "")).await;
+    let mut c = Cluster::start_config(3, &gateway_config(64, "")).await;
     c.await_stable(&[0, 1, 2], Duration::from_secs(30)).await;
     let comp = c.start_compactor("c0", &compactor_config(4));
     let stop = Arc::new(AtomicBool::new(false));
@@ -441,21 +427,17 @@ async fn gateway_failover_during_compaction_loses_nothing() {
 }
 
 /// One gateway, no compactor, whose shards run out of room after a few hundred KiB of writes:
-/// L0 stops at 2 SSTs per shard (small memtables, `gateway_args`); requests give up after 3 s.
-async fn gateway_soon_out_of_room(dir: &std::path::Path) -> Cluster {
-    let c = Cluster::start_with(
-        1,
-        gateway_args(dir, 2, "[server]\nrequest_timeout = \"3s\"\n"),
-    )
-    .await;
+/// L0 stops at 2 SSTs per shard (small memtables, `gateway_config`); requests give up after 3 s.
+async fn gateway_soon_out_of_room() -> Cluster {
+    let toml = gateway_config(2, "[server]\nrequest_timeout = \"3s\"\n");
+    let c = Cluster::start_config(1, &toml).await;
     c.await_stable(&[0], Duration::from_secs(30)).await;
     c
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_compactor_writes_wait_then_503_and_none_is_lost() {
-    let dir = tempfile::tempdir().unwrap();
-    let c = gateway_soon_out_of_room(dir.path()).await;
+    let c = gateway_soon_out_of_room().await;
     let url = c.gw(0).url.clone();
     let http = client();
     let mut acked = BTreeMap::new();
@@ -518,8 +500,7 @@ async fn without_compactor_writes_wait_then_503_and_none_is_lost() {
 /// full shard's database would stall them all (`ShardStore::admit` keeps it out of the log).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shard_out_of_room_stalls_only_its_own_writes() {
-    let dir = tempfile::tempdir().unwrap();
-    let c = gateway_soon_out_of_room(dir.path()).await;
+    let c = gateway_soon_out_of_room().await;
     let url = c.gw(0).url.clone();
     let http = client();
     let hot = shard_of("hot");
@@ -652,7 +633,7 @@ async fn log_gc_deletes_what_checkpoints_cover() {
     use tessera::ShardId;
 
     let dir = tempfile::tempdir().unwrap();
-    let c = Cluster::start_with(1, gateway_args(dir.path(), 64, "")).await;
+    let c = Cluster::start_config(1, &gateway_config(64, "")).await;
     c.await_stable(&[0], Duration::from_secs(30)).await;
     let store = c.store();
     let put = |log: &'static str, seq: u64, shards: &'static [u32]| {
@@ -793,17 +774,10 @@ async fn idle_shards_cost_few_requests_and_hinted_shards_compact() {
     const N: u32 = 64;
     // One whole gateway manifest poll (60 s) and compactor log GC interval (1 min).
     const IDLE: Duration = Duration::from_secs(65);
-    let dir = tempfile::tempdir().unwrap();
     // Small memtables, hints at 4 L0 SSTs; otherwise production defaults (60 s manifest
     // poll).
-    let config = dir.path().join("gateway.toml");
-    std::fs::write(
-        &config,
-        "[storage]\nl0_sst_size_bytes = 32768\nmax_unflushed_bytes = 262144\n",
-    )
-    .unwrap();
     let opts = ClusterOpts {
-        extra: vec!["--config".into(), config.display().to_string()],
+        config: "[storage]\nl0_sst_size_bytes = 32768\nmax_unflushed_bytes = 262144\n".into(),
         shards: N,
         ..ClusterOpts::default()
     };

@@ -541,26 +541,21 @@ async fn eventual_scans_read_followers() {
 }
 
 /// Two settled gateways that write memtables out 1 s after their first write, with `reads`
-/// as the `[reads]` section of their config (the config file's directory must outlive them).
+/// as the `[reads]` section of their config.
 async fn two_gateways_flushing_memtables_every_second(
     reads: &str,
-) -> (Cluster, BTreeMap<u32, String>, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("gateway.toml");
+) -> (Cluster, BTreeMap<u32, String>) {
     let toml = format!("[storage]\nmemtable_flush_interval = \"1s\"\n[reads]\n{reads}\n");
-    std::fs::write(&config, toml).unwrap();
-    let c = Cluster::start_with(2, vec!["--config".into(), config.display().to_string()]).await;
+    let c = Cluster::start_config(2, &toml).await;
     let owners = c.await_stable(&[0, 1], Duration::from_secs(30)).await;
-    (c, owners, dir)
+    (c, owners)
 }
 
 /// [`two_gateways_flushing_memtables_every_second`], and two keys of a shard owned by gw0,
 /// each holding itself as its value: `old` written out to an L0 SST by a checkpoint, `new`
 /// only in the owner's commit log; both read once on gw0, so its hot-key cache holds them.
-async fn old_key_in_an_sst_new_key_in_the_log(
-    reads: &str,
-) -> (Cluster, String, String, tempfile::TempDir) {
-    let (c, owners, config) = two_gateways_flushing_memtables_every_second(reads).await;
+async fn old_key_in_an_sst_new_key_in_the_log(reads: &str) -> (Cluster, String, String) {
+    let (c, owners) = two_gateways_flushing_memtables_every_second(reads).await;
     let http = client();
     let shard = shard_owned_by(&owners, "gw0");
     let (old, new) = (key_in(shard, "old"), key_in(shard, "new"));
@@ -571,7 +566,7 @@ async fn old_key_in_an_sst_new_key_in_the_log(
     for key in [&old, &new] {
         assert_eq!(common::get_text(&http, c.gw(0).kv(key)).await, *key);
     }
-    (c, old, new, config)
+    (c, old, new)
 }
 
 /// A follower opened long after many small writes reads only the owner's log objects past
@@ -579,7 +574,7 @@ async fn old_key_in_an_sst_new_key_in_the_log(
 /// costs a few GETs, not one per log object written since the owner took the shard.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn follower_open_reads_only_the_log_after_the_checkpoint() {
-    let (c, owners, _config) = two_gateways_flushing_memtables_every_second("").await;
+    let (c, owners) = two_gateways_flushing_memtables_every_second("").await;
     let shard = shard_owned_by(&owners, "gw0");
     let http = client();
     // One write at a time: one log object each.
@@ -633,7 +628,7 @@ async fn read_paused(c: &Cluster, http: &reqwest::Client, key: &str) {
 /// object store and the owner both paused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eventual_reads_do_not_wait_for_a_cold_follower() {
-    let (c, old, new, _config) = old_key_in_an_sst_new_key_in_the_log("").await;
+    let (c, old, new) = old_key_in_an_sst_new_key_in_the_log("").await;
     let http = client();
     let gw1_metric = |name: &'static str| async {
         let text = common::get_text(&http, format!("{}/metrics", c.gw(1).url)).await;
@@ -716,8 +711,7 @@ async fn eventual_reads_do_not_wait_for_a_cold_follower() {
 /// waited out: the owner is asked at once, not after `reads.follower_hedge_after` (2 s here).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_follower_read_asks_the_owner_at_once() {
-    let (c, old, new, _config) =
-        old_key_in_an_sst_new_key_in_the_log("follower_hedge_after = \"2s\"").await;
+    let (c, old, new) = old_key_in_an_sst_new_key_in_the_log("follower_hedge_after = \"2s\"").await;
     let http = client();
     let shard = shard_of(&old);
     read_from_follower(&http, c.gw(1), &new, &new, BOUND * 3).await;
@@ -740,18 +734,13 @@ async fn a_failed_follower_read_asks_the_owner_at_once() {
 }
 
 /// Three gateways with `reads.follower_gateways = 1` and hedging off (the owner never answers
-/// an eventual point read), plus the `[reads]` settings in `reads`. Returns the cluster, its
-/// shard → owner map and the directory holding the config (keep it alive).
-async fn one_follower_gateway_cluster(
-    reads: &str,
-) -> (Cluster, BTreeMap<u32, String>, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("gateway.toml");
+/// an eventual point read), plus the `[reads]` settings in `reads`. Returns the cluster and
+/// its shard → owner map.
+async fn one_follower_gateway_cluster(reads: &str) -> (Cluster, BTreeMap<u32, String>) {
     let toml = format!("[reads]\nfollower_gateways = 1\nfollower_hedge_after = \"1h\"\n{reads}");
-    std::fs::write(&config, toml).unwrap();
-    let c = Cluster::start_with(3, vec!["--config".into(), config.display().to_string()]).await;
+    let c = Cluster::start_config(3, &toml).await;
     let owners = c.await_stable(&[0, 1, 2], Duration::from_secs(30)).await;
-    (c, owners, dir)
+    (c, owners)
 }
 
 /// A shard's gateways in such a cluster: (owner, follower gateway, the one forwarding to it),
@@ -779,7 +768,7 @@ fn roles(shard: u32, owner: &str) -> (usize, usize, usize) {
 /// point read here.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eventual_reads_share_one_follower_per_shard() {
-    let (c, owners, _dir) = one_follower_gateway_cluster("").await;
+    let (c, owners) = one_follower_gateway_cluster("").await;
     let http = client();
     // Per shard: its key, owner, follower gateway and the gateway that forwards to it.
     let mut shards = Vec::new();
@@ -864,7 +853,7 @@ async fn eventual_reads_share_one_follower_per_shard() {
 /// value; here the cache keeps entries for 10 s, so the stale entry is always young.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cached_follower_answer_never_goes_back_before_the_floor() {
-    let (c, owners, _dir) = one_follower_gateway_cluster("follower_cache_ttl = \"10s\"\n").await;
+    let (c, owners) = one_follower_gateway_cluster("follower_cache_ttl = \"10s\"\n").await;
     let http = client();
     let (&shard, owner) = owners.iter().next().unwrap();
     let (o, _, g) = roles(shard, owner);
@@ -902,16 +891,12 @@ async fn a_cached_follower_answer_never_goes_back_before_the_floor() {
 /// flush interval is an hour: only a planned release or a takeover checkpoints) and whose
 /// eventual point reads are never hedged (the owner never answers them once a follower is
 /// open). Returns the cluster, its shard → owner map and the config's directory.
-async fn three_gateways_without_periodic_checkpoints(
-) -> (Cluster, BTreeMap<u32, String>, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("gateway.toml");
+async fn three_gateways_without_periodic_checkpoints() -> (Cluster, BTreeMap<u32, String>) {
     let toml =
         "[storage]\nmemtable_flush_interval = \"1h\"\n[reads]\nfollower_hedge_after = \"1h\"\n";
-    std::fs::write(&config, toml).unwrap();
-    let c = Cluster::start_with(3, vec!["--config".into(), config.display().to_string()]).await;
+    let c = Cluster::start_config(3, toml).await;
     let owners = c.await_stable(&[0, 1, 2], Duration::from_secs(30)).await;
-    (c, owners, dir)
+    (c, owners)
 }
 
 /// The published checkpoint of `shard` (`checkpoints/{s}.json`), as stored.
@@ -949,7 +934,7 @@ async fn follower_read(http: &reqwest::Client, gw: &Gateway, key: &str) -> Optio
 /// key nobody touched. The shard's published checkpoint is the same before and after.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eventual_reads_follow_the_owners_log_between_checkpoints() {
-    let (mut c, owners, _dir) = three_gateways_without_periodic_checkpoints().await;
+    let (mut c, owners) = three_gateways_without_periodic_checkpoints().await;
     let http = client();
     let shard = shard_owned_by(&owners, "gw2");
     let [over, kept, gone, fresh] =
@@ -1036,7 +1021,7 @@ async fn eventual_reads_follow_the_owners_log_between_checkpoints() {
 /// on its gateway set.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_moves_to_the_new_owners_log_after_a_kill() {
-    let (mut c, owners, _dir) = three_gateways_without_periodic_checkpoints().await;
+    let (mut c, owners) = three_gateways_without_periodic_checkpoints().await;
     let http = client();
     let shard = shard_owned_by(&owners, "gw2");
     let key = key_in(shard, "failover");

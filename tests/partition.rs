@@ -547,14 +547,11 @@ async fn gateway_cut_from_etcd_past_its_lease_rejoins() {
 /// takeover lands while the owner still serves; and a key of a shard gw2 owns, written as
 /// `v1` and read through gw2 (so a stale answer could come from its cache too), with gw2
 /// still the owner just before the test goes on.
-async fn cluster_with_a_key_on_gw2() -> (Cluster, tempfile::TempDir, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("expel.toml");
+async fn cluster_with_a_key_on_gw2() -> (Cluster, String) {
     let toml = "[cluster]\nlease_ttl = \"6s\"\nheartbeat_timeout = \"2s\"\n\n[server]\nrequest_timeout = \"1s\"\n";
-    std::fs::write(&path, toml).unwrap();
     let opts = ClusterOpts {
         proxied: true,
-        extra: vec!["--config".into(), path.display().to_string()],
+        config: toml.into(),
         ..ClusterOpts::default()
     };
     let c = Cluster::start_opts(3, opts).await;
@@ -569,7 +566,7 @@ async fn cluster_with_a_key_on_gw2() -> (Cluster, tempfile::TempDir, String) {
             break key;
         }
     };
-    (c, dir, key)
+    (c, key)
 }
 
 /// Early takeover under a partition (`src/cluster/lease.rs`): an owner cut from etcd and from
@@ -581,7 +578,7 @@ async fn cluster_with_a_key_on_gw2() -> (Cluster, tempfile::TempDir, String) {
 /// heartbeats, it answers the stale `v1`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_owner_cut_from_etcd_and_peers_is_expelled_and_serves_nothing_stale() {
-    let (c, _dir, key) = cluster_with_a_key_on_gw2().await;
+    let (c, key) = cluster_with_a_key_on_gw2().await;
     let http = client();
 
     c.link(2).etcd.cut();
@@ -668,7 +665,7 @@ async fn an_owner_cut_from_etcd_and_peers_is_expelled_and_serves_nothing_stale()
 /// replacement retiring at once, the cut-off owner answers the stale `v1`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replacement_under_a_cut_off_owners_id_takes_over_and_the_old_one_serves_nothing_stale() {
-    let (c, _dir, key) = cluster_with_a_key_on_gw2().await;
+    let (c, key) = cluster_with_a_key_on_gw2().await;
     let http = client();
 
     c.link(2).etcd.cut();

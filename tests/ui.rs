@@ -79,15 +79,8 @@ async fn unowned_shards(url: &str) -> Vec<u32> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_page_shows_every_member_and_shard_in_a_browser() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("gateway.toml");
-    std::fs::write(
-        &config,
-        format!("[cluster]\nrebalance_delay = \"{REBALANCE_DELAY}\"\n"),
-    )
-    .unwrap();
-    let config = config.to_str().unwrap().to_string();
-    let cluster = Cluster::start_with(3, vec!["--config".into(), config]).await;
+    let toml = format!("[cluster]\nrebalance_delay = \"{REBALANCE_DELAY}\"\n");
+    let cluster = Cluster::start_config(3, &toml).await;
     let owners = cluster
         .await_stable(&[0, 1, 2], Duration::from_secs(90))
         .await;

@@ -83,6 +83,9 @@ pub struct ClusterOpts {
     pub shards: u32,
     /// Extra flags of the cluster's etcd.
     pub etcd_extra: Vec<String>,
+    /// The gateways' configuration file (TOML), if not empty: written into the cluster's
+    /// directory and passed as `--config`.
+    pub config: String,
 }
 
 impl Cluster {
@@ -94,6 +97,15 @@ impl Cluster {
     pub async fn start_with(n: usize, extra: Vec<String>) -> Cluster {
         let opts = ClusterOpts {
             extra,
+            ..ClusterOpts::default()
+        };
+        Self::start_opts(n, opts).await
+    }
+
+    /// Starts `n` gateways with the configuration file `toml`.
+    pub async fn start_config(n: usize, toml: &str) -> Cluster {
+        let opts = ClusterOpts {
+            config: toml.into(),
             ..ClusterOpts::default()
         };
         Self::start_opts(n, opts).await
@@ -130,6 +142,12 @@ impl Cluster {
             env: opts.env,
             links: Vec::new(),
         };
+        if !opts.config.is_empty() {
+            let path = c.dir.path().join("gateway.toml");
+            std::fs::write(&path, &opts.config).unwrap();
+            c.extra
+                .extend(["--config".into(), path.display().to_string()]);
+        }
         for _ in 0..n {
             if opts.proxied {
                 c.add_proxied().await;
