@@ -368,6 +368,10 @@ impl Session {
             return;
         }
         suspects.insert(id.to_string(), false);
+        tracing::debug!(
+            member = id,
+            "an owner gave no answer: watching its heartbeat"
+        );
         let (session, etcd, id) = (Arc::clone(self), etcd.clone(), id.to_string());
         self.tasks.spawn("heartbeat watch", async move {
             session.watch_suspect(&etcd, &id).await;
@@ -377,11 +381,11 @@ impl Session {
     }
 
     /// Reads `id`'s beat key every heartbeat interval. Expels it once one revision has been
-    /// seen for [`expel_wait`](crate::cluster::lease::expel_wait) of the timeout `id` serves by (its own, read from the key: the
-    /// members' configurations may differ), timed from the first answer that showed it (the
-    /// beat was sent before that answer). Gives up when the beat moves and nobody suspected
-    /// `id` again since the last read, when it has no beat key (its lease decides), or on an
-    /// etcd error.
+    /// seen for [`expel_wait`](crate::cluster::lease::expel_wait) of the timeout `id` serves
+    /// by (its own, read from the key: the members' configurations may differ), timed from
+    /// the first answer that showed it (the beat was sent before that answer). Gives up when
+    /// the beat moves and nobody suspected `id` again since the last read, when it has no
+    /// beat key (its lease decides), or on an etcd error.
     async fn watch_suspect(&self, etcd: &Etcd, id: &str) {
         let mut watch = BeatWatch::default();
         loop {
