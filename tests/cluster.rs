@@ -454,6 +454,47 @@ async fn a_gateway_restarted_under_its_id_retires_its_dead_incarnation_and_a_liv
     c.await_stable(&[0, 1, 2], Duration::from_secs(30)).await;
 }
 
+/// A restart that found its dead incarnation's heartbeat, which another gateway then expelled
+/// first, still revokes that incarnation's lease: the expelling gateway frees only the owner
+/// keys its view shows, and only until the restart beats, so keys under the old lease could
+/// otherwise wait out its TTL. The dead incarnation is staged in etcd: a 60 s lease holding
+/// its beat key and a key standing for an owner key nobody released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_revokes_its_dead_incarnations_lease_even_when_another_gateway_expelled_it() {
+    let c = Cluster::start(2).await;
+    c.await_stable(&[0, 1], Duration::from_secs(30)).await;
+    let mut etcd = c.etcd.client().await;
+    let old = etcd.lease_grant(60, None).await.unwrap().id();
+    let under_old = || Some(etcd_client::PutOptions::new().with_lease(old));
+    let beat = "/tessera/test/beats/gw2";
+    etcd.put(beat, format!("{old} 1000"), under_old())
+        .await
+        .unwrap();
+    etcd.put("/tessera/test/unreleased", "x", under_old())
+        .await
+        .unwrap();
+
+    let mut restart = c.spawn_twin(2);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !restart
+        .log_text()
+        .contains("found a heartbeat of an earlier incarnation")
+    {
+        assert!(Instant::now() < deadline, "{}", restart.log_tail());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Another gateway's expulsion deletes the beat (and member) key, nothing else.
+    etcd.delete(beat, None).await.unwrap();
+    restart.wait_for_url(Duration::from_secs(30));
+    let ttl = etcd.lease_time_to_live(old, None).await.unwrap().ttl();
+    assert_eq!(
+        ttl, -1,
+        "the dead incarnation's lease still has {ttl} s to live"
+    );
+    let left = etcd.get("/tessera/test/unreleased", None).await.unwrap();
+    assert!(left.kvs().is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scale_out_and_in_under_load_without_failed_requests() {
     let mut c = Cluster::start(3).await;

@@ -250,54 +250,60 @@ impl Etcd {
     /// gateway expels a silent one (`lease.rs`): once one revision of the beat has stood for
     /// the wait, the beat and member keys are deleted if the key still has that revision, then
     /// the old lease is revoked, which frees every shard it held at once (safe: that
-    /// incarnation stopped serving before the delete). A beat that moves means a live gateway
+    /// incarnation stopped serving before the delete). If another gateway expelled it
+    /// meanwhile, its lease is revoked all the same: that gateway frees only the shards its
+    /// own view shows, and only while our new beat key does not exist yet (`release_expelled`).
+    /// A beat that moves means a live gateway
     /// has this id (or, on a rejoin, a replacement took it over): beating would expel it, so
     /// this is refused, and the caller retries.
     async fn retire_previous(&self, id: &str, interval: Duration) -> Result<()> {
         let mut watch = BeatWatch::default();
-        let (started, mut first) = (Instant::now(), true);
-        loop {
+        let mut seen: Option<Heartbeat> = None;
+        let started = Instant::now();
+        let how = loop {
             let Some(beat) = self.beat_of(id).await? else {
-                if !first {
-                    // Another gateway expelled it meanwhile, or its lease expired.
-                    tracing::info!(member = id, "the earlier incarnation's heartbeat is gone");
-                }
-                return Ok(());
+                break "its heartbeat went away";
             };
             match watch.saw(beat.rev, beat.timeout, Instant::now()) {
-                BeatSeen::Wait if first => {
-                    first = false;
-                    tracing::info!(
-                        member = id,
-                        lease = beat.lease,
-                        wait_ms = expel_wait(beat.timeout).as_millis() as u64,
-                        "found a heartbeat of an earlier incarnation of this member; retiring it once it has stood for the wait"
-                    );
-                }
+                BeatSeen::Wait if seen.is_none() => tracing::info!(
+                    member = id,
+                    lease = beat.lease,
+                    wait_ms = expel_wait(beat.timeout).as_millis() as u64,
+                    "found a heartbeat of an earlier incarnation of this member; retiring it once it has stood for the wait"
+                ),
                 BeatSeen::Wait => {}
                 BeatSeen::Moved => {
                     return Err(Error::Coordination(format!(
                         "member id {id} is in use: another live gateway with this id is beating; give each gateway its own --node-id"
                     )));
                 }
-                BeatSeen::Stood(rev) => {
-                    if self.expel(id, rev).await? {
-                        if let Err(e) = self.revoke(beat.lease).await {
-                            tracing::debug!(error = %e, "revoking the earlier incarnation's lease failed; it expired already");
-                        }
-                        tracing::info!(
-                            member = id,
-                            lease = beat.lease,
-                            after_ms = started.elapsed().as_millis() as u64,
-                            "retired an earlier incarnation of this member: its heartbeat had stopped"
-                        );
-                        return Ok(());
-                    }
-                    // It beat just now: the next read shows the revision moved.
+                // Else it beat just now: the next read shows the revision moved.
+                BeatSeen::Stood(rev) if self.expel(id, rev).await? => {
+                    seen = Some(beat);
+                    break "its heartbeat had stopped";
                 }
+                BeatSeen::Stood(_) => {}
             }
+            seen = Some(beat);
             tokio::time::sleep(interval).await;
+        };
+        let Some(earlier) = seen else {
+            return Ok(()); // no earlier incarnation
+        };
+        // A beat key goes away only by an expulsion (ours above, or another gateway's whose
+        // owner keys may not all be released yet) or with its lease: either way that
+        // incarnation serves nothing, and all its keys may go.
+        if let Err(e) = self.revoke(earlier.lease).await {
+            tracing::debug!(error = %e, "revoking the earlier incarnation's lease failed; it ended already");
         }
+        tracing::info!(
+            member = id,
+            lease = earlier.lease,
+            after_ms = started.elapsed().as_millis() as u64,
+            how,
+            "retired an earlier incarnation of this member"
+        );
+        Ok(())
     }
 
     /// After `old` (lease `old_id`) was lost: starts a new lease as [`Etcd::start_lease`] does,
