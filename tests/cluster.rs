@@ -204,8 +204,7 @@ async fn kill9_failover_keeps_acknowledged_writes() {
         };
         tokio::time::sleep(Duration::from_millis(300)).await;
         let killed = Instant::now();
-        c.gateways[victim].as_mut().unwrap().process.kill();
-        c.gateways[victim] = None;
+        c.kill(victim);
         // Writes to the dead owner's shard succeed again once another gateway took over; the
         // gateway retries within the request deadline, so the first success marks failover.
         let deadline = killed + Duration::from_secs(30);
@@ -391,8 +390,7 @@ async fn a_gateway_restarted_under_its_id_retires_its_dead_incarnation_and_a_liv
     put_ok(&http, c.gw(0).kv(&key), "v1").await;
 
     let killed = Instant::now();
-    c.gateways[2].as_mut().unwrap().process.kill();
-    c.gateways[2] = None;
+    c.kill(2);
     c.restart(2).await;
     let joined = killed.elapsed();
     let deadline = killed + Duration::from_secs(30);
@@ -551,13 +549,7 @@ async fn scale_out_and_in_under_load_without_failed_requests() {
     tokio::time::sleep(phase).await;
     let started = Instant::now();
     for i in [3, 4] {
-        let mut gw = c.gateways[i].take().unwrap();
-        let status = tokio::task::block_in_place(|| gw.process.terminate(Duration::from_secs(60)));
-        assert!(
-            status.success(),
-            "gw{i} exit {status:?}\n{}",
-            gw.process.log_tail()
-        );
+        c.stop(i);
     }
     c.await_stable(&[0, 1, 2], Duration::from_secs(60)).await;
     eprintln!(

@@ -98,8 +98,7 @@ async fn etags_and_writes_survive_two_failovers_before_any_periodic_checkpoint()
         acked.insert(k.clone(), ("a".to_string(), v));
     }
     // Failover 1: the first owner dies; the next replays its log.
-    c.gateways[3].as_mut().unwrap().process.kill();
-    c.gateways[3] = None;
+    c.kill(3);
     let second = await_new_owner(&c, 0, shard, "gw3").await;
     assert_acked(&c, 0, &acked).await;
     // Old ETags still work, and a stale one still fails.
@@ -126,8 +125,7 @@ async fn etags_and_writes_survive_two_failovers_before_any_periodic_checkpoint()
     }
     // Failover 2: the second owner dies too; the third replays the second's log.
     let i = second.trim_start_matches("gw").parse::<usize>().unwrap();
-    c.gateways[i].as_mut().unwrap().process.kill();
-    c.gateways[i] = None;
+    c.kill(i);
     let entry = *c.live().first().unwrap();
     await_new_owner(&c, entry, shard, &second).await;
     assert_acked(&c, entry, &acked).await;

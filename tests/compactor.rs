@@ -412,8 +412,7 @@ async fn gateway_failover_during_compaction_loses_nothing() {
         assert!(Instant::now() < deadline, "no compaction started");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    c.gateways[2].as_mut().unwrap().process.kill();
-    c.gateways[2] = None;
+    c.kill(2);
     c.await_stable(&[0, 1], Duration::from_secs(30)).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     stop.store(true, Ordering::Relaxed);

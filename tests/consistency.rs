@@ -456,13 +456,7 @@ async fn cache_never_serves_stale_strong_reads_across_handoffs() {
     for k in &to_new {
         put_ok(&http, c.gw(0).kv(k), &format!("{k}-moved")).await;
     }
-    let status = c.gateways[2]
-        .as_mut()
-        .unwrap()
-        .process
-        .terminate(Duration::from_secs(30));
-    assert!(status.success());
-    c.gateways[2] = None;
+    c.stop(2);
     c.await_stable(&[0, 1], Duration::from_secs(30)).await;
     for k in &to_new {
         for g in [0, 1] {
@@ -945,13 +939,7 @@ async fn eventual_reads_follow_the_owners_log_between_checkpoints() {
     // gw2 leaves: its clean release checkpoints the shard (its SSTs hold the three keys), and
     // the shard moves to gw0 or gw1, which checkpoints it again before serving, without a
     // flush, and then never again in this test.
-    let status = c.gateways[2]
-        .as_mut()
-        .unwrap()
-        .process
-        .terminate(Duration::from_secs(30));
-    assert!(status.success());
-    c.gateways[2] = None;
+    c.stop(2);
     let owners = c.await_stable(&[0, 1], Duration::from_secs(30)).await;
     let owner: usize = owners[&shard][2..].parse().unwrap();
     let follower = 1 - owner;
@@ -1091,8 +1079,7 @@ async fn a_follower_moves_to_the_new_owners_log_after_a_kill() {
     }
     tokio::time::sleep(BOUND).await;
 
-    c.gateways[2].as_mut().unwrap().process.kill();
-    c.gateways[2] = None;
+    c.kill(2);
     let deadline = Instant::now() + Duration::from_secs(30);
     let v_after = loop {
         let r = http

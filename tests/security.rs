@@ -658,8 +658,7 @@ async fn https_cluster_with_cluster_secret_forwards_and_fails_over() {
     assert_eq!(r.text().await.unwrap(), "2");
 
     // Failover: kill gateway 2; writes to every key succeed again through gateway 0.
-    cluster.gateways[2].as_mut().unwrap().process.kill();
-    cluster.gateways[2] = None;
+    cluster.kill(2);
     let deadline = Instant::now() + Duration::from_secs(30);
     for k in &keys {
         loop {

@@ -241,6 +241,21 @@ impl Cluster {
         self.opts_via(i, None).spawn(&log, "127.0.0.1:0")
     }
 
+    /// SIGKILLs gateway `i` (nothing flushed) and forgets it.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut gw) = self.gateways[i].take() {
+            gw.process.kill();
+        }
+    }
+
+    /// SIGTERMs gateway `i`, asserts that it exited cleanly within 60 s, and forgets it.
+    pub fn stop(&mut self, i: usize) {
+        let mut gw = self.gateways[i].take().expect("gateway running");
+        let status = tokio::task::block_in_place(|| gw.process.terminate(Duration::from_secs(60)));
+        let log = gw.process.log_tail();
+        assert!(status.success(), "gw{i} exited with {status}\n{log}");
+    }
+
     pub fn gw(&self, i: usize) -> &Gateway {
         self.gateways[i].as_ref().expect("gateway running")
     }
