@@ -253,9 +253,8 @@ impl Etcd {
     /// incarnation stopped serving before the delete). If another gateway expelled it
     /// meanwhile, its lease is revoked all the same: that gateway frees only the shards its
     /// own view shows, and only while our new beat key does not exist yet (`release_expelled`).
-    /// A beat that moves means a live gateway
-    /// has this id (or, on a rejoin, a replacement took it over): beating would expel it, so
-    /// this is refused, and the caller retries.
+    /// A beat that moves means a live gateway has this id (or, on a rejoin, a replacement took
+    /// it over): beating would expel it, so this is refused, and the caller retries.
     async fn retire_previous(&self, id: &str, interval: Duration) -> Result<()> {
         let mut watch = BeatWatch::default();
         let mut seen: Option<Heartbeat> = None;
@@ -277,11 +276,11 @@ impl Etcd {
                         "member id {id} is in use: another live gateway with this id is beating; give each gateway its own --node-id"
                     )));
                 }
-                // Else it beat just now: the next read shows the revision moved.
                 BeatSeen::Stood(rev) if self.expel(id, rev).await? => {
                     seen = Some(beat);
                     break "its heartbeat had stopped";
                 }
+                // The revision moved just before the expulsion: the next read says so.
                 BeatSeen::Stood(_) => {}
             }
             seen = Some(beat);
