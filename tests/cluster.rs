@@ -426,18 +426,9 @@ async fn a_gateway_restarted_under_its_id_retires_its_dead_incarnation_and_a_liv
     // A twin of the live gw1: gw1's beat moves, so the twin refuses to join and exits when
     // its join timeout (3 s) has passed; gw1 was never disturbed.
     let mut twin = c.spawn_twin(1);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = twin.exit_status() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the twin of a live gateway is still running:\n{}",
-            twin.log_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let status = twin
+        .wait_for_exit(Duration::from_secs(30), "the twin of a live gateway")
+        .await;
     assert!(!status.success());
     assert!(
         twin.log_text().contains("member id gw1 is in use"),

@@ -221,12 +221,11 @@ async fn a_crash_in_the_middle_of_a_checkpoint_loses_nothing() {
             "{fault}: only {} writes before the crash",
             acked.len()
         );
-        let deadline = Instant::now() + Duration::from_secs(20);
         let gw = c.gateways[0].as_mut().unwrap();
-        while gw.process.exit_status().is_none() {
-            assert!(Instant::now() < deadline, "{fault}: the fault never fired");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let why = format!("{fault}: the fault never fired");
+        gw.process
+            .wait_for_exit(Duration::from_secs(20), &why)
+            .await;
         assert!(gw.process.log_text().contains("aborting mid-checkpoint"));
         c.gateways[0] = None;
         // A gateway without the fault takes every shard over from the crashed one.

@@ -640,18 +640,9 @@ async fn gateway_waits_for_etcd_with_backoff() {
         .arg("--etcd")
         .arg(format!("http://127.0.0.1:{}", common::free_port()));
     let mut gw = opts.spawn(&dir.path().join("give-up.log"), "127.0.0.1:0");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = gw.exit_status() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "still waiting:\n{}",
-            gw.log_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let status = gw
+        .wait_for_exit(Duration::from_secs(30), "it never gave up")
+        .await;
     assert!(!status.success(), "{status}");
     assert!(gw.log_text().contains("etcd not reachable yet"));
 }

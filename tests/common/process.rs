@@ -161,6 +161,21 @@ impl ServiceProcess {
         self.child.try_wait().expect("try_wait")
     }
 
+    /// Waits (without blocking the runtime) until the process exits; panics with `what` if it
+    /// has not within `timeout`.
+    pub async fn wait_for_exit(&mut self, timeout: Duration, what: &str) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.exit_status() {
+                return status;
+            }
+            if Instant::now() >= deadline {
+                self.fail(&format!("still running after {timeout:?}: {what}"));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Panics if the process has exited.
     fn assert_running(&mut self, doing: &str) {
         if let Some(status) = self.exit_status() {
