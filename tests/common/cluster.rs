@@ -256,6 +256,19 @@ impl Cluster {
         assert!(status.success(), "gw{i} exited with {status}\n{log}");
     }
 
+    /// Whether `restarted`, a new incarnation of a gateway's id, retired the earlier one, or
+    /// one of the gateways `survivors` expelled it first (whichever saw its beat stand first).
+    pub fn retired_or_expelled(&self, restarted: &ServiceProcess, survivors: &[usize]) -> bool {
+        let retired = restarted
+            .log_text()
+            .contains("retired an earlier incarnation");
+        retired
+            || survivors.iter().any(|g| {
+                let log = self.gw(*g).process.log_text();
+                log.contains("expelled a gateway whose heartbeat stopped")
+            })
+    }
+
     pub fn gw(&self, i: usize) -> &Gateway {
         self.gateways[i].as_ref().expect("gateway running")
     }
