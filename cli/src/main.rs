@@ -16,6 +16,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::client::ClientError;
 
+/// jemalloc, not glibc malloc, as in the gateway: the load generator spent about a sixth of its
+/// CPU in glibc's allocator, CPU taken from the servers it measures on a shared machine.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Command-line client of a Tessera cluster.
 #[derive(Parser, Debug)]
 #[command(version, about, after_help = EXIT_CODES)]

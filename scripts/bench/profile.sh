@@ -53,7 +53,8 @@ started=$(now)
 if [ "$WORKLOAD" = idle ]; then
   sleep "$SECS"
 else
-  "${bench[@]}" --workload "$WORKLOAD" --concurrency "$C" --duration "${SECS}s" --warmup 2s >"$RUN/result.json"
+  /usr/bin/time -o "$RUN/client.time" -f "%U %S" \
+    "${bench[@]}" --workload "$WORKLOAD" --concurrency "$C" --duration "${SECS}s" --warmup 2s >"$RUN/result.json"
 fi
 wall=$(since "$started")
 rate() { awk -v n="$1" -v t="$wall" 'BEGIN { printf "%.1f", n / t }'; }
@@ -62,6 +63,8 @@ echo "==> $WORKLOAD, c=$C, ${SECS} s, $SHARDS shards, S3 objects $([ "${S3_TMPFS
 echo "object-store requests/s: gateways $(rate $(($(gateways_sum tessera_object_store_requests_total) - gw0))), compactor $(rate $(($(metric_sum "$compactor_url" tessera_compactor_object_store_requests_total) - comp0)))"
 printf 'CPU, %% of one core:'
 for n in "${names[@]}"; do printf ' %s %s' "$n" "$(cpu_pct "${ticks[$n]}" "$(cpu_ticks "$(pid_of "$n")")" "$wall")"; done
+# The load generator, over its whole run (warm-up included).
+[ "$WORKLOAD" = idle ] || awk -v t="$wall" '{ printf " client %d", ($1 + $2) / (t + 2) * 100 }' "$RUN/client.time"
 echo
 if [ -n "$perf_job" ]; then
   wait "$perf_job"
