@@ -263,8 +263,10 @@ impl Etcd {
             let Some(beat) = self.beat_of(id).await? else {
                 break "its heartbeat went away";
             };
+            let first = seen.is_none();
+            let beat = seen.insert(beat);
             match watch.saw(beat.rev, beat.timeout, Instant::now()) {
-                BeatSeen::Wait if seen.is_none() => tracing::info!(
+                BeatSeen::Wait if first => tracing::info!(
                     member = id,
                     lease = beat.lease,
                     wait_ms = expel_wait(beat.timeout).as_millis() as u64,
@@ -277,13 +279,11 @@ impl Etcd {
                     )));
                 }
                 BeatSeen::Stood(rev) if self.expel(id, rev).await? => {
-                    seen = Some(beat);
                     break "its heartbeat had stopped";
                 }
                 // The revision moved just before the expulsion: the next read says so.
                 BeatSeen::Stood(_) => {}
             }
-            seen = Some(beat);
             tokio::time::sleep(interval).await;
         };
         let Some(earlier) = seen else {
