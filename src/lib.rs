@@ -53,6 +53,7 @@ pub mod node;
 pub mod process;
 pub mod reads;
 pub mod shard;
+pub mod stats;
 pub mod storage;
 pub mod tasks;
 

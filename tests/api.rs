@@ -281,6 +281,12 @@ async fn crud(b: Backend) {
     assert!(text.contains("tessera_shards_open 8"));
     assert!(text.contains("tessera_storage_errors_total 0"));
     assert!(text.contains("tessera_http_request_bytes_total"));
+    // The writes above went through the commit log, in at least one object each flush.
+    let objects = common::metric(&text, "tessera_log_objects_total");
+    assert!(objects >= 1.0, "{text}");
+    assert!(common::metric(&text, "tessera_log_writes_total") >= objects);
+    assert!(common::metric(&text, "tessera_log_bytes_total") > 0.0);
+    assert!(common::metric(&text, "tessera_log_flush_seconds_count") >= 1.0);
     // The S3 backend really stored the cluster in the S3 server.
     if let Some(s3) = &e._s3 {
         assert!(s3.bucket_dir().join("api/cluster.json").is_file());

@@ -3,8 +3,9 @@
 #
 # Runs one workload against a local cluster (3 gateways, a compactor daemon, s3s-fs, a
 # coordination etcd; release builds) and prints the client's figures, the CPU each process used
-# (% of one core) and the object-store request rates of the gateways and the compactor while it
-# ran. With PERF set, also samples those processes with `perf record` and prints the hottest
+# (% of one core; the load generator's too) and the object-store request rates of the gateways
+# and the compactor while it ran, and the gateways' commit-log batching (writes per object,
+# early flushes, mean flush time). With PERF set, also samples those processes with `perf record` and prints the hottest
 # symbols. Used for the profiles in docs/bench/vs-etcd.md.
 #
 #   scripts/bench.sh profile                          # put, c=64, 20 s
@@ -40,6 +41,15 @@ names=(s3 gw1 gw2 gw3 compactor coord-etcd)
 declare -A ticks
 for n in "${names[@]}"; do ticks[$n]=$(cpu_ticks "$(pid_of "$n")"); done
 gw0=$(gateways_sum tessera_object_store_requests_total)
+# The gateways' commit logs: objects, writes, early flushes, and the flushes' summed seconds.
+log_figures() {
+  local url
+  for url in "${GW_URLS[@]}"; do curl -s "$url/metrics"; done | awk '
+    /^tessera_log_objects_total / { o += $2 } /^tessera_log_writes_total / { w += $2 }
+    /^tessera_log_early_flushes_total / { e += $2 } /^tessera_log_flush_seconds_sum / { s += $2 }
+    END { printf "%d %d %d %.6f", o, w, e, s }'
+}
+log0=$(log_figures)
 comp0=$(metric_sum "$compactor_url" tessera_compactor_object_store_requests_total)
 perf_job=""
 if [ -n "$PERF" ]; then
@@ -61,6 +71,9 @@ rate() { awk -v n="$1" -v t="$wall" 'BEGIN { printf "%.1f", n / t }'; }
 echo "==> $WORKLOAD, c=$C, ${SECS} s, $SHARDS shards, S3 objects $([ "${S3_TMPFS:-0}" = 1 ] && echo "on tmpfs" || echo "on disk")"
 [ "$WORKLOAD" = idle ] || jq -r '"client: \(.ops_per_sec | floor) ops/s, p50 \(.latency_ms.p50) ms, p99 \(.latency_ms.p99) ms, errors \(.errors), object-store PUTs per 1k ops \(.object_store.puts_per_1k_ops | floor)"' "$RUN/result.json"
 echo "object-store requests/s: gateways $(rate $(($(gateways_sum tessera_object_store_requests_total) - gw0))), compactor $(rate $(($(metric_sum "$compactor_url" tessera_compactor_object_store_requests_total) - comp0)))"
+awk -v a="$log0" -v b="$(log_figures)" 'BEGIN { split(a, x, " "); split(b, y, " "); o = y[1] - x[1]
+  if (o > 0) printf "commit logs: %.1f writes per object, %d%% of flushes early, mean flush %.2f ms\n",
+    (y[2] - x[2]) / o, 100 * (y[3] - x[3]) / o, 1000 * (y[4] - x[4]) / o }'
 printf 'CPU, %% of one core:'
 for n in "${names[@]}"; do printf ' %s %s' "$n" "$(cpu_pct "${ticks[$n]}" "$(cpu_ticks "$(pid_of "$n")")" "$wall")"; done
 # The load generator, over its whole run (warm-up included).

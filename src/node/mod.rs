@@ -36,10 +36,11 @@ use crate::cluster::session::{Role, Session};
 use crate::config::NodeConfig;
 use crate::error::{BadInput, Error, Result};
 use crate::reads::cache::HotCache;
-use crate::reads::follower::{Followers, LagSamples, OwnerEpochs};
+use crate::reads::follower::{Followers, OwnerEpochs};
 use crate::shard::{shard_for_key, ShardId};
+use crate::stats::Samples;
 use crate::storage::commit::CommitLog;
-use crate::storage::log::writer::WriterConfig;
+use crate::storage::log::writer::{LogStats, WriterConfig};
 use crate::storage::meta;
 use crate::storage::objstore::{self, ClusterStore};
 use crate::storage::store::{BlockCache, Entry};
@@ -174,7 +175,7 @@ pub struct NodeStats {
     /// Reads by what served them: strong, cache, eventual.
     pub reads: [AtomicU64; 3],
     /// Time from a write's acceptance to a follower here being able to serve it.
-    pub eventual_lag: LagSamples,
+    pub eventual_lag: Samples,
 }
 
 /// Where a request for a shard must go.
@@ -396,6 +397,11 @@ impl Node {
     /// Object-store requests made by this node so far, by kind.
     pub fn object_store_requests(&self) -> &objstore::RequestCounts {
         &self.store.requests
+    }
+
+    /// What this process's commit logs have written.
+    pub fn log_stats(&self) -> &LogStats {
+        self.commit.stats()
     }
 
     /// Returns the shard of `key`.

@@ -21,7 +21,7 @@ use crate::error::{Error, Result};
 use crate::shard::ShardId;
 use crate::storage::log::checkpoint::{self, Marker, Takeover};
 use crate::storage::log::format::{Op, Record};
-use crate::storage::log::writer::{Apply, LogError, LogWriter, WriterConfig};
+use crate::storage::log::writer::{Apply, LogError, LogStats, LogWriter, WriterConfig};
 use crate::storage::log::{self, new_log_id};
 use crate::storage::objstore::ClusterStore;
 use crate::storage::store::{now_ms, ShardStore};
@@ -36,6 +36,7 @@ pub struct CommitLog {
     store: ClusterStore,
     member: String,
     config: WriterConfig,
+    stats: Arc<LogStats>,
     tasks: Tasks,
     /// The log being written. Replaced by a new log once sealed ([`CommitLog::renew`]).
     writer: RwLock<Arc<LogWriter>>,
@@ -45,12 +46,21 @@ impl CommitLog {
     /// Starts a new log for the process `member`.
     pub fn start(store: ClusterStore, member: &str, config: WriterConfig) -> Arc<Self> {
         let tasks = Tasks::new();
-        let writer = LogWriter::start(store.clone(), new_log_id(member), 1, config.clone(), &tasks);
+        let stats = Arc::new(LogStats::default());
+        let writer = LogWriter::start(
+            store.clone(),
+            new_log_id(member),
+            1,
+            config.clone(),
+            Arc::clone(&stats),
+            &tasks,
+        );
         tracing::info!(log = writer.log(), "writing a new commit log");
         Arc::new(CommitLog {
             store,
             member: member.to_string(),
             config,
+            stats,
             tasks,
             writer: RwLock::new(writer),
         })
@@ -59,6 +69,11 @@ impl CommitLog {
     /// The object store the log (and the shards) live in.
     pub fn store(&self) -> &ClusterStore {
         &self.store
+    }
+
+    /// What this process's logs have written.
+    pub fn stats(&self) -> &LogStats {
+        &self.stats
     }
 
     /// The log being written now: a new one if the last was sealed.
@@ -82,6 +97,7 @@ impl CommitLog {
                 new_log_id(&self.member),
                 1,
                 self.config.clone(),
+                Arc::clone(&self.stats),
                 &self.tasks,
             );
             tracing::warn!(

@@ -89,10 +89,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
 use crate::reads::overlay::{self, Bracket, Merging, Recent};
+use crate::stats::Samples;
 use crate::storage::store::{now_ms, Entry, ShardReader, ShardScan};
 
 pub use registry::{Followers, OwnerEpochs};
-pub use watermarks::{LagSamples, Watermarks};
+pub use watermarks::Watermarks;
 
 use view::View;
 
@@ -149,7 +150,7 @@ impl Follower {
 
     /// Records a lag sample if `entry` became visible in the follower's last advance: the
     /// time from the owner accepting the write to this follower first being able to serve it.
-    pub(crate) fn sample_lag(&self, entry: &Entry, samples: &LagSamples) {
+    pub(crate) fn sample_lag(&self, entry: &Entry, samples: &Samples) {
         let a = *self.view.advance.lock().unwrap_or_else(|e| e.into_inner());
         if entry.version > a.from && entry.version <= a.to && entry.written_at_ms > 0 {
             samples.push((a.at_ms - entry.written_at_ms).max(0) as f64 / 1000.0);

@@ -170,7 +170,7 @@ pub async fn seal(store: &ClusterStore, log: &str, from: u64) -> Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::format::{encode_records, Op, Record};
-    use super::writer::{Apply, LogError, LogWriter, WriterConfig};
+    use super::writer::{Apply, LogError, LogStats, LogWriter, WriterConfig};
     use super::*;
     use crate::shard::ShardId;
     use crate::storage::testing::memory;
@@ -200,7 +200,8 @@ mod tests {
 
     /// A writer of log `log` from its first object, with the default settings.
     fn start(store: &ClusterStore, log: &str, tasks: &Tasks) -> Arc<LogWriter> {
-        LogWriter::start(store.clone(), log.into(), 1, WriterConfig::default(), tasks)
+        let config = WriterConfig::default();
+        LogWriter::start(store.clone(), log.into(), 1, config, Arc::default(), tasks)
     }
 
     fn group(n: u64) -> Vec<Record> {
@@ -355,7 +356,8 @@ mod tests {
             early_groups: 2,
             ..WriterConfig::default()
         };
-        let writer = LogWriter::start(store.clone(), "a".into(), 1, config, &tasks);
+        let stats = Arc::new(LogStats::default());
+        let writer = LogWriter::start(store.clone(), "a".into(), 1, config, stats.clone(), &tasks);
         let bound = Duration::from_secs(5);
         // An idle log flushes at once.
         let first = tokio::time::timeout(bound, writer.submit(group(0), nop())).await;
@@ -372,6 +374,12 @@ mod tests {
         let acks = (3..5).map(|n| writer.submit(group(n), nop()));
         let both = tokio::time::timeout(bound, futures::future::join_all(acks)).await;
         assert_eq!(both.expect("flushed early"), vec![Ok(3), Ok(3)]);
+        // Counted: three objects of five writes, the last two early, each flush timed.
+        let count = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        assert_eq!((count(&stats.objects), count(&stats.writes)), (3, 5));
+        assert_eq!(count(&stats.early_flushes), 2);
+        assert!(count(&stats.bytes) > 5 * 100);
+        assert_eq!(stats.flush_seconds.drain().len(), 3);
         tasks.shutdown().await;
     }
 
@@ -382,7 +390,7 @@ mod tests {
             max_object_bytes: 1000,
             ..WriterConfig::default()
         };
-        let writer = LogWriter::start(store.clone(), "a".into(), 1, config, &tasks);
+        let writer = LogWriter::start(store.clone(), "a".into(), 1, config, Arc::default(), &tasks);
         futures::future::join_all((0..50).map(|n| writer.submit(group(n), nop()))).await;
         for segment in read_all(&store, "a").await {
             let Segment::Records { groups, .. } = segment else {

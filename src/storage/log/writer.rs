@@ -20,8 +20,9 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use object_store::ObjectStoreExt;
@@ -29,6 +30,7 @@ use tokio::sync::{oneshot, watch, Notify};
 
 use super::format::{encode_records, Op, Record};
 use super::{create, object_path};
+use crate::stats::Samples;
 use crate::storage::objstore::ClusterStore;
 use crate::tasks::Tasks;
 
@@ -86,6 +88,21 @@ impl Default for WriterConfig {
     }
 }
 
+/// What the logs of a process have written, for metrics (shared by its successive logs).
+#[derive(Debug, Default)]
+pub struct LogStats {
+    /// Objects created.
+    pub objects: AtomicU64,
+    /// Writes (groups) those objects carried: `writes / objects` is the batching.
+    pub writes: AtomicU64,
+    /// Bytes of those objects.
+    pub bytes: AtomicU64,
+    /// Flushes started before the interval because enough writes waited.
+    pub early_flushes: AtomicU64,
+    /// Per object: from the start of its flush until it existed in the store.
+    pub flush_seconds: Samples,
+}
+
 type Waiter = oneshot::Sender<Result<u64, LogError>>;
 
 struct Queued {
@@ -130,17 +147,20 @@ pub struct LogWriter {
     /// Bumped whenever a group settles: what [`LogWriter::sync`] waits on.
     settled: watch::Sender<u64>,
     sealed: watch::Sender<bool>,
+    stats: Arc<LogStats>,
     /// Where the lanes run.
     tasks: Tasks,
 }
 
 impl LogWriter {
-    /// Starts writing `log` at object `first_seq` (1 for a new log), flushing on `tasks`.
+    /// Starts writing `log` at object `first_seq` (1 for a new log), flushing on `tasks` and
+    /// counting in `stats`.
     pub fn start(
         store: ClusterStore,
         log: String,
         first_seq: u64,
         config: WriterConfig,
+        stats: Arc<LogStats>,
         tasks: &Tasks,
     ) -> Arc<LogWriter> {
         let writer = Arc::new(LogWriter {
@@ -154,6 +174,7 @@ impl LogWriter {
             wake: Notify::new(),
             settled: watch::Sender::new(0),
             sealed: watch::Sender::new(false),
+            stats,
             tasks: tasks.clone(),
         });
         let flusher = Arc::clone(&writer);
@@ -304,7 +325,8 @@ impl LogWriter {
         let mut last_start = tokio::time::Instant::now() - self.config.min_interval;
         let mut last_count = usize::MAX;
         loop {
-            self.until_due(last_start + self.config.min_interval, last_count)
+            let early = self
+                .until_due(last_start + self.config.min_interval, last_count)
                 .await;
             let mut batch = self.take();
             if batch.is_empty() {
@@ -316,8 +338,15 @@ impl LogWriter {
             let groups: Vec<Vec<Record>> = batch.iter().map(|q| q.group.clone()).collect();
             let bytes = encode_records(&self.log, seq, &groups);
             drop(groups);
+            let (size, started) = (bytes.len() as u64, Instant::now());
             match self.write(seq, bytes, &mut batch).await {
                 Ok(()) => {
+                    let stats = &self.stats;
+                    stats.objects.fetch_add(1, Relaxed);
+                    stats.writes.fetch_add(batch.len() as u64, Relaxed);
+                    stats.bytes.fetch_add(size, Relaxed);
+                    stats.early_flushes.fetch_add(u64::from(early), Relaxed);
+                    stats.flush_seconds.push(started.elapsed().as_secs_f64());
                     self.hand_to_lanes(seq, batch);
                     seq += 1;
                 }
@@ -343,15 +372,21 @@ impl LogWriter {
     }
 
     /// Waits until `due`, or until enough groups wait to flush early: `early_groups`, and at
-    /// least the `previous` flush's count.
-    async fn until_due(&self, due: tokio::time::Instant, previous: usize) {
+    /// least the `previous` flush's count. True if it returns early.
+    async fn until_due(&self, due: tokio::time::Instant, previous: usize) -> bool {
         let early = match self.config.early_groups {
             0 => usize::MAX,
             n => n.max(previous),
         };
-        while tokio::time::Instant::now() < due && self.lock().groups.len() < early {
+        loop {
+            if tokio::time::Instant::now() >= due {
+                return false;
+            }
+            if self.lock().groups.len() >= early {
+                return true;
+            }
             tokio::select! {
-                () = tokio::time::sleep_until(due) => return,
+                () = tokio::time::sleep_until(due) => return false,
                 () = self.wake.notified() => {}
             }
         }
@@ -423,7 +458,7 @@ impl LogWriter {
     /// groups are still applied if the object is created).
     async fn write(&self, seq: u64, bytes: Bytes, batch: &mut [Queued]) -> Result<(), ()> {
         let path = object_path(&self.store, &self.log, seq);
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let mut backoff = Duration::from_millis(50);
         loop {
             let attempt = match create(&self.store, &path, bytes.clone()).await {
