@@ -5,8 +5,8 @@
 # coordination etcd; release builds) and prints the client's figures, the CPU each process used
 # (% of one core; the load generator's too) and the object-store request rates of the gateways
 # and the compactor while it ran, and the gateways' commit-log batching (writes per object,
-# early flushes, mean flush time). With PERF set, also samples those processes with `perf record` and prints the hottest
-# symbols. Used for the profiles in docs/bench/vs-etcd.md.
+# early flushes, mean flush time). With PERF set, also samples those processes with
+# `perf record` and prints the hottest symbols. Used for the profiles in docs/bench/.
 #
 #   scripts/bench.sh profile                          # put, c=64, 20 s
 #   WORKLOAD=idle SECS=30 scripts/bench.sh profile    # no load: idle request rates only
